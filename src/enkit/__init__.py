@@ -1,0 +1,82 @@
+"""enkit: ensemble Kalman methods in JAX.
+
+Ensembles are (N, n) arrays with members on axis 0 (EnsembleKalmanProcesses.jl
+and iterative_ensemble_smoother hold (n, N) columns; enkit holds rows).
+The public names are re-exported here; the subpackages hold the code.
+"""
+
+from enkit import covariance, diagnostics, ensemble, filters, inflation, linalg, models
+from enkit.assimilate import AssimilationResult, assimilate
+from enkit.covariance import Covariance, Dense, Diagonal, Scalar, as_covariance
+from enkit.diagnostics import rmse
+from enkit.ensemble import (
+    anomalies,
+    cross_covariance,
+    ensemble_covariance,
+    ensemble_mean,
+    ensemble_spread,
+)
+from enkit.filters import (
+    SCHEMES,
+    STOCHASTIC,
+    enkf,
+    ensemble_with_covariance,
+    ensrf,
+    etkf,
+    kalman,
+    kalman_update,
+    observe,
+    perturbed_observations,
+)
+from enkit.inflation import multiplicative as multiplicative_inflation
+from enkit.linalg import (
+    kalman_solve,
+    kalman_solve_ensemble_space,
+    kalman_solve_observation_space,
+    sym_matrix_functions,
+)
+from enkit.models import Lorenz63, Lorenz96, TwinExperiment, twin_experiment
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssimilationResult",
+    "Covariance",
+    "Dense",
+    "Diagonal",
+    "Lorenz63",
+    "Lorenz96",
+    "SCHEMES",
+    "STOCHASTIC",
+    "Scalar",
+    "TwinExperiment",
+    "anomalies",
+    "as_covariance",
+    "assimilate",
+    "covariance",
+    "cross_covariance",
+    "diagnostics",
+    "enkf",
+    "ensemble",
+    "ensemble_covariance",
+    "ensemble_mean",
+    "ensemble_spread",
+    "ensemble_with_covariance",
+    "ensrf",
+    "etkf",
+    "filters",
+    "inflation",
+    "kalman",
+    "kalman_solve",
+    "kalman_solve_ensemble_space",
+    "kalman_solve_observation_space",
+    "kalman_update",
+    "linalg",
+    "models",
+    "multiplicative_inflation",
+    "observe",
+    "perturbed_observations",
+    "rmse",
+    "sym_matrix_functions",
+    "twin_experiment",
+]

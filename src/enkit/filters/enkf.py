@@ -1,0 +1,70 @@
+"""Stochastic EnKF with perturbed observations (Evensen 1994; Burgers,
+van Leeuwen & Evensen 1998)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from enkit.ensemble import anomalies
+from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
+from enkit.linalg import kalman_solve
+
+__all__ = ["enkf", "perturbed_observations"]
+
+
+def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = False) -> Array:
+    """N draws ``y + εᵢ``, ``εᵢ ~ N(0, R)``: shape (N, m).
+
+    R: a covariance operator (a diagonal R costs O(N m), never m²).
+    With ``center=True`` the perturbations are re-centred to zero mean.
+    """
+    eps = R.sample(key, (N,))
+    if center:
+        eps = eps - jnp.mean(eps, axis=0, keepdims=True)
+    return y + eps
+
+
+def enkf(
+    E: Array,
+    y: Array,
+    h: ObservationOperator,
+    R,
+    *,
+    key: Array | int | None = None,
+    center_perturbations: bool = False,
+    method: Literal["auto", "observation", "ensemble"] = "auto",
+) -> Array:
+    """Stochastic ensemble Kalman filter analysis with perturbed observations.
+
+    Each member is updated with its own perturbed observation
+    ``dᵢ = y + εᵢ, εᵢ ~ N(0, R)``:
+
+        Eₐᵢ = Eᵢ + K (dᵢ − h(Eᵢ)),   K = Xᵀ Y (Yᵀ Y + R)⁻¹,
+
+    with X, Y the state and observation anomalies divided by sqrt(N − 1).
+    The sample covariance of the result matches the Kalman analysis
+    covariance in expectation (Burgers et al. 1998).
+
+    E: (N, n) forecast ensemble; y: (m,) observation; h: callable on one
+    member or (m, n) matrix; R: covariance operator or array (scalar, (m,)
+    variances, or (m, m)); key: PRNG key (required); center_perturbations:
+    remove the sample mean of the perturbations so the mean update is exact;
+    method: innovation solve, see ``enkit.linalg.kalman_solve``.
+    Returns the (N, n) analysis ensemble.
+
+    References: Evensen (1994), JGR 99(C5); Burgers, van Leeuwen & Evensen
+    (1998), MWR 126.
+    """
+    key = as_key(key, "enkf")
+    E, y, HE, R = prepare_analysis(E, y, h, R)
+    N = E.shape[0]
+    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
+    X = anomalies(E) / c
+    Y = anomalies(HE) / c
+    D = perturbed_observations(key, y, R, N, center=center_perturbations)
+    Z = kalman_solve(Y, R, D - HE, method=method)  # (N, m): rows C⁻¹ dᵢ
+    return E + (Z @ Y.T) @ X

@@ -1,0 +1,62 @@
+"""Ensemble transform Kalman filter, symmetric square root (Bishop, Etherton
+& Majumdar 2001; Hunt, Kostelich & Szunyogh 2007)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+
+from enkit.ensemble import anomalies
+from enkit.filters._common import ObservationOperator, prepare_analysis
+from enkit.linalg import sym_matrix_functions
+
+__all__ = ["etkf"]
+
+
+def _inv1p(lam):
+    return 1.0 / (1.0 + lam)
+
+
+def _rsqrt1p(lam):
+    return 1.0 / jnp.sqrt(1.0 + lam)
+
+
+def etkf(
+    E: Array,
+    y: Array,
+    h: ObservationOperator,
+    R,
+    *,
+    key: Array | None = None,
+) -> Array:
+    """ETKF analysis with the symmetric (mean-preserving) square root.
+
+    With X, Y the state and observation anomalies divided by sqrt(N − 1),
+    ``S = Y R^{-1/2}`` (whitened, rows) and ``T = I_N + S Sᵀ``:
+
+        w̄ = T⁻¹ S R^{-1/2} (y − ȳ),    x̄ₐ = x̄ + Xᵀ w̄,
+        Xₐ = T^{-1/2} X (symmetric square root, so Xₐ keeps zero mean),
+
+    so the analysis sample mean and covariance equal the Kalman update of
+    the forecast sample mean and covariance. ``T^{-1}`` and ``T^{-1/2}`` come
+    from one eigendecomposition of the N×N matrix ``S Sᵀ``, with a derivative
+    rule that is finite for repeated eigenvalues (N > m).
+
+    E: (N, n); y: (m,); h: callable or (m, n) matrix; R: covariance operator
+    or array; key: unused (deterministic scheme). Returns (N, n).
+
+    References: Bishop, Etherton & Majumdar (2001), MWR 129; Hunt, Kostelich
+    & Szunyogh (2007), Physica D 230; Sakov & Oke (2008), MWR 136.
+    """
+    del key
+    E, y, HE, R = prepare_analysis(E, y, h, R)
+    N = E.shape[0]
+    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
+    xbar = jnp.mean(E, axis=0)
+    X = (E - xbar) / c
+    ybar = jnp.mean(HE, axis=0)
+    S = R.whiten(anomalies(HE)) / c  # (N, m)
+    d = R.whiten(y - ybar)  # (m,)
+    Tinv, Tisqrt = sym_matrix_functions(S @ S.T, (_inv1p, _rsqrt1p))
+    w = Tinv @ (S @ d)
+    return xbar + w @ X + c * (Tisqrt @ X)

@@ -1,0 +1,116 @@
+"""Exact Kalman analysis: the ground truth for every ensemble scheme."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from enkit._checks import check_finite, check_ndim
+from enkit.covariance import as_covariance
+from enkit.ensemble import anomalies
+from enkit.filters._common import ObservationOperator, prepare_analysis
+from enkit.linalg import spd_solve
+
+__all__ = ["kalman", "kalman_update", "ensemble_with_covariance"]
+
+
+def kalman_update(
+    mean: ArrayLike,
+    cov: ArrayLike,
+    y: ArrayLike,
+    H: ArrayLike,
+    R,
+    *,
+    joseph: bool = True,
+) -> tuple[Array, Array]:
+    """Kalman analysis of a Gaussian ``N(mean, cov)`` given ``y = H x + ε``.
+
+        S = H P Hᵀ + R,   K = P Hᵀ S⁻¹,   x̄ₐ = x̄ + K (y − H x̄),
+        Pₐ = (I − K H) P (I − K H)ᵀ + K R Kᵀ        (Joseph form, default)
+        Pₐ = (I − K H) P, symmetrised              (joseph=False)
+
+    mean: (n,); cov: (n, n); y: (m,); H: (m, n); R: covariance operator or
+    array (scalar, (m,) variances or (m, m)). Returns ``(mean_a, cov_a)``.
+
+    References: Kalman (1960); Bucy & Joseph (1968) for the Joseph form.
+    """
+    mean, cov, y, H = (jnp.asarray(a) for a in (mean, cov, y, H))
+    check_ndim("mean", mean, 1, "(n,)")
+    n = mean.shape[0]
+    if cov.shape != (n, n):
+        raise ValueError(f"cov must have shape (n, n) = ({n}, {n}), got {cov.shape}")
+    check_ndim("y", y, 1, "(m,)")
+    check_finite("y", y)
+    m = y.shape[0]
+    if H.shape != (m, n):
+        raise ValueError(f"H must have shape (m, n) = ({m}, {n}), got {H.shape}")
+    R = as_covariance(R, m).astype(mean.dtype)
+    Rd = R.dense()
+    PHt = cov @ H.T
+    K = spd_solve(H @ PHt + Rd, PHt.T).T  # (n, m)
+    mean_a = mean + K @ (y - H @ mean)
+    IKH = jnp.eye(n, dtype=mean.dtype) - K @ H
+    if joseph:
+        cov_a = IKH @ cov @ IKH.T + K @ Rd @ K.T
+    else:
+        cov_a = IKH @ cov
+    return mean_a, 0.5 * (cov_a + cov_a.T)
+
+
+def ensemble_with_covariance(E: Array, mean: Array, cov: Array) -> Array:
+    """An ensemble with exactly the sample mean ``mean`` and covariance ``cov``.
+
+    The new anomalies live in the span of E's anomalies ``X = U Σ Vᵀ``:
+    ``Xₐ = sqrt(N − 1) U_r (V_rᵀ cov V_r)^{1/2} V_rᵀ`` over the r non-zero
+    singular directions, which is exact whenever the range of ``cov`` lies in
+    that span (true for any Kalman update of E's own sample covariance).
+
+    E: (N, n); mean: (n,); cov: (n, n). Returns (N, n).
+    """
+    N = E.shape[0]
+    U, s, Vt = jnp.linalg.svd(anomalies(E), full_matrices=False)
+    tol = max(E.shape) * jnp.finfo(E.dtype).eps * s[0]
+    keep = (s > tol).astype(E.dtype)
+    A = (Vt @ cov @ Vt.T) * keep[:, None] * keep[None, :]
+    lam, V = jnp.linalg.eigh(0.5 * (A + A.T))
+    sqrtA = (V * jnp.sqrt(jnp.clip(lam, 0.0))) @ V.T
+    return mean + jnp.sqrt(N - 1.0) * ((U * keep) @ sqrtA @ Vt)
+
+
+def kalman(
+    E: Array,
+    y: Array,
+    h: ObservationOperator,
+    R,
+    *,
+    key: Array | None = None,
+    joseph: bool = True,
+) -> Array:
+    """Exact Kalman update of the ensemble's sample mean and covariance.
+
+    The forecast sample mean x̄ and covariance P of E are updated by
+    ``kalman_update`` (an n×n computation, meant as ground truth, not for
+    large n), and an ensemble carrying exactly the analysed mean and
+    covariance is returned (``ensemble_with_covariance``). A callable h is
+    linearised at the mean, ``H = ∂h/∂x(x̄)``, and the innovation is
+    ``y − h(x̄)`` (the extended Kalman filter analysis).
+
+    E: (N, n); y: (m,); h: callable or (m, n) matrix; R: covariance operator
+    or array; key: unused; joseph: Joseph-form covariance update.
+    Returns (N, n).
+    """
+    del key
+    E, y, _, R = prepare_analysis(E, y, h, R)
+    xbar = jnp.mean(E, axis=0)
+    X = anomalies(E)
+    P = X.T @ X / (E.shape[0] - 1)
+    if callable(h):
+        H = jax.jacfwd(h)(xbar)
+        # Shift y so that the linear update sees y - h(x̄) as its innovation.
+        y = y - h(xbar) + H @ xbar
+    else:
+        H = jnp.asarray(h, dtype=E.dtype)
+    mean_a, cov_a = kalman_update(xbar, P, y, H, R, joseph=joseph)
+    return ensemble_with_covariance(E, mean_a, cov_a)
