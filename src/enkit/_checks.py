@@ -33,6 +33,6 @@ def check_ndim(name: str, x, ndim: int, expected: str) -> None:
 
 def check_float(name: str, x) -> None:
     """Raise ``TypeError`` unless ``x`` has a real floating dtype."""
-    dtype = np.result_type(x)
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"{name} must have a floating dtype, got {dtype}")

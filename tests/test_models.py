@@ -1,0 +1,79 @@
+"""Lorenz models and twin experiments."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import enkit
+from enkit.models import Lorenz63, Lorenz96, integrate
+
+
+def test_lorenz96_tendency_matches_index_formula():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=9)
+    n, F = 9, 8.0
+    expected = [(x[(i + 1) % n] - x[i - 2]) * x[i - 1] - x[i] + F for i in range(n)]
+    np.testing.assert_allclose(Lorenz96(n=9).tendency(jnp.asarray(x)), expected, rtol=1e-13)
+
+
+def test_fixed_points_stay_fixed():
+    m96 = Lorenz96(n=40, F=8.0)
+    x = jnp.full(40, 8.0)
+    np.testing.assert_allclose(m96(x), x, atol=1e-12)
+    m63 = Lorenz63()
+    r = np.sqrt(m63.beta * (m63.rho - 1))
+    xs = jnp.array([r, r, m63.rho - 1])
+    np.testing.assert_allclose(m63.tendency(xs), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("model,x0", [
+    (Lorenz63(dt=0.01), np.array([1.0, 2.0, 20.0])),
+    (Lorenz96(n=10, dt=0.01), 8.0 + np.linspace(-1, 1, 10)),
+])
+def test_rk4_converges_at_fourth_order_to_an_accurate_solver(model, x0):
+    T = 0.5
+    ref = solve_ivp(lambda t, x: np.asarray(model.tendency(jnp.asarray(x))),
+                    (0.0, T), x0, rtol=1e-13, atol=1e-13, method="DOP853").y[:, -1]
+    errors = []
+    for dt in (0.01, 0.005):
+        m = type(model)(**{**model.__dict__, "dt": dt})
+        errors.append(np.abs(integrate(m, jnp.asarray(x0), round(T / dt)) - ref).max())
+    assert errors[1] < 1e-4
+    assert 12 < errors[0] / errors[1] < 20  # 2⁴ = 16
+
+
+def test_models_are_pytrees_with_traced_constants():
+    f = jax.jit(lambda model, x: model(x))
+    x = jnp.linspace(-1, 1, 40)
+    a = f(Lorenz96(F=8.0), x)
+    size = f._cache_size()
+    b = f(Lorenz96(F=9.0), x)
+    assert f._cache_size() == size  # new forcing, no recompilation
+    assert not np.allclose(a, b)
+    g = lambda F: jnp.sum(Lorenz96(F=F)(x))  # noqa: E731
+    fd = (g(8.0 + 1e-6) - g(8.0 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(jax.grad(g)(8.0), fd, rtol=1e-7)
+
+
+def test_lorenz96_rejects_tiny_rings():
+    with pytest.raises(ValueError, match="n must be an integer >= 4"):
+        Lorenz96(n=3)
+
+
+def test_twin_experiment_observes_the_truth_with_noise_R():
+    model = Lorenz96(n=10)
+    twin = enkit.twin_experiment(model, 8.0 + jnp.arange(10.0) / 10, key=jax.random.key(1),
+                                 n_obs=3000, h=lambda x: x[::2], R=0.25,
+                                 steps_per_obs=2, spinup=50)
+    assert twin.truth.shape == (3000, 10) and twin.observations.shape == (3000, 5)
+    np.testing.assert_allclose(twin.times[:2], [0.1, 0.2])
+    # truth[0] is x0 advanced two steps
+    np.testing.assert_allclose(twin.truth[0], integrate(model, twin.x0, 2), rtol=1e-13)
+    noise = np.asarray(twin.observations - twin.truth[:, ::2])
+    assert abs(noise.var() - 0.25) < 0.02
+    again = enkit.twin_experiment(model, 8.0 + jnp.arange(10.0) / 10, key=jax.random.key(1),
+                                  n_obs=3000, h=lambda x: x[::2], R=0.25,
+                                  steps_per_obs=2, spinup=50)
+    assert np.array_equal(np.asarray(again.observations), np.asarray(twin.observations))
