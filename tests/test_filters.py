@@ -210,3 +210,13 @@ def test_etkf_gradient_with_exactly_repeated_eigenvalues():
     H0 = jnp.zeros((p.m, p.n))
     g = jax.grad(lambda E: jnp.sum(jnp.mean(enkit.etkf(E, y, H0, R), axis=0)))(E)
     np.testing.assert_allclose(g, np.full(E.shape, 1.0 / p.N), atol=1e-14)
+
+
+def test_perturbed_observations():
+    R = enkit.Diagonal(np.array([1.0, 4.0, 9.0]))
+    y = np.array([1.0, 2.0, 3.0])
+    D = enkit.perturbed_observations(jax.random.key(0), y, R, 20000)
+    assert D.shape == (20000, 3)
+    np.testing.assert_allclose(np.std(np.asarray(D), axis=0), [1, 2, 3], rtol=0.03)
+    Dc = enkit.perturbed_observations(jax.random.key(0), y, R, 5, center=True)
+    np.testing.assert_allclose(np.mean(np.asarray(Dc), axis=0), y, atol=1e-12)

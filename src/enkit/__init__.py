@@ -15,6 +15,7 @@ from enkit.ensemble import (
     ensemble_covariance,
     ensemble_mean,
     ensemble_spread,
+    scaled_anomalies,
 )
 from enkit.filters import (
     SCHEMES,
@@ -61,6 +62,7 @@ __all__ = [
     "ensemble_covariance",
     "ensemble_mean",
     "ensemble_spread",
+    "scaled_anomalies",
     "ensemble_with_covariance",
     "ensrf",
     "etkf",

@@ -17,6 +17,7 @@ __all__ = [
     "ensemble_covariance",
     "cross_covariance",
     "ensemble_spread",
+    "scaled_anomalies",
 ]
 
 
@@ -35,6 +36,19 @@ def anomalies(E: ArrayLike) -> Array:
     """
     E = jnp.asarray(E)
     return E - jnp.mean(E, axis=0, keepdims=True)
+
+
+def scaled_anomalies(E: ArrayLike) -> tuple[Array, Array]:
+    """Mean and normalised anomalies ``(x̄, (E − x̄) / sqrt(N − 1))``.
+
+    With ``X`` the normalised anomalies the sample covariance is ``Xᵀ X``,
+    the form every analysis scheme works with. E: (N, n).
+    Returns ((n,), (N, n)).
+    """
+    E = jnp.asarray(E)
+    xbar = jnp.mean(E, axis=0)
+    c = jnp.sqrt(jnp.asarray(E.shape[0] - 1, E.dtype))
+    return xbar, (E - xbar) / c
 
 
 def ensemble_covariance(E: ArrayLike) -> Array:

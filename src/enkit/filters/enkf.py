@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 
-from enkit.ensemble import anomalies
+from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
 from enkit.linalg import kalman_solve
 
@@ -61,10 +60,8 @@ def enkf(
     """
     key = as_key(key, "enkf")
     E, y, HE, R = prepare_analysis(E, y, h, R)
-    N = E.shape[0]
-    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
-    X = anomalies(E) / c
-    Y = anomalies(HE) / c
-    D = perturbed_observations(key, y, R, N, center=center_perturbations)
+    _, X = scaled_anomalies(E)
+    _, Y = scaled_anomalies(HE)
+    D = perturbed_observations(key, y, R, E.shape[0], center=center_perturbations)
     Z = kalman_solve(Y, R, D - HE, method=method)  # (N, m): rows C⁻¹ dᵢ
     return E + (Z @ Y.T) @ X

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-from enkit.ensemble import anomalies
+from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
 
 __all__ = ["ensrf"]
@@ -39,13 +39,11 @@ def ensrf(
     """
     del key
     E, y, HE, R = prepare_analysis(E, y, h, R)
-    N = E.shape[0]
-    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
-    xbar = jnp.mean(E, axis=0)
-    X = (E - xbar) / c
-    Y = anomalies(HE) / c
+    c = jnp.sqrt(jnp.asarray(E.shape[0] - 1, E.dtype))
+    xbar, X = scaled_anomalies(E)
+    ybar, Y = scaled_anomalies(HE)
     Cs = jnp.linalg.cholesky(Y.T @ Y + R.dense())  # C = Cs Csᵀ
-    z = cho_solve((Cs, True), y - jnp.mean(HE, axis=0))
+    z = cho_solve((Cs, True), y - ybar)
     xa = xbar + (Y @ z) @ X
     A1 = solve_triangular(Cs + R.cholesky(), Y.T, lower=True)  # (m, N)
     A2 = solve_triangular(Cs, Y.T, lower=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
-from enkit.ensemble import anomalies
+from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
 from enkit.linalg import sym_matrix_functions
 
@@ -50,12 +50,10 @@ def etkf(
     """
     del key
     E, y, HE, R = prepare_analysis(E, y, h, R)
-    N = E.shape[0]
-    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
-    xbar = jnp.mean(E, axis=0)
-    X = (E - xbar) / c
-    ybar = jnp.mean(HE, axis=0)
-    S = R.whiten(anomalies(HE)) / c  # (N, m)
+    c = jnp.sqrt(jnp.asarray(E.shape[0] - 1, E.dtype))
+    xbar, X = scaled_anomalies(E)
+    ybar, Y = scaled_anomalies(HE)
+    S = R.whiten(Y)  # (N, m)
     d = R.whiten(y - ybar)  # (m,)
     Tinv, Tisqrt = sym_matrix_functions(S @ S.T, (_inv1p, _rsqrt1p))
     w = Tinv @ (S @ d)
