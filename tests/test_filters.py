@@ -14,6 +14,12 @@ from conftest import LinearGaussian
 
 DETERMINISTIC = sorted(set(SCHEMES) - STOCHASTIC)
 
+# Deterministic schemes whose analysis is, by design, not the Kalman update of
+# the forecast sample statistics (name -> reason). Each has its own test
+# against its own closed form; all others must match the Kalman update.
+NOT_KALMAN_EXACT: dict[str, str] = {}
+KALMAN_EXACT = sorted(set(DETERMINISTIC) - set(NOT_KALMAN_EXACT))
+
 
 def rel(a, b):
     return np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b))
@@ -25,7 +31,7 @@ def test_registry_lists_the_foundation_schemes():
     assert all(callable(f) for f in SCHEMES.values())
 
 
-@pytest.mark.parametrize("name", DETERMINISTIC)
+@pytest.mark.parametrize("name", KALMAN_EXACT)
 @pytest.mark.parametrize("rkind", ["dense", "diagonal", "scalar"])
 def test_deterministic_scheme_equals_exact_kalman(problem, name, rkind):
     p = problem
@@ -159,7 +165,7 @@ def test_float32_smoke(name):
     Ea = SCHEMES[name](E, y, H, R, key=jax.random.key(0))
     assert Ea.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(Ea)))
-    if name not in STOCHASTIC:
+    if name in KALMAN_EXACT:
         xf, Pf = sample_stats(p.E)
         xa, Pa = kalman_analysis(xf, Pf, p.y, p.H, p.R)
         ma, Ca = sample_stats(np.asarray(Ea, np.float64))
