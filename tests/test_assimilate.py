@@ -57,7 +57,7 @@ def test_scan_equals_a_python_loop_over_the_same_calls(scheme):
     for k, y in enumerate(ys, start=1):
         E = jax.vmap(lambda x: model(model(x)))(E)
         np.testing.assert_allclose(res.forecast_mean[k - 1], E.mean(0), rtol=1e-12)
-        E = f(E, y, h, 1.0, key=jax.random.fold_in(key, k))
+        E = f(E, y, h, 1.0, key=jax.random.fold_in(jax.random.fold_in(key, k), 0))
         E = enkit.multiplicative_inflation(E, 1.05)
         np.testing.assert_allclose(res.analysis_mean[k - 1], E.mean(0), rtol=1e-12)
     np.testing.assert_allclose(res.ensemble, E, rtol=1e-12)

@@ -21,7 +21,7 @@ from enkit.covariance import as_covariance
 from enkit.diagnostics import rmse
 from enkit.ensemble import ensemble_spread
 from enkit.filters._common import ObservationOperator
-from enkit.inflation import multiplicative
+from enkit.inflation import InflationStep, MultiplicativeAnalysis, NoInflation
 from enkit.models.twin import integrate
 
 __all__ = ["AssimilationResult", "assimilate"]
@@ -31,8 +31,9 @@ class AssimilationResult(NamedTuple):
     """Per-cycle statistics of an assimilation run (K analysis times).
 
     forecast_mean, analysis_mean: (K, n); forecast_spread, analysis_spread:
-    (K,) (``enkit.ensemble.ensemble_spread``; the analysis spread is taken
-    after inflation, on the ensemble that is carried forward);
+    (K,) (``enkit.ensemble.ensemble_spread``; the forecast statistics are
+    taken before any inflation, the analysis ones after it, on the ensemble
+    that is carried forward);
     ensemble: (N, n) the final analysis ensemble.
     """
 
@@ -60,14 +61,16 @@ def assimilate(
     h: ObservationOperator,
     R,
     key: Array | int | None = None,
-    inflation: ArrayLike = 1.0,
+    inflation: ArrayLike | InflationStep | None = None,
     steps_per_obs: int = 1,
 ) -> AssimilationResult:
     """Cycle an ensemble through K forecast–analysis steps, compiled once.
 
-    For k = 1..K:  ``E ← model^{steps_per_obs}(E)`` (per member),
-    ``E ← scheme(E, y_k, h, R, key=fold_in(key, k))``,
-    ``E ← x̄ + λ (E − x̄)`` (multiplicative inflation of the analysis).
+    For k = 1..K, with ``kₖ = fold_in(key, k)``:
+    ``E ← model^{steps_per_obs}(E)`` (per member),
+    ``E ← inflation.before_analysis(..., key=fold_in(kₖ, 1), E, ...)``,
+    ``E ← scheme(E, y_k, h, R, key=fold_in(kₖ, 0))``,
+    ``E ← inflation.after_analysis(..., key=fold_in(kₖ, 2), ...)``.
 
     model: JAX-traceable one-step map of one member ``(n,) -> (n,)``
     (e.g. ``enkit.models.Lorenz96()``); E0: (N, n) initial ensemble;
@@ -75,7 +78,9 @@ def assimilate(
     with the uniform signature (bind options with ``functools.partial``);
     h: callable or (m, n) matrix; R: covariance operator or array; key: PRNG
     key or integer seed (required by stochastic schemes, ignored otherwise);
-    inflation: λ; steps_per_obs: model steps between analyses.
+    inflation: an ``enkit.inflation.InflationStep`` (or ``chain`` of steps),
+    or a number λ for multiplicative inflation of the analysis anomalies, or
+    None; steps_per_obs: model steps between analyses.
     Returns an ``AssimilationResult``.
 
     Model, scheme and a callable h are compiled in as static functions (a
@@ -104,6 +109,10 @@ def assimilate(
     R = as_covariance(R, observations.shape[1]).astype(E0.dtype)
     if isinstance(key, int):
         key = jax.random.key(key)
+    if inflation is None:
+        inflation = NoInflation()
+    elif not isinstance(inflation, InflationStep):
+        inflation = MultiplicativeAnalysis(jnp.asarray(inflation, E0.dtype))
     return _run(
         _as_pytree(model),
         E0,
@@ -112,7 +121,7 @@ def assimilate(
         _as_pytree(h),
         R,
         key,
-        jnp.asarray(inflation, E0.dtype),
+        inflation,
         steps_per_obs=steps_per_obs,
     )
 
@@ -125,26 +134,41 @@ def _as_pytree(f):
     return f
 
 
-def _cycle_step(model, scheme, h, R, key, inflation, steps_per_obs, E, k, y):
-    """One forecast–analysis–inflation cycle; returns (E_analysis, stats)."""
+def _keys(key, k):
+    """Per-cycle keys (scheme, before-analysis step, after-analysis step)."""
+    if key is None:
+        return None, None, None
+    kk = jax.random.fold_in(key, k)
+    return tuple(jax.random.fold_in(kk, i) for i in range(3))
+
+
+def _cycle_step(model, scheme, h, R, key, inflation, steps_per_obs, carry, k, y):
+    """One forecast–inflation–analysis–inflation cycle; returns (carry, stats)."""
+    E, infl_state = carry
+    k_scheme, k_before, k_after = _keys(key, k)
     Ef = jax.vmap(lambda x: integrate(model, x, steps_per_obs))(E)
-    kwargs = {} if key is None else {"key": jax.random.fold_in(key, k)}
-    Ea = multiplicative(scheme(Ef, y, h, R, **kwargs), inflation)
+    Eb, infl_state = inflation.before_analysis(infl_state, k_before, Ef, y, h, R, None)
+    kwargs = {} if k_scheme is None else {"key": k_scheme}
+    Ea = scheme(Eb, y, h, R, **kwargs)
+    Ea, infl_state = inflation.after_analysis(infl_state, k_after, Eb, Ea)
     stats = (
         jnp.mean(Ef, axis=0),
         jnp.mean(Ea, axis=0),
         ensemble_spread(Ef),
         ensemble_spread(Ea),
     )
-    return Ea, stats
+    return (Ea, infl_state), stats
 
 
 @partial(jax.jit, static_argnames=("steps_per_obs",))
 def _run(model, E0, observations, scheme, h, R, key, inflation, *, steps_per_obs):
-    def body(E, inputs):
+    def body(carry, inputs):
         k, y = inputs
-        return _cycle_step(model, scheme, h, R, key, inflation, steps_per_obs, E, k, y)
+        return _cycle_step(model, scheme, h, R, key, inflation, steps_per_obs, carry, k, y)
 
     K = observations.shape[0]
-    E, (fm, am, fs, as_) = jax.lax.scan(body, E0, (jnp.arange(1, K + 1), observations))
+    carry = (E0, inflation.init(E0))
+    (E, _), (fm, am, fs, as_) = jax.lax.scan(
+        body, carry, (jnp.arange(1, K + 1), observations)
+    )
     return AssimilationResult(fm, am, fs, as_, E)

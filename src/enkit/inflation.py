@@ -29,7 +29,13 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-__all__ = ["InflationStep", "chain", "multiplicative", "MultiplicativeAnalysis"]
+__all__ = [
+    "InflationStep",
+    "MultiplicativeAnalysis",
+    "NoInflation",
+    "chain",
+    "multiplicative",
+]
 
 
 def multiplicative(E: Array, factor: ArrayLike) -> Array:
@@ -54,6 +60,14 @@ class InflationStep:
 
     def after_analysis(self, state, key, Ef, Ea):
         return Ea, state
+
+
+@dataclasses.dataclass(frozen=True)
+class NoInflation(InflationStep):
+    """The step that changes nothing (the driver's default)."""
+
+
+jax.tree_util.register_dataclass(NoInflation, data_fields=[], meta_fields=[])
 
 
 @dataclasses.dataclass(frozen=True)
