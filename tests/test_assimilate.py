@@ -104,7 +104,7 @@ def test_driver_input_errors():
         enkit.assimilate(lambda x: x[:3], E0, ys, enkit.etkf, h=np.eye(10), R=1.0)
     with pytest.raises(TypeError, match="scheme must be an analysis function"):
         enkit.assimilate(model, E0, ys, "etkf", h=np.eye(10), R=1.0)
-    with pytest.raises(ValueError, match="steps_per_obs must be a positive integer"):
+    with pytest.raises(ValueError, match="steps_per_obs must be positive integers"):
         enkit.assimilate(model, E0, ys, enkit.etkf, h=np.eye(10), R=1.0, steps_per_obs=0)
 
 

@@ -6,7 +6,16 @@ The public names are re-exported here; the subpackages hold the code.
 """
 
 from enkit import covariance, diagnostics, ensemble, filters, inflation, linalg, models
-from enkit.assimilate import AssimilationResult, assimilate
+from enkit.assimilate import (
+    OUTPUTS,
+    AssimilationResult,
+    BlackBoxModel,
+    PerTime,
+    assimilate,
+    over_window,
+    per_time,
+    stack_covariances,
+)
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar, as_covariance
 from enkit.diagnostics import rmse
 from enkit.ensemble import (
@@ -42,6 +51,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AssimilationResult",
+    "BlackBoxModel",
+    "OUTPUTS",
+    "PerTime",
+    "over_window",
+    "per_time",
+    "stack_covariances",
     "Covariance",
     "Dense",
     "Diagonal",

@@ -1,0 +1,180 @@
+"""Pieces of one assimilation cycle shared by the compiled and Python drivers.
+
+Private: ``assimilate`` composes them. A cycle is
+
+    forecast (model steps, optional additive model noise)
+    → inflation.before_analysis → scheme → inflation.after_analysis
+    → the requested per-time outputs.
+
+Absent observations (``mask`` False) are neutralised before the scheme sees
+them: their simulated value and observed value become 0 and their error
+variance 1 with no correlation. Their observation anomalies are then exactly
+zero, so they enter every scheme only multiplied by zero and have exactly no
+effect, whatever placeholder values they held (NaN included).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from enkit.covariance import Covariance, Dense, Diagonal, Scalar
+from enkit.ensemble import ensemble_spread, scaled_anomalies
+from enkit.filters._common import observe
+
+# Output names and the ADAO names accepted as aliases of them.
+OUTPUTS = {
+    "forecast_mean": ("ForecastState",),
+    "analysis_mean": ("Analysis", "CurrentState", "CurrentOptimum"),
+    "forecast_spread": (),
+    "analysis_spread": (),
+    "forecast_ensemble": (),
+    "analysis_ensemble": (),
+    "forecast_covariance": ("ForecastCovariance",),
+    "analysis_covariance": ("APosterioriCovariance",),
+    "analysis_variances": ("APosterioriVariances",),
+    "analysis_std": ("APosterioriStandardDeviations",),
+    "bma": ("BMA",),
+    "innovation_forecast": ("InnovationAtCurrentState",),
+    "innovation_analysis": ("InnovationAtCurrentAnalysis",),
+    "simulated_obs_forecast": ("SimulatedObservationAtCurrentState",),
+    "simulated_obs_analysis": (
+        "SimulatedObservationAtCurrentAnalysis",
+        "SimulatedObservationAtCurrentOptimum",
+    ),
+    "cost_J": ("CostFunctionJ",),
+    "cost_Jb": ("CostFunctionJb",),
+    "cost_Jo": ("CostFunctionJo",),
+}
+DEFAULT_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread")
+_ALIASES = {alias: name for name, aliases in OUTPUTS.items() for alias in aliases}
+
+
+def resolve_outputs(store) -> tuple[str, ...]:
+    """Canonical output names for ``store`` (enkit names or ADAO aliases)."""
+    if isinstance(store, str):
+        store = (store,)
+    names = []
+    for s in store:
+        name = s if s in OUTPUTS else _ALIASES.get(s)
+        if name is None:
+            valid = sorted(OUTPUTS) + sorted(_ALIASES)
+            raise ValueError(f"unknown output {s!r}; valid names: {', '.join(valid)}")
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def masked_problem(h, y, R: Covariance, mask):
+    """(h, y, R) with absent observations neutralised (see module docstring)."""
+    if mask is None:
+        return h, y, R
+    w = mask.astype(y.dtype)
+
+    def h_masked(x):
+        return jnp.where(mask, observe(h, x[None])[0], 0.0)
+
+    y = jnp.where(mask, y, 0.0)
+    if isinstance(R, Scalar):
+        R = Diagonal(jnp.where(mask, R.variance, 1.0))
+    elif isinstance(R, Diagonal):
+        R = Diagonal(jnp.where(mask, R.variances, 1.0))
+    else:
+        R = Dense(R.dense() * w[:, None] * w[None, :] + jnp.diag(1.0 - w))
+    return h_masked, y, R
+
+
+def forecast(model, E, n_steps, *, t0, controls, noise, key):
+    """Advance every member ``n_steps`` model steps from global step ``t0``.
+
+    model(x) or model(x, u) with u = controls at the step's start time;
+    noise: covariance operator Q of additive model error drawn after every
+    step (key required), or None. ``n_steps`` may be traced.
+    """
+
+    def one_step(j, E):
+        if controls is None:
+            E = jax.vmap(model)(E)
+        else:
+            u = jax.tree_util.tree_map(lambda a: a[t0 + j], controls)
+            E = jax.vmap(lambda x: model(x, u))(E)
+        if noise is not None:
+            E = E + noise.sample(jax.random.fold_in(key, j), (E.shape[0],))
+        return E
+
+    return jax.lax.fori_loop(0, n_steps, one_step, E)
+
+
+def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs):
+    """Inflation, analysis and outputs of one cycle; returns (Ea, state, out)."""
+    k_scheme, k_before, k_after = keys
+    hm, ym, Rm = masked_problem(h, y, R, mask)
+    Eb, infl_state = inflation.before_analysis(infl_state, k_before, Ef, ym, hm, Rm, mask)
+    kwargs = {} if k_scheme is None else {"key": k_scheme}
+    Ea = scheme(Eb, ym, hm, Rm, **kwargs)
+    Ea, infl_state = inflation.after_analysis(infl_state, k_after, Eb, Ea)
+    return Ea, infl_state, statistics(outputs, Ef, Eb, Ea, hm, ym, Rm)
+
+
+def statistics(outputs, Ef, Eb, Ea, h, y, R):
+    """The requested per-time outputs (a dict name -> array)."""
+    xf, Xf = scaled_anomalies(Ef)
+    xa, Xa = scaled_anomalies(Ea)
+    out = {}
+    lazy = {}
+
+    def hx(which):
+        if which not in lazy:
+            lazy[which] = observe(h, (xf if which == "f" else xa)[None])[0]
+        return lazy[which]
+
+    for name in outputs:
+        if name == "forecast_mean":
+            out[name] = xf
+        elif name == "analysis_mean":
+            out[name] = xa
+        elif name == "forecast_spread":
+            out[name] = ensemble_spread(Ef)
+        elif name == "analysis_spread":
+            out[name] = ensemble_spread(Ea)
+        elif name == "forecast_ensemble":
+            out[name] = Ef
+        elif name == "analysis_ensemble":
+            out[name] = Ea
+        elif name == "forecast_covariance":
+            out[name] = Xf.T @ Xf
+        elif name == "analysis_covariance":
+            out[name] = Xa.T @ Xa
+        elif name == "analysis_variances":
+            out[name] = jnp.sum(Xa * Xa, axis=0)
+        elif name == "analysis_std":
+            out[name] = jnp.sqrt(jnp.sum(Xa * Xa, axis=0))
+        elif name == "bma":
+            out[name] = xf - xa
+        elif name == "innovation_forecast":
+            out[name] = y - hx("f")
+        elif name == "innovation_analysis":
+            out[name] = y - hx("a")
+        elif name == "simulated_obs_forecast":
+            out[name] = hx("f")
+        elif name == "simulated_obs_analysis":
+            out[name] = hx("a")
+    if {"cost_J", "cost_Jb", "cost_Jo"} & set(outputs):
+        xb, Xb = scaled_anomalies(Eb)
+        # Jb = ½ δᵀ P_b⁺ δ with P_b = Xbᵀ Xb: the minimum-norm w with Xbᵀ w = δ.
+        w = jnp.linalg.lstsq(Xb.T, xa - xb)[0]
+        jb = 0.5 * jnp.sum(w * w)
+        r = R.whiten(y - hx("a"))
+        jo = 0.5 * jnp.sum(r * r)
+        for name, value in (("cost_Jb", jb), ("cost_Jo", jo), ("cost_J", jb + jo)):
+            if name in outputs:
+                out[name] = value
+    return out
+
+
+def cycle_keys(key, k):
+    """Per-cycle keys: (scheme, before-analysis, after-analysis), model noise."""
+    if key is None:
+        return (None, None, None), None
+    kk = jax.random.fold_in(key, k)
+    return tuple(jax.random.fold_in(kk, i) for i in range(3)), jax.random.fold_in(kk, 3)
