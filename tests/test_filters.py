@@ -17,7 +17,10 @@ DETERMINISTIC = sorted(set(SCHEMES) - STOCHASTIC)
 # Deterministic schemes whose analysis is, by design, not the Kalman update of
 # the forecast sample statistics (name -> reason). Each has its own test
 # against its own closed form; all others must match the Kalman update.
-NOT_KALMAN_EXACT: dict[str, str] = {}
+NOT_KALMAN_EXACT: dict[str, str] = {
+    "denkf": "covariance (I − ½KH)P(I − ½KH)ᵀ by design (Sakov & Oke 2008); "
+             "tested against it in test_filters_family.py",
+}
 KALMAN_EXACT = sorted(set(DETERMINISTIC) - set(NOT_KALMAN_EXACT))
 
 

@@ -29,14 +29,20 @@ from enkit.ensemble import (
 from enkit.filters import (
     SCHEMES,
     STOCHASTIC,
+    denkf,
     enkf,
     ensemble_with_covariance,
     ensrf,
+    ensrf_serial,
+    estkf,
     etkf,
+    etkf_rotated,
     kalman,
     kalman_update,
     observe,
     perturbed_observations,
+    sqrt_kalman,
+    sqrt_kalman_update,
 )
 from enkit.inflation import multiplicative as multiplicative_inflation
 from enkit.linalg import (
@@ -88,6 +94,12 @@ __all__ = [
     "kalman_solve_ensemble_space",
     "kalman_solve_observation_space",
     "kalman_update",
+    "denkf",
+    "ensrf_serial",
+    "estkf",
+    "etkf_rotated",
+    "sqrt_kalman",
+    "sqrt_kalman_update",
     "linalg",
     "models",
     "multiplicative_inflation",

@@ -13,19 +13,29 @@ iterate over it, so a new scheme is covered by adding one line here.
 """
 
 from enkit.filters._common import observe
+from enkit.filters.denkf import denkf
 from enkit.filters.enkf import enkf, perturbed_observations
 from enkit.filters.ensrf import ensrf
+from enkit.filters.ensrf_serial import ensrf_serial
+from enkit.filters.estkf import estkf
 from enkit.filters.etkf import etkf
+from enkit.filters.etkf_rotated import etkf_rotated
 from enkit.filters.kalman import ensemble_with_covariance, kalman, kalman_update
+from enkit.filters.sqrt_kalman import sqrt_kalman, sqrt_kalman_update
 
 SCHEMES = {
     "enkf": enkf,
     "etkf": etkf,
     "ensrf": ensrf,
     "kalman": kalman,
+    "denkf": denkf,
+    "ensrf_serial": ensrf_serial,
+    "estkf": estkf,
+    "etkf_rotated": etkf_rotated,
+    "sqrt_kalman": sqrt_kalman,
 }
 
-STOCHASTIC = frozenset({"enkf"})
+STOCHASTIC = frozenset({"enkf", "etkf_rotated"})
 
 __all__ = [
     "SCHEMES",
@@ -35,6 +45,12 @@ __all__ = [
     "etkf",
     "kalman",
     "kalman_update",
+    "denkf",
+    "ensrf_serial",
+    "estkf",
+    "etkf_rotated",
+    "sqrt_kalman",
+    "sqrt_kalman_update",
     "ensemble_with_covariance",
     "observe",
     "perturbed_observations",
