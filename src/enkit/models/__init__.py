@@ -2,5 +2,6 @@
 
 from enkit.models.lorenz import Lorenz63, Lorenz96
 from enkit.models.twin import TwinExperiment, integrate, twin_experiment
+from enkit.models import cases
 
-__all__ = ["Lorenz63", "Lorenz96", "TwinExperiment", "integrate", "twin_experiment"]
+__all__ = ["Lorenz63", "Lorenz96", "TwinExperiment", "cases", "integrate", "twin_experiment"]
