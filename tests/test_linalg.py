@@ -114,3 +114,23 @@ def test_sym_matrix_functions_derivative_matches_finite_differences(spectrum):
     fd = (f(A + h * dA) - f(A - h * dA)) / (2 * h)
     assert np.all(np.isfinite(np.asarray(tangent)))
     np.testing.assert_allclose(tangent, fd, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("lam_max", [0.0, 0.5, 20.0, 5000.0])  # last one: eigh branch
+def test_inverse_sqrt_identity_plus_is_exact_on_both_branches(lam_max):
+    from enkit.linalg import inverse_sqrt_identity_plus
+
+    rng = np.random.default_rng(4)
+    B = rng.normal(size=(12, 7))  # rank 7 < 12: repeated zero eigenvalues
+    A = B @ B.T
+    A = A * (lam_max / np.linalg.eigvalsh(A)[-1])
+    lam, V = np.linalg.eigh(A)
+    ref = (V / np.sqrt(1 + lam)) @ V.T
+    Z = inverse_sqrt_identity_plus(jnp.asarray(A))
+    np.testing.assert_allclose(Z, ref, atol=1e-13)
+    np.testing.assert_allclose(Z, Z.T, atol=0)
+    dA = rng.normal(size=(12, 12))
+    dA = jnp.asarray(dA + dA.T)
+    _, t = jax.jvp(inverse_sqrt_identity_plus, (jnp.asarray(A),), (dA,))
+    _, t_ref = jax.jvp(lambda A: sym_matrix_functions(A, (_rsqrt1p,))[0], (jnp.asarray(A),), (dA,))
+    np.testing.assert_allclose(t, t_ref, atol=1e-12)

@@ -8,17 +8,9 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.linalg import sym_matrix_functions
+from enkit.linalg import inverse_sqrt_identity_plus
 
 __all__ = ["etkf"]
-
-
-def _inv1p(lam):
-    return 1.0 / (1.0 + lam)
-
-
-def _rsqrt1p(lam):
-    return 1.0 / jnp.sqrt(1.0 + lam)
 
 
 def etkf(
@@ -38,9 +30,11 @@ def etkf(
         Xₐ = T^{-1/2} X (symmetric square root, so Xₐ keeps zero mean),
 
     so the analysis sample mean and covariance equal the Kalman update of
-    the forecast sample mean and covariance. ``T^{-1}`` and ``T^{-1/2}`` come
-    from one eigendecomposition of the N×N matrix ``S Sᵀ``, with a derivative
-    rule that is finite for repeated eigenvalues (N > m).
+    the forecast sample mean and covariance. ``T^{-1/2}`` comes from
+    ``enkit.linalg.inverse_sqrt_identity_plus`` (Newton–Schulz matrix
+    products, exact to round-off, several times cheaper than an N×N
+    eigendecomposition; derivatives finite for repeated eigenvalues, N > m),
+    and ``T⁻¹ = (T^{-1/2})²``.
 
     E: (N, n); y: (m,); h: callable or (m, n) matrix; R: covariance operator
     or array; key: unused (deterministic scheme). Returns (N, n).
@@ -55,6 +49,6 @@ def etkf(
     ybar, Y = scaled_anomalies(HE)
     S = R.whiten(Y)  # (N, m)
     d = R.whiten(y - ybar)  # (m,)
-    Tinv, Tisqrt = sym_matrix_functions(S @ S.T, (_inv1p, _rsqrt1p))
-    w = Tinv @ (S @ d)
-    return xbar + w @ X + c * (Tisqrt @ X)
+    Z = inverse_sqrt_identity_plus(S @ S.T)  # T^{-1/2}
+    w = Z @ (Z @ (S @ d))  # T⁻¹ S d
+    return xbar + w @ X + c * (Z @ X)

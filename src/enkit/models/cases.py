@@ -93,12 +93,16 @@ class Case:
         burn_in = self.burn_in if burn_in is None else burn_in
         if not 0 <= burn_in < cycles:
             raise ValueError(f"burn_in must satisfy 0 <= burn_in < cycles, got {burn_in}")
+        store = tuple(options.pop("store", ("forecast_mean", "analysis_mean",
+                                            "forecast_spread", "analysis_spread")))
+        if "analysis_mean" not in store:
+            store += ("analysis_mean",)  # needed for the RMSE
         twin = self.twin(seed, cycles)
         E0 = self.initial_ensemble(twin, N, seed)
         result = assimilate(
             self.model, E0, twin.observations, scheme, h=self.h, R=self.R,
             key=jax.random.fold_in(jax.random.key(seed), 2),
-            steps_per_obs=self.steps_per_obs, **options,
+            steps_per_obs=self.steps_per_obs, store=store, **options,
         )
         rmse = float(jnp.mean(result.rmse(twin.truth)[burn_in:]))
         return CaseRun(rmse, result, twin)
