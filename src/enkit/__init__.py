@@ -44,6 +44,23 @@ from enkit.filters import (
     sqrt_kalman,
     sqrt_kalman_update,
 )
+from enkit.inflation import (
+    RTPP,
+    RTPS,
+    AdaptiveMultiplicative,
+    AdditiveAnalysis,
+    AdditiveForecast,
+    InflationEstimate,
+    InflationStep,
+    MultiplicativeAnalysis,
+    MultiplicativeForecast,
+    NoInflation,
+    adaptive_inflation,
+    ledoit_wolf,
+    rtpp,
+    rtps,
+)
+from enkit.inflation import additive as additive_inflation
 from enkit.inflation import multiplicative as multiplicative_inflation
 from enkit.linalg import (
     kalman_solve,
@@ -56,6 +73,21 @@ from enkit.models import Lorenz63, Lorenz96, TwinExperiment, twin_experiment
 __version__ = "0.1.0"
 
 __all__ = [
+    "additive_inflation",
+    "adaptive_inflation",
+    "ledoit_wolf",
+    "rtps",
+    "rtpp",
+    "AdaptiveMultiplicative",
+    "AdditiveAnalysis",
+    "AdditiveForecast",
+    "InflationEstimate",
+    "InflationStep",
+    "MultiplicativeAnalysis",
+    "MultiplicativeForecast",
+    "NoInflation",
+    "RTPP",
+    "RTPS",
     "AssimilationResult",
     "BlackBoxModel",
     "OUTPUTS",
