@@ -20,6 +20,10 @@ DETERMINISTIC = sorted(set(SCHEMES) - STOCHASTIC)
 NOT_KALMAN_EXACT: dict[str, str] = {
     "denkf": "covariance (I − ½KH)P(I − ½KH)ᵀ by design (Sakov & Oke 2008); "
              "tested against it in test_filters_family.py",
+    "etkf_n": "finite-size prior (Bocquet 2011) replaces the Gaussian one; "
+              "tested against its optimality conditions in test_filters_iterative.py",
+    "etkf_n_dual": "same analysis as etkf_n (Bocquet et al. 2015 dual form); "
+                   "tested in test_filters_iterative.py",
 }
 KALMAN_EXACT = sorted(set(DETERMINISTIC) - set(NOT_KALMAN_EXACT))
 

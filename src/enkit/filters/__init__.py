@@ -19,8 +19,11 @@ from enkit.filters.ensrf import ensrf
 from enkit.filters.ensrf_serial import ensrf_serial
 from enkit.filters.estkf import estkf
 from enkit.filters.etkf import etkf
+from enkit.filters.etkf_n import etkf_n, etkf_n_dual
 from enkit.filters.etkf_rotated import etkf_rotated
+from enkit.filters.ienkf import ienkf
 from enkit.filters.kalman import ensemble_with_covariance, kalman, kalman_update
+from enkit.filters.mlef import mlef
 from enkit.filters.sqrt_kalman import sqrt_kalman, sqrt_kalman_update
 
 SCHEMES = {
@@ -33,6 +36,10 @@ SCHEMES = {
     "estkf": estkf,
     "etkf_rotated": etkf_rotated,
     "sqrt_kalman": sqrt_kalman,
+    "etkf_n": etkf_n,
+    "etkf_n_dual": etkf_n_dual,
+    "ienkf": ienkf,
+    "mlef": mlef,
 }
 
 STOCHASTIC = frozenset({"enkf", "etkf_rotated"})
@@ -51,6 +58,10 @@ __all__ = [
     "etkf_rotated",
     "sqrt_kalman",
     "sqrt_kalman_update",
+    "etkf_n",
+    "etkf_n_dual",
+    "ienkf",
+    "mlef",
     "ensemble_with_covariance",
     "observe",
     "perturbed_observations",
