@@ -116,8 +116,8 @@ def test_sym_matrix_functions_derivative_matches_finite_differences(spectrum):
     np.testing.assert_allclose(tangent, fd, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("lam_max", [0.0, 0.5, 20.0, 5000.0])  # last one: eigh branch
-def test_inverse_sqrt_identity_plus_is_exact_on_both_branches(lam_max):
+@pytest.mark.parametrize("lam_max", [0.0, 0.2, 0.5, 20.0, 5000.0])  # series, NS, eigh
+def test_inverse_sqrt_identity_plus_is_exact_on_every_path(lam_max):
     from enkit.linalg import inverse_sqrt_identity_plus
 
     rng = np.random.default_rng(4)
@@ -134,3 +134,18 @@ def test_inverse_sqrt_identity_plus_is_exact_on_both_branches(lam_max):
     _, t = jax.jvp(inverse_sqrt_identity_plus, (jnp.asarray(A),), (dA,))
     _, t_ref = jax.jvp(lambda A: sym_matrix_functions(A, (_rsqrt1p,))[0], (jnp.asarray(A),), (dA,))
     np.testing.assert_allclose(t, t_ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["series", "newton_schulz"])
+def test_each_matrix_product_path_alone_is_exact(path):
+    from enkit import linalg
+
+    rng = np.random.default_rng(5)
+    B = rng.normal(size=(10, 10))
+    A = B @ B.T
+    A = A * (0.3 / np.linalg.eigvalsh(A)[-1])  # inside the series' domain
+    lam, V = np.linalg.eigh(A)
+    ref = (V / np.sqrt(1 + lam)) @ V.T
+    bound = 0.5 * np.sqrt(np.sum(A * A))
+    fn = {"series": linalg._series_isqrt, "newton_schulz": linalg._newton_schulz_isqrt}[path]
+    np.testing.assert_allclose(fn(jnp.asarray(A), bound), ref, atol=2e-15)

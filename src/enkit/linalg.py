@@ -13,7 +13,8 @@ ensemble Kalman analysis. It has two exact forms:
 
 ``inverse_sqrt_identity_plus`` gives ``(I + A)^{-1/2}`` for a positive
 semi-definite A (the ETKF transform) without an eigendecomposition when A is
-moderately conditioned (Newton–Schulz iteration: matrix products only).
+moderately conditioned (a power series or a Newton–Schulz iteration: matrix
+products only).
 
 ``sym_matrix_functions`` evaluates f(A) for a symmetric A through one
 eigendecomposition, with a derivative rule (Daleckiĭ–Kreĭn) that stays finite
@@ -27,6 +28,7 @@ from typing import Callable, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.scipy.linalg import cho_factor, cho_solve
 
@@ -152,39 +154,82 @@ def _rsqrt1p(lam):
     return 1.0 / jnp.sqrt(1.0 + lam)
 
 
-# Above this bound on λmax(A) the eigendecomposition is cheaper than the
-# Newton–Schulz iterations (their count grows like log₁.₅ of the bound).
+# Bounds on ‖A‖_F/2 selecting the path of inverse_sqrt_identity_plus: a fixed
+# power series up to _SERIES_DEGREE (cheapest), else Newton–Schulz, else, for
+# large spectra where the iteration count grows, the eigendecomposition.
+_SERIES_DEGREE = 35
+_SERIES_BLOCK = 6
 _NEWTON_SCHULZ_MAX_BOUND = 64.0
+
+
+def _binomial_rsqrt_coefficients(p: int) -> np.ndarray:
+    """Taylor coefficients of (1 + b)^{-1/2}: a₀ = 1, aₖ = −aₖ₋₁ (2k − 1)/(2k)."""
+    a = np.ones(p + 1)
+    for k in range(1, p + 1):
+        a[k] = -a[k - 1] * (2 * k - 1) / (2 * k)
+    return a
+
+
+_SERIES_COEFFICIENTS = _binomial_rsqrt_coefficients(_SERIES_DEGREE)
 
 
 @jax.custom_jvp
 def inverse_sqrt_identity_plus(A: Array) -> Array:
     """``(I + A)^{-1/2}`` for symmetric positive semi-definite A, exactly.
 
-    With ``c = 1 + ‖A‖_F / 2`` the eigenvalues of ``T = (I + A)/c`` lie in
-    (0, 2), where the coupled Newton–Schulz iteration (Higham 1997; Higham
-    2008, *Functions of Matrices*, §6.7)
+    Write ``b = ‖A‖_F / 2`` (so λmax(A) ≤ 2b) and ``c = 1 + b``; then
+    ``(I + A)^{-1/2} = c^{-1/2} (I + B)^{-1/2}`` with ``B = (I + A)/c − I``,
+    whose eigenvalues lie in [−r, r], ``r = b / (1 + b) < 1``. Three exact
+    paths, chosen at run time from r:
 
-        M = (3I − Z Y) / 2,   Y ← Y M,   Z ← M Z,    Y₀ = T, Z₀ = I
+    - r small enough that the binomial series of ``(1 + B)^{-1/2}`` truncated
+      at degree 35 is below round-off (|aₖ| ≤ 1, error ≤ r³⁶/(1 − r)):
+      evaluate it by Paterson–Stockmeyer, 11 matrix products;
+    - otherwise, ``b ≤ 64``: the coupled Newton–Schulz iteration (Higham
+      1997; Higham 2008, *Functions of Matrices*, §6.7),
+      ``M = (3I − Z Y)/2, Y ← Y M, Z ← M Z`` from ``Y₀ = (I + A)/c, Z₀ = I``,
+      until ‖M − I‖ < sqrt(eps), plus one step;
+    - otherwise the eigendecomposition.
 
-    converges quadratically to ``Y → T^{1/2}``, ``Z → T^{-1/2}``; it stops
-    when ``‖M − I‖_max`` falls below sqrt(eps) and takes one more step, so
-    the result is exact to round-off. Only matrix products are used, which
-    for the N×N matrices of an ensemble transform is several times cheaper
-    than ``eigh``. When ``‖A‖_F / 2`` exceeds 64 (slow convergence) the
-    eigendecomposition is used instead. Derivatives follow the Daleckiĭ–Kreĭn
+    Matrix products are several times cheaper than ``eigh`` for the N×N
+    matrices of ensemble transforms. Derivatives follow the Daleckiĭ–Kreĭn
     rule of ``sym_matrix_functions`` (finite for repeated eigenvalues).
 
     A: (k, k) symmetric positive semi-definite. Returns (k, k) symmetric.
     """
     bound = 0.5 * jnp.sqrt(jnp.sum(A * A))
-    return jax.lax.cond(
-        bound <= _NEWTON_SCHULZ_MAX_BOUND,
-        _newton_schulz_isqrt,
-        lambda A, bound: _sym_funcs((_rsqrt1p,), A)[0],
+    r = bound / (1.0 + bound)
+    eps = jnp.finfo(A.dtype).eps
+    series_ok = r ** (_SERIES_DEGREE + 1) <= 0.5 * eps * (1.0 - r)
+    path = jnp.where(series_ok, 0, jnp.where(bound <= _NEWTON_SCHULZ_MAX_BOUND, 1, 2))
+    return jax.lax.switch(
+        path,
+        [_series_isqrt, _newton_schulz_isqrt, lambda A, b: _sym_funcs((_rsqrt1p,), A)[0]],
         A,
         bound,
     )
+
+
+def _series_isqrt(A, bound):
+    k = A.shape[0]
+    eye = jnp.eye(k, dtype=A.dtype)
+    c = 1.0 + bound
+    B = (eye + A) / c - eye
+    a = _SERIES_COEFFICIENTS.astype(A.dtype)
+    s = _SERIES_BLOCK
+    powers = [eye, B]
+    for _ in range(2, s + 1):
+        powers.append(powers[-1] @ B)
+    Bs = powers[s]
+    blocks = [
+        sum(a[i + j] * powers[j] for j in range(s) if i + j <= _SERIES_DEGREE)
+        for i in range(0, _SERIES_DEGREE + 1, s)
+    ]
+    Z = blocks[-1]
+    for C in reversed(blocks[:-1]):
+        Z = Z @ Bs + C
+    Z = 0.5 * (Z + Z.T)
+    return Z / jnp.sqrt(c)
 
 
 def _newton_schulz_isqrt(A, bound):
