@@ -23,13 +23,18 @@ jax.config.update("jax_enable_x64", True)  # the script's own choice
 import enkit  # noqa: E402
 from enkit.models.cases import sakov2008_lorenz96, sakov2012_lorenz63  # noqa: E402
 
-# (case, label, scheme, N, inflation, published RMSE, source)
+# (case, label, scheme, N, inflation (factor or step), published RMSE, source)
 RUNS = [
     ("L96", "ETKF", enkit.etkf, 40, 1.02, "0.18-0.20", "Sakov & Oke 2008"),
     ("L96", "ETKF-N (no inflation)", "etkf_n", 40, None, "0.18-0.20", "Bocquet 2011"),
     ("L96", "DEnKF", enkit.denkf, 40, 1.01, "0.18", "Sakov & Oke 2008"),
     ("L96", "serial EnSRF, N=20", enkit.ensrf_serial, 20, 1.04, "stable", "issue: N=20"),
     ("L96", "DEnKF, N=20", enkit.denkf, 20, 1.04, "stable", "issue: N=20"),
+    ("L96", "ETKF + RTPS(0.4), N=20", enkit.etkf, 20, enkit.RTPS(0.4), "stable", "W&H 2012"),
+    ("L96", "ETKF + RTPP(0.6), N=20", enkit.etkf, 20, enkit.RTPP(0.6), "stable", "Zhang 2004"),
+    ("L96", "ETKF + adaptive, N=20", enkit.etkf, 20, enkit.AdaptiveMultiplicative(),
+     "stable", "Miyoshi 2011"),
+    ("L96", "ETKF, no inflation, N=20", enkit.etkf, 20, None, "diverges", "(baseline)"),
     ("L63", "ETKF + rotation", enkit.etkf_rotated, 10, 1.02, "0.60", "Sakov et al. 2012"),
     ("L63", "IEnKF (over_window)", "ienkf", 10, 1.02, "0.31", "Sakov et al. 2012"),
 ]
@@ -45,7 +50,7 @@ def main():
         "L96": sakov2008_lorenz96(cycles=args.cycles, burn_in=args.burn_in),
         "L63": sakov2012_lorenz63(cycles=args.cycles, burn_in=args.burn_in),
     }
-    header = f"{'case':<5}{'method':<26}{'N':>4}{'infl':>7}" + "".join(
+    header = f"{'case':<5}{'method':<28}{'N':>4}{'infl':>7}" + "".join(
         f"{'seed ' + str(s):>9}" for s in args.seeds) + f"{'published':>11}  source"
     lines = [
         f"time-mean analysis RMSE, {args.cycles} cycles ({args.burn_in} burn-in), float64",
@@ -54,7 +59,7 @@ def main():
     for case_name, label, scheme, N, infl, published, source in RUNS:
         if isinstance(scheme, str):
             if scheme not in enkit.SCHEMES:
-                lines.append(f"{case_name:<5}{label:<26} (not available)")
+                lines.append(f"{case_name:<5}{label:<28} (not available)")
                 continue
             scheme = enkit.SCHEMES[scheme]
             if label.startswith("IEnKF"):
@@ -63,7 +68,8 @@ def main():
         rmses = [cases[case_name].run(scheme, N, seed=s, inflation=infl).rmse
                  for s in args.seeds]
         elapsed = time.perf_counter() - t0
-        row = (f"{case_name:<5}{label:<26}{N:>4}{(infl or 1.0):>7.2f}"
+        infl_text = f"{infl:.2f}" if isinstance(infl, float) else ("-" if infl is None else "step")
+        row = (f"{case_name:<5}{label:<28}{N:>4}{infl_text:>7}"
                + "".join(f"{r:>9.3f}" for r in rmses)
                + f"{published:>11}  {source} ({elapsed:.0f} s)")
         print(row, flush=True)
