@@ -7,7 +7,7 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.linalg import sym_matrix_functions
+from enkit.linalg import inverse_sqrt_identity_plus
 
 __all__ = ["error_subspace_projection", "estkf"]
 
@@ -29,14 +29,6 @@ def error_subspace_projection(N: int, dtype=jnp.float64) -> Array:
     top = jnp.eye(N - 1, dtype=dtype) - a
     bottom = jnp.full((1, N - 1), -1.0 / rootN, dtype=dtype)
     return jnp.concatenate([top, bottom], axis=0)
-
-
-def _inv1p(lam):
-    return 1.0 / (1.0 + lam)
-
-
-def _rsqrt1p(lam):
-    return 1.0 / jnp.sqrt(1.0 + lam)
 
 
 def estkf(
@@ -61,8 +53,8 @@ def estkf(
     Since ``Ωᵀ 1 = 0`` the update is mean-preserving, and it is deterministic.
     The symmetric square root in the error subspace gives the same transform
     as the symmetric-root ETKF, hence the same analysis mean and covariance
-    (the Kalman update of the forecast sample statistics), with an
-    (N − 1)×(N − 1) instead of an N×N eigenproblem.
+    (the Kalman update of the forecast sample statistics), from an
+    (N − 1)×(N − 1) instead of an N×N matrix function.
 
     E: (N, n) forecast ensemble; y: (m,) observation; h: callable on one
     member or (m, n) matrix; R: covariance operator or array; key: unused
@@ -82,6 +74,6 @@ def estkf(
     L = Omega.T @ X  # (N − 1, n)
     S = R.whiten(Omega.T @ Y)  # (N − 1, m)
     d = R.whiten(y - ybar)  # (m,)
-    A, Asqrt = sym_matrix_functions(S @ S.T, (_inv1p, _rsqrt1p))
-    w = A @ (S @ d)  # (N − 1,)
+    Asqrt = inverse_sqrt_identity_plus(S @ S.T)  # (I + S Sᵀ)^{-1/2}
+    w = Asqrt @ (Asqrt @ (S @ d))  # (N − 1,)
     return xbar + w @ L + c * (Omega @ (Asqrt @ L))

@@ -11,21 +11,9 @@ from enkit._checks import is_concrete
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, observe, prepare_analysis
 from enkit.filters._iterative import IterationInfo, check_iteration_options, iterate
-from enkit.linalg import sym_matrix_functions
+from enkit.linalg import inverse_sqrt_identity_plus
 
 __all__ = ["ienkf"]
-
-
-def _inv1p(lam):
-    return 1.0 / (1.0 + lam)
-
-
-def _rsqrt1p(lam):
-    return 1.0 / jnp.sqrt(1.0 + lam)
-
-
-def _sqrt1p(lam):
-    return jnp.sqrt(1.0 + lam)
 
 
 def ienkf(
@@ -116,10 +104,10 @@ def ienkf(
         ybar, Yi = scaled_anomalies(HEi)
         S = R.whiten(Yi / eps if bundle else Tinv @ Yi)
         d = R.whiten(y - ybar)
-        fs = (_inv1p, _rsqrt1p) if bundle else (_inv1p, _rsqrt1p, _sqrt1p)
-        Cinv, T, *rest = sym_matrix_functions(S @ S.T, fs)
-        dw = Cinv @ (S @ d - w)
-        Tinv = Tinv if bundle else rest[0]
+        A = S @ S.T
+        T = inverse_sqrt_identity_plus(A)  # (I + A)^{-1/2}
+        dw = T @ (T @ (S @ d - w))  # (I + A)⁻¹ (S d − w)
+        Tinv = Tinv if bundle else (eye + A) @ T  # (I + A)^{1/2}
         return (w + dw, T, Tinv), jnp.linalg.norm(dw)
 
     def step(state):

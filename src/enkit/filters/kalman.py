@@ -41,11 +41,7 @@ def kalman_update(
     n = mean.shape[0]
     if cov.shape != (n, n):
         raise ValueError(f"cov must have shape (n, n) = ({n}, {n}), got {cov.shape}")
-    check_ndim("y", y, 1, "(m,)")
-    check_finite("y", y)
-    m = y.shape[0]
-    if H.shape != (m, n):
-        raise ValueError(f"H must have shape (m, n) = ({m}, {n}), got {H.shape}")
+    m = check_observation(y, H, n)
     R = as_covariance(R, m).astype(mean.dtype)
     Rd = R.dense()
     PHt = cov @ H.T
@@ -57,6 +53,16 @@ def kalman_update(
     else:
         cov_a = IKH @ cov
     return mean_a, 0.5 * (cov_a + cov_a.T)
+
+
+def check_observation(y: Array, H: Array, n: int) -> int:
+    """Check ``y: (m,)`` (finite) and ``H: (m, n)`` of a linear update; returns m."""
+    check_ndim("y", y, 1, "(m,)")
+    check_finite("y", y)
+    m = y.shape[0]
+    if H.shape != (m, n):
+        raise ValueError(f"H must have shape (m, n) = ({m}, {n}), got {H.shape}")
+    return m
 
 
 def ensemble_with_covariance(E: Array, mean: Array, cov: Array) -> Array:

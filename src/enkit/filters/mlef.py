@@ -9,13 +9,9 @@ from jax import Array
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, observe, prepare_analysis
 from enkit.filters._iterative import IterationInfo, check_iteration_options, iterate
-from enkit.linalg import sym_matrix_functions
+from enkit.linalg import inverse_sqrt_identity_plus
 
 __all__ = ["mlef"]
-
-
-def _rsqrt1p(lam):
-    return 1.0 / jnp.sqrt(1.0 + lam)
 
 
 def mlef(
@@ -82,7 +78,7 @@ def mlef(
         return Z - jnp.mean(Z, axis=0), R.whiten(y - HE[0])
 
     Z0, d0 = sensitivities(xbar)
-    (Q,) = sym_matrix_functions(Z0 @ Z0.T, (_rsqrt1p,))
+    Q = inverse_sqrt_identity_plus(Z0 @ Z0.T)
 
     def gradient(zeta, Z, d):
         return Q @ (Q @ zeta - Z @ d)
@@ -104,6 +100,6 @@ def mlef(
     (zeta, _, _, Z), info = iterate(
         step, (zeta0, g0, -g0, Z0), tolerance=tolerance, max_iterations=max_iterations
     )
-    (T,) = sym_matrix_functions(Z @ Z.T, (_rsqrt1p,))
+    T = inverse_sqrt_identity_plus(Z @ Z.T)
     Ea = xbar + (Q @ zeta) @ X + c * (T @ X)
     return (Ea, info) if return_info else Ea

@@ -8,11 +8,11 @@ from jax import Array
 from jax.scipy.linalg import solve_triangular
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_ndim
+from enkit._checks import check_ndim
 from enkit.covariance import as_covariance
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.filters.kalman import ensemble_with_covariance
+from enkit.filters.kalman import check_observation, ensemble_with_covariance
 
 __all__ = ["sqrt_kalman", "sqrt_kalman_update"]
 
@@ -58,11 +58,7 @@ def sqrt_kalman_update(
     check_ndim("S", S, 2, "(n, k)")
     if S.shape[0] != n:
         raise ValueError(f"S must have shape (n, k) with n = {n}, got {S.shape}")
-    check_ndim("y", y, 1, "(m,)")
-    check_finite("y", y)
-    m = y.shape[0]
-    if H.shape != (m, n):
-        raise ValueError(f"H must have shape (m, n) = ({m}, {n}), got {H.shape}")
+    m = check_observation(y, H, n)
     dtype = jnp.result_type(mean, S, y, H)
     mean, S, y, H = (a.astype(dtype) for a in (mean, S, y, H))
     R = as_covariance(R, m).astype(dtype)
