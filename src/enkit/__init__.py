@@ -5,7 +5,16 @@ and iterative_ensemble_smoother hold (n, N) columns; enkit holds rows).
 The public names are re-exported here; the subpackages hold the code.
 """
 
-from enkit import covariance, diagnostics, ensemble, filters, inflation, linalg, models
+from enkit import (
+    covariance,
+    diagnostics,
+    ensemble,
+    filters,
+    inflation,
+    linalg,
+    localization,
+    models,
+)
 from enkit.assimilate import (
     OUTPUTS,
     AssimilationResult,
@@ -42,6 +51,7 @@ from enkit.filters import (
     ienkf,
     kalman,
     kalman_update,
+    letkf,
     mlef,
     observe,
     perturbed_observations,
@@ -71,6 +81,19 @@ from enkit.linalg import (
     kalman_solve_ensemble_space,
     kalman_solve_observation_space,
     sym_matrix_functions,
+)
+from enkit.localization import (
+    LocalizationMatrices,
+    cartesian_distance,
+    exponential,
+    gaspari_cohn,
+    gaussian,
+    great_circle_distance,
+    localization_matrices,
+    localization_matrix,
+    pairwise_distances,
+    periodic_distance,
+    soar,
 )
 from enkit.models import Lorenz63, Lorenz96, TwinExperiment, twin_experiment
 
@@ -125,6 +148,19 @@ __all__ = [
     "etkf_n_dual",
     "ienkf",
     "mlef",
+    "letkf",
+    "localization",
+    "LocalizationMatrices",
+    "cartesian_distance",
+    "exponential",
+    "gaspari_cohn",
+    "gaussian",
+    "great_circle_distance",
+    "localization_matrices",
+    "localization_matrix",
+    "pairwise_distances",
+    "periodic_distance",
+    "soar",
     "linalg",
     "models",
     "multiplicative_inflation",

@@ -23,6 +23,7 @@ from enkit.filters.etkf_n import etkf_n, etkf_n_dual
 from enkit.filters.etkf_rotated import etkf_rotated
 from enkit.filters.ienkf import ienkf
 from enkit.filters.kalman import ensemble_with_covariance, kalman, kalman_update
+from enkit.filters.letkf import letkf
 from enkit.filters.mlef import mlef
 from enkit.filters.sqrt_kalman import sqrt_kalman, sqrt_kalman_update
 
@@ -62,6 +63,7 @@ __all__ = [
     "etkf_n_dual",
     "ienkf",
     "mlef",
+    "letkf",
     "ensemble_with_covariance",
     "observe",
     "perturbed_observations",

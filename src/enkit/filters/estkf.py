@@ -7,7 +7,7 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.linalg import inverse_sqrt_identity_plus
+from enkit.filters._transform import symmetric_transform
 
 __all__ = ["error_subspace_projection", "estkf"]
 
@@ -74,6 +74,5 @@ def estkf(
     L = Omega.T @ X  # (N − 1, n)
     S = R.whiten(Omega.T @ Y)  # (N − 1, m)
     d = R.whiten(y - ybar)  # (m,)
-    Asqrt = inverse_sqrt_identity_plus(S @ S.T)  # (I + S Sᵀ)^{-1/2}
-    w = Asqrt @ (Asqrt @ (S @ d))  # (N − 1,)
+    w, Asqrt = symmetric_transform(S, d)  # (N − 1,), (I + S Sᵀ)^{-1/2}
     return xbar + w @ L + c * (Omega @ (Asqrt @ L))

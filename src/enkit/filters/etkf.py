@@ -8,7 +8,7 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.linalg import inverse_sqrt_identity_plus
+from enkit.filters._transform import symmetric_transform
 
 __all__ = ["etkf"]
 
@@ -31,7 +31,7 @@ def etkf(
 
     so the analysis sample mean and covariance equal the Kalman update of
     the forecast sample mean and covariance. ``T^{-1/2}`` comes from
-    ``enkit.linalg.inverse_sqrt_identity_plus`` (Newton–Schulz matrix
+    ``enkit.linalg.inverse_sqrt_identity_plus`` (power series or Newton–Schulz matrix
     products, exact to round-off, several times cheaper than an N×N
     eigendecomposition; derivatives finite for repeated eigenvalues, N > m),
     and ``T⁻¹ = (T^{-1/2})²``.
@@ -49,6 +49,5 @@ def etkf(
     ybar, Y = scaled_anomalies(HE)
     S = R.whiten(Y)  # (N, m)
     d = R.whiten(y - ybar)  # (m,)
-    Z = inverse_sqrt_identity_plus(S @ S.T)  # T^{-1/2}
-    w = Z @ (Z @ (S @ d))  # T⁻¹ S d
+    w, Z = symmetric_transform(S, d)  # T⁻¹ S d and T^{-1/2}
     return xbar + w @ X + c * (Z @ X)
