@@ -11,6 +11,7 @@ from enkit import (
     ensemble,
     filters,
     inflation,
+    inversion,
     linalg,
     localization,
     models,
@@ -76,6 +77,20 @@ from enkit.inflation import (
 )
 from enkit.inflation import additive as additive_inflation
 from enkit.inflation import multiplicative as multiplicative_inflation
+from enkit.inversion import (
+    EKI,
+    ETKI,
+    GNKI,
+    TEKI,
+    UKI,
+    DataMisfitController,
+    EnsembleKalmanInversion,
+    FixedStep,
+    GaussianPrior,
+    data_misfit,
+    discrepancy_principle,
+    max_iterations_reached,
+)
 from enkit.linalg import (
     kalman_solve,
     kalman_solve_ensemble_space,
@@ -133,6 +148,19 @@ __all__ = [
     "etkf",
     "filters",
     "inflation",
+    "inversion",
+    "EKI",
+    "ETKI",
+    "GNKI",
+    "TEKI",
+    "UKI",
+    "DataMisfitController",
+    "EnsembleKalmanInversion",
+    "FixedStep",
+    "GaussianPrior",
+    "data_misfit",
+    "discrepancy_principle",
+    "max_iterations_reached",
     "kalman",
     "kalman_solve",
     "kalman_solve_ensemble_space",

@@ -1,0 +1,240 @@
+"""What every inversion process shares (private): states, diagnostics, input
+checks, the per-iteration key, the guarded zero step, and the block-diagonal
+noise of augmented (prior-in-the-data) formulations.
+
+A process is a frozen dataclass registered as a pytree with three pure
+methods (STYLE 1):
+
+- ``init(key, ensemble) -> state``;
+- ``ask(state) -> (N, p)`` parameters at which to run the forward map;
+- ``tell(state, G, y, noise, *, dt) -> (state, info)``, G: (N, d) outputs of
+  the asked parameters, y: (d,) data, noise: covariance operator Γ.
+
+Stochastic processes store the key given to ``init`` in the state and derive
+the key of iteration n as ``fold_in(key, n)``; no key is ever used twice.
+Diagnostics come back in ``info``, never inside the state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from enkit._checks import check_finite, check_float, check_ndim, is_concrete
+from enkit.covariance import Covariance, as_covariance
+from enkit.filters._common import as_key
+
+
+class EnsembleState(NamedTuple):
+    """Carried state of an ensemble process.
+
+    ensemble: (N, p) parameter ensemble, members on axis 0; iteration: int32
+    scalar, number of completed ``tell`` calls; time: scalar algorithmic time
+    Σ Δtᵢ; key: the PRNG key given to ``init`` (None for deterministic
+    processes), from which iteration n draws with ``fold_in(key, n)``.
+    """
+
+    ensemble: Array
+    iteration: Array
+    time: Array
+    key: Array | None
+
+
+class InversionInfo(NamedTuple):
+    """Diagnostics of one ``tell``, returned beside the new state.
+
+    misfit: ‖Γ^{-1/2}(y − Ḡ)‖ of the outputs that were told (Ḡ the ensemble
+    mean of G; for UKI the output of the central sigma point), i.e. of the
+    parameters *before* the update; dt: the step Δt that was applied.
+    """
+
+    misfit: Array
+    dt: Array
+
+
+def check_ensemble(ensemble, name: str = "ensemble") -> Array:
+    """Validate an (N, p) parameter ensemble (float, N ≥ 2, finite)."""
+    check_float(name, ensemble)
+    E = jnp.asarray(ensemble)
+    check_ndim(name, E, 2, "(N, p): members on axis 0")
+    if E.shape[0] < 2:
+        raise ValueError(
+            f"{name} must hold at least N=2 members on axis 0, got shape {E.shape}"
+        )
+    check_finite(name, E)
+    return E
+
+
+def check_tell(G, y, noise, n_rows: int, dtype, *, what: str = "N"):
+    """Validate ``G: (n_rows, d)``, ``y: (d,)`` and wrap ``noise`` (dim d).
+
+    The forward outputs must be finite: a crashed member (NaN/inf) raises
+    here, naming the rows. (Failure policies that drop or resample members
+    belong to a later layer; this check is their seam.)
+    """
+    check_ndim("G", G, 2, f"({what}, d) = ({n_rows}, d): one row per asked member")
+    G = jnp.asarray(G)
+    if G.shape[0] != n_rows:
+        raise ValueError(
+            f"G must have shape ({what}, d) = ({n_rows}, d), one row per asked "
+            f"member, got shape {G.shape}"
+        )
+    d = G.shape[1]
+    check_ndim("y", y, 1, f"(d,) = ({d},)")
+    y = jnp.asarray(y, dtype)
+    if y.shape != (d,):
+        raise ValueError(f"y must have shape (d,) = ({d},) to match G, got shape {y.shape}")
+    check_finite("y", y)
+    if is_concrete(G):
+        bad = ~np.all(np.isfinite(np.asarray(G)), axis=1)
+        if bad.any():
+            raise ValueError(
+                f"G must be finite, but the rows {np.flatnonzero(bad).tolist()} "
+                "contain NaN or inf (forward-model failures)"
+            )
+    noise = as_covariance(noise, d, name="noise").astype(dtype)
+    return G.astype(dtype), y, noise
+
+
+def check_dt(dt, dtype, *, below_one: bool = False) -> Array:
+    """Δt as a scalar of ``dtype``; concrete values must be finite and ≥ 0
+    (and < 1 where ``below_one``)."""
+    dt = jnp.asarray(dt, dtype)
+    if dt.ndim != 0:
+        raise ValueError(f"dt must be a scalar, got shape {dt.shape}")
+    if is_concrete(dt):
+        v = float(dt)
+        if not np.isfinite(v) or v < 0 or (below_one and v >= 1):
+            bound = "in [0, 1)" if below_one else "finite and >= 0"
+            raise ValueError(f"dt must be {bound}, got {v}")
+    return dt
+
+
+def init_key(key, stochastic: bool, name: str):
+    """The key stored by ``init``: required (or an int seed) when stochastic,
+    None otherwise."""
+    if not stochastic:
+        return None
+    return as_key(key, name)
+
+
+def iteration_key(state) -> Array:
+    """Key of the current iteration: ``fold_in(state.key, state.iteration)``."""
+    return jax.random.fold_in(state.key, state.iteration)
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def guarded(dt: Array, new: Array, old: Array) -> Array:
+    """``new`` where Δt > 0, else exactly ``old`` (a zero step changes nothing)."""
+    return jnp.where(dt > 0, new, old)
+
+
+def new_state(state: EnsembleState, ensemble: Array, dt: Array) -> EnsembleState:
+    return state._replace(
+        ensemble=guarded(dt, ensemble, state.ensemble),
+        iteration=state.iteration + 1,
+        time=state.time + dt,
+    )
+
+
+def misfit(G: Array, y: Array, noise: Covariance) -> Array:
+    """‖Γ^{-1/2}(y − Ḡ)‖, Ḡ the mean of the rows of G (N, d)."""
+    r = noise.whiten(y - jnp.mean(G, axis=0))
+    return jnp.sqrt(jnp.sum(r * r))
+
+
+@jax.tree_util.register_pytree_node_class
+class BlockDiagonal(Covariance):
+    """``blockdiag(A, B)`` of two covariance operators (private helper).
+
+    The noise of the augmented data (y, m₀) in TEKI and UKI:
+    ``blockdiag(Γ, C₀)``. Vectors carry the A entries first on their last axis.
+    """
+
+    def __init__(self, a: Covariance, b: Covariance):
+        self.a, self.b = a, b
+
+    def tree_flatten(self):
+        return (self.a, self.b), None
+
+    @classmethod
+    def tree_unflatten(cls, _, leaves):
+        return cls(*leaves)
+
+    @property
+    def dim(self) -> int:
+        return self.a.dim + self.b.dim
+
+    @property
+    def dtype(self):
+        return self.a.dtype
+
+    def _split(self, f, g, x):
+        x = jnp.asarray(x)
+        k = self.a.dim
+        return jnp.concatenate([f(x[..., :k]), g(x[..., k:])], axis=-1)
+
+    def solve(self, x):
+        return self._split(self.a.solve, self.b.solve, x)
+
+    def whiten(self, x):
+        return self._split(self.a.whiten, self.b.whiten, x)
+
+    def whiten_t(self, x):
+        return self._split(self.a.whiten_t, self.b.whiten_t, x)
+
+    def colorize(self, x):
+        return self._split(self.a.colorize, self.b.colorize, x)
+
+    @property
+    def log_pdet(self):
+        return self.a.log_pdet + self.b.log_pdet
+
+    def diagonal(self):
+        return jnp.concatenate([self.a.diagonal(), self.b.diagonal()])
+
+    def dense(self):
+        return jax.scipy.linalg.block_diag(self.a.dense(), self.b.dense())
+
+    def cholesky(self):
+        return jax.scipy.linalg.block_diag(self.a.cholesky(), self.b.cholesky())
+
+
+class EnsembleProcess:
+    """Shared ``init`` and ``ask`` of the processes that carry an ensemble."""
+
+    stochastic = False  # a dataclass field in the stochastic processes
+
+    def _check_ensemble(self, E: Array) -> None:
+        """Further checks of the initial ensemble (e.g. against the prior)."""
+
+    def init(self, key: Array | int | None, ensemble) -> EnsembleState:
+        """Initial state from the (N, p) ``ensemble`` (usually prior draws).
+
+        key: PRNG key or integer seed; required when the process is
+        stochastic (stored, and iteration n draws from ``fold_in(key, n)``),
+        ignored otherwise. Returns an ``EnsembleState`` at iteration 0, time 0.
+        """
+        E = check_ensemble(ensemble)
+        self._check_ensemble(E)
+        k = init_key(key, self.stochastic, type(self).__name__)
+        return EnsembleState(E, jnp.asarray(0, jnp.int32), jnp.zeros((), E.dtype), k)
+
+    def ask(self, state: EnsembleState) -> Array:
+        """The (N, p) parameters whose forward outputs ``tell`` expects."""
+        return state.ensemble
+
+
+def register(cls, data=(), meta=()):
+    """Register a frozen-dataclass process as a pytree (hyperparameters as
+    data leaves, structural options as metadata)."""
+    jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+    return cls

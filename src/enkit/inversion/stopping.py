@@ -1,0 +1,54 @@
+"""Stopping rules: small pure functions a driver evaluates after each
+iteration (or on the outputs of the current ensemble before it)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from enkit._checks import check_ndim, is_concrete
+from enkit.covariance import as_covariance
+
+__all__ = ["data_misfit", "discrepancy_principle", "max_iterations_reached"]
+
+
+def data_misfit(G: ArrayLike, y: ArrayLike, noise) -> Array:
+    """Whitened misfit of the ensemble mean output, ‖Γ^{-1/2}(y − Ḡ)‖.
+
+    G: (N, d) outputs of the members (Ḡ their mean); y: (d,); noise: Γ
+    (operator or array). Returns a scalar.
+    """
+    check_ndim("G", G, 2, "(N, d)")
+    G = jnp.asarray(G)
+    d = G.shape[1]
+    y = jnp.asarray(y, G.dtype)
+    if y.shape != (d,):
+        raise ValueError(f"y must have shape (d,) = ({d},) to match G, got shape {y.shape}")
+    noise = as_covariance(noise, d, name="noise").astype(G.dtype)
+    r = noise.whiten(y - jnp.mean(G, axis=0))
+    return jnp.sqrt(jnp.sum(r * r))
+
+
+def discrepancy_principle(misfit: ArrayLike, d: int, *, tau: ArrayLike = 1.2) -> Array:
+    """True when ``misfit ≤ τ √d``: Morozov's discrepancy principle.
+
+    With noise of covariance Γ the whitened residual of the truth has norm
+    about √d, so iterating past ‖Γ^{-1/2}(y − Ḡ)‖ ≤ τ√d fits the noise;
+    a driver stops at the first iteration where this holds. misfit: from
+    ``data_misfit`` (or ``info.misfit``); d: data dimension; tau: τ > 1,
+    usually 1.1–1.5. Returns a boolean scalar.
+
+    References: Morozov (1966); Iglesias (2016), Inverse Problems 32, 025002,
+    for its use with EKI.
+    """
+    tau = jnp.asarray(tau)
+    if is_concrete(tau) and not float(tau) > 0:
+        raise ValueError(f"tau must be positive (usually 1.1-1.5), got {float(tau)}")
+    return jnp.asarray(misfit) <= tau * jnp.sqrt(jnp.asarray(d, jnp.result_type(float)))
+
+
+def max_iterations_reached(iteration: ArrayLike, max_iterations: int) -> Array:
+    """True once ``iteration ≥ max_iterations`` (``state.iteration`` counts
+    completed ``tell`` calls)."""
+    return jnp.asarray(iteration) >= max_iterations
