@@ -195,25 +195,35 @@ def inverse_sqrt_identity_plus(A: Array) -> Array:
     matrices of ensemble transforms. Derivatives follow the Daleckiĭ–Kreĭn
     rule of ``sym_matrix_functions`` (finite for repeated eigenvalues).
 
-    A: (k, k) symmetric positive semi-definite. Returns (k, k) symmetric.
+    A: (..., k, k) symmetric positive semi-definite; leading axes are a
+    batch that shares one path (chosen from the largest r), so pass a batch
+    rather than ``vmap`` over this function: under ``vmap`` the path choice
+    becomes a select and every path is evaluated. Returns (..., k, k).
     """
-    bound = 0.5 * jnp.sqrt(jnp.sum(A * A))
-    r = bound / (1.0 + bound)
+    bound = 0.5 * jnp.sqrt(jnp.sum(A * A, axis=(-2, -1)))
+    r = jnp.max(bound / (1.0 + bound))
     eps = jnp.finfo(A.dtype).eps
     series_ok = r ** (_SERIES_DEGREE + 1) <= 0.5 * eps * (1.0 - r)
-    path = jnp.where(series_ok, 0, jnp.where(bound <= _NEWTON_SCHULZ_MAX_BOUND, 1, 2))
-    return jax.lax.switch(
-        path,
-        [_series_isqrt, _newton_schulz_isqrt, lambda A, b: _sym_funcs((_rsqrt1p,), A)[0]],
-        A,
-        bound,
-    )
+    path = jnp.where(series_ok, 0, jnp.where(jnp.max(bound) <= _NEWTON_SCHULZ_MAX_BOUND, 1, 2))
+    return jax.lax.switch(path, [_series_isqrt, _newton_schulz_isqrt, _eigh_isqrt], A, bound)
+
+
+def _eye_like(A):
+    return jnp.broadcast_to(jnp.eye(A.shape[-1], dtype=A.dtype), A.shape)
+
+
+def _mT(A):
+    return jnp.swapaxes(A, -1, -2)
+
+
+def _eigh_isqrt(A, bound):
+    lam, V = jnp.linalg.eigh(A)
+    return (V * _rsqrt1p(lam)[..., None, :]) @ _mT(V)
 
 
 def _series_isqrt(A, bound):
-    k = A.shape[0]
-    eye = jnp.eye(k, dtype=A.dtype)
-    c = 1.0 + bound
+    eye = _eye_like(A)
+    c = (1.0 + bound)[..., None, None]
     B = (eye + A) / c - eye
     a = _SERIES_COEFFICIENTS.astype(A.dtype)
     s = _SERIES_BLOCK
@@ -228,14 +238,13 @@ def _series_isqrt(A, bound):
     Z = blocks[-1]
     for C in reversed(blocks[:-1]):
         Z = Z @ Bs + C
-    Z = 0.5 * (Z + Z.T)
+    Z = 0.5 * (Z + _mT(Z))
     return Z / jnp.sqrt(c)
 
 
 def _newton_schulz_isqrt(A, bound):
-    k = A.shape[0]
-    eye = jnp.eye(k, dtype=A.dtype)
-    c = 1.0 + bound
+    eye = _eye_like(A)
+    c = (1.0 + bound)[..., None, None]
     tol = jnp.sqrt(jnp.finfo(A.dtype).eps)
 
     def step(Y, Z):
@@ -252,12 +261,18 @@ def _newton_schulz_isqrt(A, bound):
 
     Y, Z, _, _ = jax.lax.while_loop(cond, body, ((eye + A) / c, eye, jnp.inf, 0))
     _, Z, _ = step(Y, Z)
-    Z = 0.5 * (Z + Z.T)
+    Z = 0.5 * (Z + _mT(Z))
     return Z / jnp.sqrt(c)
 
 
 @inverse_sqrt_identity_plus.defjvp
 def _inverse_sqrt_identity_plus_jvp(primals, tangents):
     (A,), (dA,) = primals, tangents
-    out, dout = _sym_funcs_jvp((_rsqrt1p,), (A,), (dA,))
-    return out[0], dout[0]
+    k = A.shape[-1]
+
+    def one(A, dA):
+        out, dout = _sym_funcs_jvp((_rsqrt1p,), (A,), (dA,))
+        return out[0], dout[0]
+
+    out, dout = jax.vmap(one)(A.reshape(-1, k, k), dA.reshape(-1, k, k))
+    return out.reshape(A.shape), dout.reshape(A.shape)

@@ -12,6 +12,7 @@ Zero columns of S and zero entries of d contribute exactly nothing.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from jax import Array
 
 from enkit.linalg import inverse_sqrt_identity_plus
@@ -20,7 +21,10 @@ from enkit.linalg import inverse_sqrt_identity_plus
 def symmetric_transform(S: Array, d: Array) -> tuple[Array, Array]:
     """``(T⁻¹ S d, T^{-1/2})`` with ``T = I + S Sᵀ``.
 
-    S: (N, m); d: (m,). Returns ((N,), (N, N)).
+    S: (..., N, m); d: (..., m), leading axes a batch of local problems
+    solved together (one path choice for the batch, see
+    ``inverse_sqrt_identity_plus``). Returns ((..., N), (..., N, N)).
     """
-    Z = inverse_sqrt_identity_plus(S @ S.T)
-    return Z @ (Z @ (S @ d)), Z
+    Z = inverse_sqrt_identity_plus(S @ jnp.swapaxes(S, -1, -2))
+    w = Z @ (Z @ (S @ d[..., None]))
+    return w[..., 0], Z

@@ -75,8 +75,10 @@ def letkf(
     weights them as above; choose k at least the largest number of
     observations inside the support, or the farthest ones in it are dropped
     (cost O(n (m + N² k))). Grid points are processed ``chunk_size`` at a
-    time: each chunk is a ``vmap``, the chunks a ``lax.map`` (a scan), so
-    memory is O(chunk_size · N · m) (or k) whatever n.
+    time: each chunk's local problems are built with a ``vmap`` and solved
+    as one batch of transforms (``symmetric_transform``; one path choice per
+    chunk), the chunks run in a ``lax.map`` (a scan), so memory is
+    O(chunk_size · N · m) (or k) whatever n.
 
     E: (N, n) forecast ensemble; y: (m,); h: callable or (m, n) matrix;
     R: ``Scalar`` or ``Diagonal`` (or a scalar / (m,) array); a ``Dense`` R
@@ -90,7 +92,7 @@ def letkf(
     support is 2·radius). taper: ``taper(distance, radius) -> weight`` in
     [0, 1] (``enkit.localization``). distance: function of two points →
     scalar. max_obs: None (all observations) or k ≥ 1 (the k nearest per
-    grid point). chunk_size: grid points per vmapped chunk. key: unused
+    grid point). chunk_size: grid points per chunk. key: unused
     (deterministic scheme). Returns (N, n).
 
     References: Hunt, Kostelich & Szunyogh (2007), Physica D 230, 112–126;
@@ -137,7 +139,8 @@ def letkf(
     S = R.whiten(Y)  # (N, m)
     d = R.whiten(y - ybar)  # (m,)
 
-    def local(point, xbar_i, X_i):
+    def localise(point):
+        """Tapered whitened anomalies and innovation of one grid point."""
         dist = jax.vmap(lambda q: distance(point, q))(obs_coords)  # (m,)
         S_loc, d_loc = S, d
         if max_obs is not None:
@@ -148,10 +151,17 @@ def letkf(
         sqrt_rho = jnp.sqrt(jnp.where(keep, rho, 1.0))  # finite gradients at ρ = 0
         S_loc = jnp.where(keep, S_loc * sqrt_rho, 0.0)
         d_loc = jnp.where(keep, d_loc * sqrt_rho, 0.0)
-        w, Z = symmetric_transform(S_loc, d_loc)
-        return xbar_i + X_i @ w + c * (Z @ X_i)  # (N,)
+        return S_loc, d_loc
 
-    Xa = _map_in_chunks(local, (state_coords, xbar, X.T), n, int(chunk_size))  # (n, N)
+    def analyse_block(points, xbar_b, X_b):
+        """The local ETKFs of a block of B grid points; X_b: (B, N)."""
+        S_b, d_b = jax.vmap(localise)(points)  # (B, N, m'), (B, m')
+        w, Z = symmetric_transform(S_b, d_b)  # one batched transform per block
+        return xbar_b[:, None] + jnp.sum(X_b * w, axis=1)[:, None] + c * jnp.einsum(
+            "bij,bj->bi", Z, X_b
+        )
+
+    Xa = _map_in_blocks(analyse_block, (state_coords, xbar, X.T), n, int(chunk_size))
     return Xa.T
 
 
@@ -166,10 +176,10 @@ def _coordinates(name, coords, count, letter, dtype):
     return coords.astype(dtype)
 
 
-def _map_in_chunks(f, xs, n, chunk):
-    """``vmap(f)`` over the leading axis of xs, ``chunk`` rows at a time."""
+def _map_in_blocks(f, xs, n, chunk):
+    """``f`` on blocks of ``chunk`` rows of xs (leading axis n), concatenated."""
     if chunk >= n:
-        return jax.vmap(f)(*xs)
+        return f(*xs)
     n_chunks = -(-n // chunk)
     pad = n_chunks * chunk - n
 
@@ -177,5 +187,5 @@ def _map_in_chunks(f, xs, n, chunk):
         a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
         return a.reshape((n_chunks, chunk) + a.shape[1:])
 
-    out = jax.lax.map(lambda b: jax.vmap(f)(*b), tuple(blocks(a) for a in xs))
+    out = jax.lax.map(lambda b: f(*b), tuple(blocks(a) for a in xs))
     return out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
