@@ -17,7 +17,10 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   Yang 2021);
 - stopping: ``discrepancy_principle``, ``max_iterations_reached``,
   ``data_misfit``;
-- ``GaussianPrior``.
+- ``GaussianPrior``; bounds and named parameters: ``Parameter``,
+  ``ParameterSpace``, the bijections ``Unbounded``, ``BoundedBelow``,
+  ``BoundedAbove``, ``Bounded``, and ``ConstrainedProcess`` (any process
+  asked in the constrained space).
 
 Seams for what is not here yet: constrained/named priors wrap
 ``GaussianPrior`` (processes work in its unconstrained space); failure
@@ -28,6 +31,16 @@ Levenberg–Marquardt damping or other step rules implement
 """
 
 from enkit.inversion._common import EnsembleState, InversionInfo
+from enkit.inversion.constraints import (
+    Bijection,
+    Bounded,
+    BoundedAbove,
+    BoundedBelow,
+    ConstrainedProcess,
+    Parameter,
+    ParameterSpace,
+    Unbounded,
+)
 from enkit.inversion.eki import EKI, eki_update
 from enkit.inversion.etki import ETKI, etki_update
 from enkit.inversion.gnki import GNKI, GNKIState
@@ -53,6 +66,11 @@ __all__ = [
     "GNKI",
     "TEKI",
     "UKI",
+    "Bijection",
+    "Bounded",
+    "BoundedAbove",
+    "BoundedBelow",
+    "ConstrainedProcess",
     "DataMisfitController",
     "EnsembleKalmanInversion",
     "EnsembleState",
@@ -62,8 +80,11 @@ __all__ = [
     "GaussNewtonKalmanInversion",
     "GaussianPrior",
     "InversionInfo",
+    "Parameter",
+    "ParameterSpace",
     "TikhonovEKI",
     "UKIState",
+    "Unbounded",
     "UnscentedKalmanInversion",
     "data_misfit",
     "discrepancy_principle",
