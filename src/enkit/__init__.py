@@ -79,6 +79,7 @@ from enkit.inflation import additive as additive_inflation
 from enkit.inflation import multiplicative as multiplicative_inflation
 from enkit.inversion import (
     EKI,
+    ESMDA,
     ETKI,
     GNKI,
     TEKI,
@@ -96,6 +97,8 @@ from enkit.inversion import (
     Unbounded,
     data_misfit,
     discrepancy_principle,
+    esmda_constant_alpha,
+    esmda_geometric_alpha,
     max_iterations_reached,
 )
 from enkit.linalg import (
@@ -157,6 +160,9 @@ __all__ = [
     "inflation",
     "inversion",
     "EKI",
+    "ESMDA",
+    "esmda_constant_alpha",
+    "esmda_geometric_alpha",
     "ETKI",
     "GNKI",
     "TEKI",

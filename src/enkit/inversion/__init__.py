@@ -12,7 +12,9 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
 
 - ``EKI`` (Iglesias, Law & Stuart 2013), ``ETKI`` (square-root form,
   Huang et al. 2022), ``TEKI`` (Chada, Stuart & Tong 2020), ``UKI``
-  (Huang, Schneider & Stuart 2022), ``GNKI`` (Chada, Chen & Sanz-Alonso 2021);
+  (Huang, Schneider & Stuart 2022), ``GNKI`` (Chada, Chen & Sanz-Alonso 2021),
+  ``ESMDA`` (Emerick & Reynolds 2013; schedules ``esmda_constant_alpha``,
+  ``esmda_geometric_alpha``);
 - schedulers for Δt: ``FixedStep``, ``DataMisfitController`` (Iglesias &
   Yang 2021);
 - stopping: ``discrepancy_principle``, ``max_iterations_reached``,
@@ -25,7 +27,7 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
 Seams for what is not here yet: constrained/named priors wrap
 ``GaussianPrior`` (processes work in its unconstrained space); failure
 policies replace the finiteness check of ``_common.check_tell``; new
-processes (ES-MDA, IES, EKS/ALDI, sparse EKI) follow ``EnsembleProcess``;
+processes (IES, EKS/ALDI, sparse EKI) follow ``EnsembleProcess``;
 Levenberg–Marquardt damping or other step rules implement
 ``step_size(time, G, y, noise)``; ``calibrate()`` drives ask/tell.
 """
@@ -42,6 +44,11 @@ from enkit.inversion.constraints import (
     Unbounded,
 )
 from enkit.inversion.eki import EKI, eki_update
+from enkit.inversion.esmda import (
+    ESMDA,
+    esmda_constant_alpha,
+    esmda_geometric_alpha,
+)
 from enkit.inversion.etki import ETKI, etki_update
 from enkit.inversion.gnki import GNKI, GNKIState
 from enkit.inversion.prior import GaussianPrior
@@ -59,9 +66,11 @@ EnsembleTransformKalmanInversion = ETKI
 TikhonovEKI = TEKI
 UnscentedKalmanInversion = UKI
 GaussNewtonKalmanInversion = GNKI
+EnsembleSmootherMDA = ESMDA
 
 __all__ = [
     "EKI",
+    "ESMDA",
     "ETKI",
     "GNKI",
     "TEKI",
@@ -73,6 +82,7 @@ __all__ = [
     "ConstrainedProcess",
     "DataMisfitController",
     "EnsembleKalmanInversion",
+    "EnsembleSmootherMDA",
     "EnsembleState",
     "EnsembleTransformKalmanInversion",
     "FixedStep",
@@ -89,6 +99,8 @@ __all__ = [
     "data_misfit",
     "discrepancy_principle",
     "eki_update",
+    "esmda_constant_alpha",
+    "esmda_geometric_alpha",
     "etki_update",
     "max_iterations_reached",
 ]
