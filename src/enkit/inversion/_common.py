@@ -137,7 +137,9 @@ def guarded(dt: Array, new: Array, old: Array) -> Array:
     return jnp.where(dt > 0, new, old)
 
 
-def new_state(state: EnsembleState, ensemble: Array, dt: Array) -> EnsembleState:
+def new_state(state, ensemble: Array, dt: Array):
+    """The state after one step of length Δt (any state NamedTuple with
+    ``ensemble``, ``iteration`` and ``time``; other fields are kept)."""
     return state._replace(
         ensemble=guarded(dt, ensemble, state.ensemble),
         iteration=state.iteration + 1,

@@ -15,9 +15,9 @@ from enkit.inversion._common import (
     check_bool,
     check_dt,
     check_tell,
-    guarded,
     iteration_key,
     misfit,
+    new_state,
     register,
 )
 from enkit.inversion.prior import GaussianPrior, check_prior
@@ -113,9 +113,7 @@ class GNKI(EnsembleProcess):
             D = D + noise.sample(iteration_key(state), (U.shape[0],))
         Z = kalman_solve(W, noise, D)  # rows (B C₀ Bᵀ + Γ)⁻¹ Dⱼ
         new = U + dt * (A0 - U + (Z @ B) @ C0.dense())
-        out = state._replace(ensemble=guarded(dt, new, U),
-                             iteration=state.iteration + 1, time=state.time + dt)
-        return out, InversionInfo(misfit(G, y, noise), dt)
+        return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
 
 
 register(GNKI, data=["prior"], meta=["stochastic"])
