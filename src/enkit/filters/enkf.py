@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from enkit.ensemble import scaled_anomalies
+from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
 from enkit.linalg import kalman_solve
 
@@ -36,6 +37,7 @@ def enkf(
     key: Array | int | None = None,
     center_perturbations: bool = False,
     method: Literal["auto", "observation", "ensemble"] = "auto",
+    localization: Localization | None = None,
 ) -> Array:
     """Stochastic ensemble Kalman filter analysis with perturbed observations.
 
@@ -52,16 +54,31 @@ def enkf(
     member or (m, n) matrix; R: covariance operator or array (scalar, (m,)
     variances, or (m, m)); key: PRNG key (required); center_perturbations:
     remove the sample mean of the perturbations so the mean update is exact;
-    method: innovation solve, see ``enkit.linalg.kalman_solve``.
+    method: innovation solve, see ``enkit.linalg.kalman_solve``;
+    localization: None, or B-localisation tapers (``enkit.GainLocalization``
+    from ``enkit.gain_localization``, or ``enkit.AdaptiveLocalization``),
+    which replace the gain by
+
+        K = (ρ_xy ∘ Xᵀ Y)(ρ_yy ∘ Yᵀ Y + R)⁻¹
+
+    (Houtekamer & Mitchell 2001), with the same perturbed observations
+    (same key, same draws); the m×m system is solved by Cholesky
+    (``method`` "auto" or "observation"; "ensemble" is refused), cost
+    O(m³ + N m² + N n m), never an n×n matrix.
     Returns the (N, n) analysis ensemble.
 
     References: Evensen (1994), JGR 99(C5); Burgers, van Leeuwen & Evensen
-    (1998), MWR 126.
+    (1998), MWR 126; Houtekamer & Mitchell (2001), MWR 129.
     """
     key = as_key(key, "enkf")
+    if localization is not None:
+        check_localization(localization, method)
     E, y, HE, R = prepare_analysis(E, y, h, R)
     _, X = scaled_anomalies(E)
     _, Y = scaled_anomalies(HE)
     D = perturbed_observations(key, y, R, E.shape[0], center=center_perturbations)
+    if localization is not None:
+        Z, G = localized_gain_solve(localization, X, Y, R, D - HE)
+        return E + Z @ G.T
     Z = kalman_solve(Y, R, D - HE, method=method)  # (N, m): rows C⁻¹ dᵢ
     return E + (Z @ Y.T) @ X
