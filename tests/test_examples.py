@@ -17,3 +17,9 @@ def _load(name):
 def test_quickstart_reaches_the_published_accuracy():
     rmse = _load("quickstart").main(n_obs=1000, burn_in=200)
     assert 0.17 < rmse < 0.21
+
+
+def test_heat_conduction_inversion_converges():
+    res = _load("heat_conduction_inversion").main(verbose=False)
+    assert res["misfit"] < 6.0 and res["misfit"] < 1e-2 * res["misfit_prior"]
+    assert res["log_kappa_error"] < 0.1 < res["log_kappa_error_prior"]
