@@ -215,19 +215,25 @@ class EnsembleProcess:
 
     stochastic = False  # a dataclass field in the stochastic processes
 
+    @property
+    def needs_key(self) -> bool:
+        """Whether ``init`` needs a key (the process draws random numbers)."""
+        return self.stochastic
+
     def _check_ensemble(self, E: Array) -> None:
         """Further checks of the initial ensemble (e.g. against the prior)."""
 
     def init(self, key: Array | int | None, ensemble) -> EnsembleState:
         """Initial state from the (N, p) ``ensemble`` (usually prior draws).
 
-        key: PRNG key or integer seed; required when the process is
-        stochastic (stored, and iteration n draws from ``fold_in(key, n)``),
+        key: PRNG key or integer seed; required when the process draws
+        random numbers (``needs_key``: stored, and iteration n draws from
+        ``fold_in(key, n)``),
         ignored otherwise. Returns an ``EnsembleState`` at iteration 0, time 0.
         """
         E = check_ensemble(ensemble)
         self._check_ensemble(E)
-        k = init_key(key, self.stochastic, type(self).__name__)
+        k = init_key(key, self.needs_key, type(self).__name__)
         return EnsembleState(E, jnp.asarray(0, jnp.int32), jnp.zeros((), E.dtype), k)
 
     def ask(self, state: EnsembleState) -> Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
@@ -22,12 +23,14 @@ from enkit.inversion._common import (
     register,
 )
 from enkit.linalg import kalman_solve
+from enkit.localization.sec import Localizer
 
 __all__ = ["EKI", "eki_update"]
 
 
 def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
-               xi: Array | None = None) -> Array:
+               xi: Array | None = None, *, localizer: Localizer | None = None,
+               key: Array | None = None) -> Array:
     """One EKI update of the ensemble U (pure function, no checks).
 
         uᵢ ← uᵢ + C^{uG} (C^{GG} + Δt⁻¹Γ)⁻¹ (y + ηᵢ − G(uᵢ)),  ηᵢ = Δt^{-1/2} ξᵢ,
@@ -42,8 +45,21 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     U: (N, p); G: (N, d); y: (d,); noise: Γ, dimension d; dt: Δt ≥ 0;
     xi: (N, d) draws from N(0, Γ), or None for the deterministic update.
     Returns (N, p).
+
+    With a ``localizer`` (``enkit.localization.sec``) the covariances are
+    tapered elementwise,
+
+        uᵢ ← uᵢ + (ρ_uG ∘ C^{uG}) ((ρ_GG ∘ C^{GG}) + Δt⁻¹Γ)⁻¹ (y + ηᵢ − G(uᵢ)),
+
+    evaluated as ``√Δt (ρ_uG ∘ C^{uG}) (Δt ρ_GG ∘ C^{GG} + Γ)⁻¹ (√Δt (y −
+    G(uᵢ)) + ξᵢ)`` (again a zero step at Δt = 0) with the explicit (p, d)
+    and (d, d) matrices: O(p d + d²) memory and O(N (p d + d²) + d³) time,
+    Γ densified, instead of the O(N² d) ensemble-space solve. The (d, d)
+    system is solved by LU, since a tapered C^{GG} need not stay positive
+    semi-definite. key: PRNG key of a random localiser (else unused).
     """
-    _, X = scaled_anomalies(U)
+    if localizer is not None:
+        return _localized_update(U, G, y, noise, dt, xi, localizer, key)
     _, Y = scaled_anomalies(G)
     sdt = jnp.sqrt(dt)
     Ys = sdt * Y
@@ -51,7 +67,24 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     if xi is not None:
         D = D + xi
     Z = kalman_solve(Ys, noise, D)  # rows (C^{-1} Dᵢ)ᵀ
-    return U + (Z @ Ys.T) @ X
+    # (Z Ys^T) X = T U with T = (Z Ys^T) Π / sqrt(N - 1), Π the centring
+    # projector: one (N, N) x (N, p) product on U itself, no (N, p)
+    # anomaly array (the product dominates for large p).
+    M = Z @ Ys.T
+    T = (M - jnp.mean(M, axis=1, keepdims=True)) / jnp.sqrt(jnp.asarray(U.shape[0] - 1.0, U.dtype))
+    return U + T @ U
+
+
+def _localized_update(U, G, y, noise, dt, xi, localizer, key):
+    """The localised EKI update of ``eki_update`` (explicit matrices)."""
+    C_uG, C_GG = localizer.localize(key, U, G)
+    sdt = jnp.sqrt(dt)
+    D = sdt * (y - G)
+    if xi is not None:
+        D = D + xi
+    S = dt * C_GG + noise.dense()
+    Z = jnp.linalg.solve(S, D.T)  # (d, N): columns S⁻¹ Dᵢ
+    return U + sdt * (C_uG @ Z).T
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,14 +102,37 @@ class EKI(EnsembleProcess):
     property). ``stochastic=False`` omits ηᵢ (the deterministic variant).
 
     stochastic: draw the perturbations ηᵢ (static; then ``init`` needs a key).
+    localizer: None (default: the ensemble-space update, cost O(N² d)) or a
+    localiser of ``enkit.localization.sec`` (``Delta``, ``RBF``,
+    ``BernoulliDropout``, ``SEC``, ``SECFisher``, ``SECNice``,
+    ``FixedTaper``; a pytree leaf) that tapers C^{uG} and C^{GG} elementwise
+    (see ``eki_update``: explicit (p, d) and (d, d) matrices). A random
+    localiser (``BernoulliDropout``) needs a key at ``init`` even when
+    ``stochastic=False``: iteration n then splits its key ``kₙ = fold_in(key,
+    n)`` into ``fold_in(kₙ, 0)`` for the perturbations ξᵢ and ``fold_in(kₙ,
+    1)`` for the localiser. A deterministic localiser takes no key, and ξᵢ
+    draw from kₙ exactly as without a localiser.
 
-    Reference: Iglesias, Law & Stuart (2013), Inverse Problems 29, 045001.
+    References: Iglesias, Law & Stuart (2013), Inverse Problems 29, 045001;
+    localisation for EKI: Tong & Morzfeld (2022), arXiv:2201.10821.
     """
 
     stochastic: bool = True
+    localizer: Localizer | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        if self.localizer is not None and not isinstance(self.localizer, Localizer):
+            raise TypeError(
+                "localizer must be None or a localiser of enkit.localization.sec "
+                f"(Delta, RBF, BernoulliDropout, SEC, SECFisher, SECNice, FixedTaper), "
+                f"got {type(self.localizer).__name__}"
+            )
+
+    @property
+    def needs_key(self) -> bool:
+        """A key is needed for the perturbations or a random localiser."""
+        return self.stochastic or (self.localizer is not None and self.localizer.needs_key)
 
     def tell(self, state: EnsembleState, G, y, noise, *, dt=1.0
              ) -> tuple[EnsembleState, InversionInfo]:
@@ -90,9 +146,16 @@ class EKI(EnsembleProcess):
         U = state.ensemble
         G, y, noise = check_tell(G, y, noise, U.shape[0], U.dtype)
         dt = check_dt(dt, U.dtype)
-        xi = noise.sample(iteration_key(state), (U.shape[0],)) if self.stochastic else None
-        new = eki_update(U, G, y, noise, dt, xi)
+        k = iteration_key(state) if state.key is not None else None
+        k_loc = None
+        if self.localizer is not None and self.localizer.needs_key:
+            k, k_loc = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+        xi = noise.sample(k, (U.shape[0],)) if self.stochastic else None
+        if self.localizer is None:
+            new = eki_update(U, G, y, noise, dt, xi)
+        else:
+            new = eki_update(U, G, y, noise, dt, xi, localizer=self.localizer, key=k_loc)
         return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
 
 
-register(EKI, meta=["stochastic"])
+register(EKI, data=["localizer"], meta=["stochastic"])
