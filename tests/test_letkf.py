@@ -211,3 +211,64 @@ def test_lorenz96_small_ensemble_letkf_converges_where_etkf_diverges():
     global_ = case.run(enkit.etkf, 10, inflation=1.04, cycles=1000, burn_in=200).rmse
     assert local < 0.25, local
     assert global_ > 1.0, global_
+
+
+def _closed(radius=None, **kw):
+    """letkf with the coordinates bound as constants: the static neighbour lists."""
+    kw.setdefault("distance", RING)
+    f = partial(enkit.letkf, state_coords=np.asarray(GRID), **kw)
+    return f if radius is None else partial(f, radius=radius)
+
+
+def test_static_neighbour_lists_give_the_same_analysis():
+    # concrete coordinates (and radius): each grid point gets its list of observations
+    # once, outside the graph; traced coordinates search all m inside it (`run`)
+    E, y, H, R, obs = ring_problem(7)
+    obs = np.asarray(obs)
+    for radius, kw in ((2.0, {"chunk_size": 5}), (5.0, {"max_obs": 5, "taper": step}),
+                       (1.2, {"max_obs": 6})):
+        want = run(E, y, H, R, obs, radius, **kw)
+        got = jax.jit(_closed(radius, obs_coords=obs, **kw))(E, y, H, R)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # a traced radius with max_obs: lists by distance, the taper applied in the graph
+    radii = jnp.array([1.0, 2.5])
+    sweep = jax.jit(jax.vmap(lambda r: _closed(obs_coords=obs, max_obs=6)(E, y, H, R, radius=r)))(
+        radii)
+    for k, r in enumerate(radii):
+        np.testing.assert_allclose(sweep[k], run(E, y, H, R, obs, float(r), max_obs=6),
+                                   rtol=0, atol=1e-12)
+
+
+def _shapes(jaxpr):
+    """Shapes of every value computed in a jaxpr, its sub-jaxprs included."""
+    out = set()
+    for eqn in jaxpr.eqns:
+        out.update(tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape"))
+        for p in eqn.params.values():
+            for q in p if isinstance(p, (list, tuple)) else (p,):
+                sub = getattr(q, "jaxpr", q)
+                if hasattr(sub, "eqns"):
+                    out |= _shapes(sub)
+    return out
+
+
+def test_static_lists_touch_only_nearby_observations():
+    E, y, H, R, _ = ring_problem(6)
+    H, R = np.eye(N_GRID), enkit.Scalar(1.0, N_GRID)
+    y = np.random.default_rng(2).normal(size=N_GRID)
+    obs = np.asarray(GRID)
+    # Gaspari-Cohn with c = 1.2: support 2.4, so 5 observations per grid point
+    f = _closed(1.2, obs_coords=obs, chunk_size=4)
+    local = _shapes(jax.make_jaxpr(f)(E, y, H, R).jaxpr)
+    assert (4, 6, 5) in local  # a chunk's whitened anomalies: (B, N, k) with k = 5
+    assert not any(len(s) == 3 and s[-1] == N_GRID for s in local), local
+    traced = jax.make_jaxpr(lambda s: enkit.letkf(E, y, H, R, state_coords=s, obs_coords=obs,
+                                                  radius=1.2, distance=RING, chunk_size=4))
+    assert (4, 6, N_GRID) in _shapes(traced(GRID).jaxpr)  # the traced path: (B, N, m)
+    # far observations are not even read: an infinite one leaves the rest bit-identical
+    base = np.asarray(jax.jit(f)(E, y, H, R))
+    y_inf = y.copy()
+    y_inf[6] = np.inf
+    moved = np.asarray(jax.jit(f)(E, y_inf, H, R))
+    far = np.asarray(RING(GRID, 6.0)) >= 2.4
+    np.testing.assert_array_equal(moved[:, far], base[:, far])

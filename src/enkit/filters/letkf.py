@@ -68,17 +68,26 @@ def letkf(
     covering the domain every ρᵢⱼ = 1 and the LETKF is the global ETKF.
 
     Design. Shapes are fixed under ``jit``, so "selecting" observations is
-    weighting them. By default each local analysis sees all m observations
-    (cost O(n N² m), exact). For a large network pass ``max_obs=k``: each
-    grid point then keeps its k nearest observations (``lax.top_k`` of the
-    distances, computed chunk by chunk, so no (n, m) array is stored) and
-    weights them as above; choose k at least the largest number of
-    observations inside the support, or the farthest ones in it are dropped
-    (cost O(n (m + N² k))). Grid points are processed ``chunk_size`` at a
-    time: each chunk's local problems are built with a ``vmap`` and solved
-    as one batch of transforms (``symmetric_transform``; one path choice per
+    gathering or weighting them. When the coordinates are concrete (NumPy
+    arrays, or bound with ``functools.partial`` before ``jit``, as in a
+    cycling run) and so is the radius, each grid point's list of the
+    observations with ρᵢⱼ > 0 is computed once, outside the graph (the
+    (n, m) distances ``256`` rows at a time, never stored); the analysis
+    then gathers only those k ≤ m observations per grid point (padding to
+    the longest list is weighted 0): cost O(n N² k), linear in n for a
+    fixed observation density. With ``max_obs`` and a traced radius (a
+    ``vmap`` over radii, a gradient) the lists hold the k nearest and the
+    taper is applied in the graph. With traced coordinates the search is
+    in the graph: each local analysis sees all m observations (cost
+    O(n N² m), exact), or with ``max_obs=k`` its k nearest (``lax.top_k``
+    of the distances, chunk by chunk; cost O(n (m + N² k))); choose k at
+    least the largest number of observations inside the support, or the
+    farthest ones in it are dropped. Every path gives the same analysis up
+    to round-off. Grid points are processed ``chunk_size`` at a time: each
+    chunk's local problems are built with a ``vmap`` and solved as one
+    batch of transforms (``symmetric_transform``; one path choice per
     chunk), the chunks run in a ``lax.map`` (a scan), so memory is
-    O(chunk_size · N · m) (or k) whatever n.
+    O(chunk_size · N · k) (or m) whatever n.
 
     E: (N, n) forecast ensemble; y: (m,); h: callable or (m, n) matrix;
     R: ``Scalar`` or ``Diagonal`` (or a scalar / (m,) array); a ``Dense`` R
@@ -99,6 +108,7 @@ def letkf(
     Ott et al. (2004), Tellus 56A; Greybush et al. (2011), MWR 139.
     """
     del key
+    state_coords_in, obs_coords_in, radius_in = state_coords, obs_coords, radius
     E, y, HE, R = prepare_analysis(E, y, h, R)
     if not isinstance(R, (Scalar, Diagonal)):  # a wrong value of R, not a wrong type
         raise ValueError(  # noqa: TRY004
@@ -139,30 +149,97 @@ def letkf(
     S = R.whiten(Y)  # (N, m)
     d = R.whiten(y - ybar)  # (m,)
 
-    def localise(point):
-        """Tapered whitened anomalies and innovation of one grid point."""
-        dist = jax.vmap(lambda q: distance(point, q))(obs_coords)  # (m,)
-        S_loc, d_loc = S, d
-        if max_obs is not None:
-            _, idx = jax.lax.top_k(-dist, int(max_obs))
-            dist, S_loc, d_loc = dist[idx], S[:, idx], d[idx]
+    def weigh(S_loc, d_loc, dist, valid):
+        """Taper the whitened anomalies and innovation of one local problem."""
         rho = taper(dist, radius)
-        keep = rho > 0
+        keep = valid & (rho > 0)
         sqrt_rho = jnp.sqrt(jnp.where(keep, rho, 1.0))  # finite gradients at ρ = 0
         S_loc = jnp.where(keep, S_loc * sqrt_rho, 0.0)
         d_loc = jnp.where(keep, d_loc * sqrt_rho, 0.0)
         return S_loc, d_loc
 
-    def analyse_block(points, xbar_b, X_b):
+    def transform(S_b, d_b, xbar_b, X_b):
         """The local ETKFs of a block of B grid points; X_b: (B, N)."""
-        S_b, d_b = jax.vmap(localise)(points)  # (B, N, m'), (B, m')
         w, Z = symmetric_transform(S_b, d_b)  # one batched transform per block
         return xbar_b[:, None] + jnp.sum(X_b * w, axis=1)[:, None] + c * jnp.einsum(
             "bij,bj->bi", Z, X_b
         )
 
-    Xa = _map_in_blocks(analyse_block, (state_coords, xbar, X.T), n, int(chunk_size))
+    lists = _neighbour_lists(state_coords_in, obs_coords_in, radius_in, taper, distance,
+                             max_obs, E.dtype)
+    if lists is not None:  # static lists: each grid point touches only its k observations
+        idx, dist_k, valid = lists
+        ST = S.T  # (m, N)
+
+        def analyse_block(idx_b, dist_b, valid_b, xbar_b, X_b):
+            S_b = jnp.swapaxes(ST[idx_b], -1, -2)  # (B, N, k)
+            S_b, d_b = jax.vmap(weigh)(S_b, d[idx_b], dist_b, valid_b)
+            return transform(S_b, d_b, xbar_b, X_b)
+
+        xs = (idx, dist_k, valid, xbar, X.T)
+    else:
+
+        def localise(point):
+            """Tapered whitened anomalies and innovation of one grid point."""
+            dist = jax.vmap(lambda q: distance(point, q))(obs_coords)  # (m,)
+            S_loc, d_loc = S, d
+            if max_obs is not None:
+                _, idx = jax.lax.top_k(-dist, int(max_obs))
+                dist, S_loc, d_loc = dist[idx], S[:, idx], d[idx]
+            return weigh(S_loc, d_loc, dist, True)
+
+        def analyse_block(points, xbar_b, X_b):
+            S_b, d_b = jax.vmap(localise)(points)  # (B, N, m'), (B, m')
+            return transform(S_b, d_b, xbar_b, X_b)
+
+        xs = (state_coords, xbar, X.T)
+
+    Xa = _map_in_blocks(analyse_block, xs, n, int(chunk_size))
     return Xa.T
+
+
+def _neighbour_lists(state_coords, obs_coords, radius, taper, distance, max_obs, dtype,
+                     rows=256):
+    """Each grid point's observation list, computed once from concrete inputs.
+
+    Returns ``(idx, dist, valid)``, each (n, k): the indices of the
+    observations grid point i can see, their distances, and False on padding;
+    or None when the coordinates are traced (or, without ``max_obs``, the
+    radius is), in which case the lists are found inside the graph. With
+    ``max_obs`` the candidates are the k nearest (ties to the lower index, as
+    ``lax.top_k``); with a concrete radius only those with ρᵢⱼ > 0 are kept,
+    and k is the largest such count over the grid points. The (n, m)
+    distances are evaluated ``rows`` grid points at a time, never stored.
+    """
+    if not (is_concrete(state_coords) and is_concrete(obs_coords)):
+        return None
+    radius_known = is_concrete(radius)
+    if max_obs is None and not radius_known:
+        return None
+    with jax.ensure_compile_time_eval():
+        points = jnp.asarray(state_coords, dtype)
+        obs = jnp.asarray(obs_coords, dtype)
+        to_obs = jax.jit(jax.vmap(jax.vmap(distance, (None, 0)), (0, None)))
+        weight = jax.jit(taper)
+        blocks = []
+        for start in range(0, points.shape[0], rows):
+            dist = np.asarray(to_obs(points[start:start + rows], obs))  # (B, m)
+            order = np.broadcast_to(np.arange(dist.shape[1]), dist.shape)
+            if max_obs is not None:
+                order = np.argsort(dist, axis=1, kind="stable")[:, : int(max_obs)]
+                dist = np.take_along_axis(dist, order, axis=1)
+            if radius_known:
+                seen = np.asarray(weight(dist, jnp.asarray(radius, dtype))) > 0
+            else:
+                seen = np.ones(dist.shape, bool)
+            blocks.append((order, dist, seen))
+    k = max(1, max(int(seen.sum(axis=1).max()) for _, _, seen in blocks))
+    out = []
+    for order, dist, seen in blocks:
+        first = np.argsort(~seen, axis=1, kind="stable")[:, :k]  # the seen ones first
+        out.append([np.take_along_axis(a, first, axis=1) for a in (order, dist, seen)])
+    idx, dist, valid = (np.concatenate(parts) for parts in zip(*out))
+    return jnp.asarray(idx, jnp.int32), jnp.asarray(dist, dtype), jnp.asarray(valid)
 
 
 def _coordinates(name, coords, count, letter, dtype):
