@@ -18,14 +18,24 @@ k − 1 at iteration k; here index k always means ensemble k.)
 
 ``calibrate_scan`` runs the same iterations compiled in one ``lax.scan``
 for a JAX forward map.
+
+With ``checkpoint=path`` the loop saves its carried state (process state,
+records, time, k) atomically after every ``tell`` and when it stops
+(``enkit.io``); a later call with the same configuration resumes at the
+first iteration not completed, and its result is bit-identical to an
+uninterrupted run's (DESIGN principle 8).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import inspect
+import json
 import logging
+import os
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -53,6 +63,15 @@ from enkit.inversion.failures import (
     take_members,
 )
 from enkit.inversion.schedulers import FixedStep
+from enkit.io import (
+    CheckpointError,
+    fingerprint,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+    tree_from_arrays,
+    tree_to_arrays,
+)
 
 __all__ = ["CalibrationResult", "IterationRecord", "calibrate", "calibrate_scan"]
 
@@ -298,6 +317,93 @@ def _stack(arrays):
     return jnp.stack(arrays) if len(shapes) == 1 else tuple(arrays)
 
 
+# ----------------------------------------------------------- checkpoints ----
+
+_KIND = "enkit.calibrate"
+
+
+def _config(process, scheduler, policy, max_it, tau, collapse_tol, bb, initial_ensemble,
+            data, k_proc, k_fail) -> dict[str, str]:
+    """The parts of a calibration that a resumed run must share, each as an
+    ``enkit.io.fingerprint`` (see ``calibrate``'s docstring)."""
+    def num(v):
+        return None if v is None else float(v)
+
+    return {
+        "process": fingerprint(process),
+        "scheduler": fingerprint(scheduler),
+        "failure policy": fingerprint(policy),
+        "stopping rules": fingerprint({"max_iterations": max_it, "tau": num(tau),
+                                       "collapse_tol": num(collapse_tol)}),
+        "black_box": fingerprint(bb),
+        "initial_ensemble": fingerprint(
+            None if initial_ensemble is None else np.asarray(initial_ensemble)),
+        "data": fingerprint(data),
+        "key": fingerprint((k_proc, k_fail)),
+    }
+
+
+def _column(values, dtype) -> np.ndarray:
+    return np.stack([np.asarray(v) for v in values]) if values else np.zeros((0,), dtype)
+
+
+def _save(path, template, state, rec, t, k, stopped_by, config) -> None:
+    """Checkpoint after ``k`` completed updates (``stopped_by`` set: finished)."""
+    import enkit  # the package is fully imported by the time a run saves
+
+    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(template):
+        raise CheckpointError("cannot checkpoint this process: its state changed structure "
+                              "since init, so it cannot be rebuilt on resume")
+    dtype = np.asarray(rec["U"][0]).dtype
+    arrays = tree_to_arrays(state, "state")
+    for i, (U, G) in enumerate(zip(rec["U"], rec["G"])):
+        arrays[f"ensembles[{i}]"], arrays[f"outputs[{i}]"] = U, G
+    arrays.update(misfits=_column(rec["m"], dtype), times=_column(rec["t"], dtype),
+                  dts=_column(rec["dt"], dtype), time=np.asarray(t),
+                  failure_fractions=np.asarray(rec["frac"], np.float64),
+                  failed=np.stack(rec["failed"]))
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    save_checkpoint(path, arrays, {
+        "kind": _KIND, "enkit_version": enkit.__version__, "config_hash": digest,
+        "config": config, "completed_iterations": k, "evaluated": len(rec["U"]),
+        "stopped_by": stopped_by,
+        "errors": [{str(i): e for i, e in err.items()} for err in rec["errors"]]})
+
+
+def _restore(path, config, template):
+    """(state, records, time, k, stopped_by) from the checkpoint at ``path``."""
+    import enkit
+
+    arrays, meta = load_checkpoint(path)
+    if meta.get("kind") != _KIND:
+        raise CheckpointError(f"{path!r} is not a calibrate checkpoint "
+                              f"(kind {meta.get('kind')!r})")
+    saved = meta.get("config", {})
+    differ = [p for p in config if saved.get(p) != config[p]]
+    differ += [p for p in saved if p not in config]
+    if differ:
+        raise CheckpointError(
+            f"checkpoint {path!r} belongs to another calibration: configuration differs: "
+            f"{', '.join(differ)}. To start afresh delete the file, pass another "
+            "checkpoint path, or pass resume=False (the run then overwrites it).")
+    if meta["enkit_version"] != enkit.__version__:
+        warnings.warn(f"checkpoint {path!r} was written by enkit {meta['enkit_version']}, "
+                      f"this is enkit {enkit.__version__}: the resumed run may differ from "
+                      "an uninterrupted one", UserWarning, stacklevel=3)
+    n = meta["evaluated"]
+    rec = {"U": [jnp.asarray(arrays[f"ensembles[{i}]"]) for i in range(n)],
+           "G": [jnp.asarray(arrays[f"outputs[{i}]"]) for i in range(n)],
+           "m": [jnp.asarray(v) for v in arrays["misfits"]],
+           "t": [jnp.asarray(v) for v in arrays["times"]],
+           "frac": list(arrays["failure_fractions"]),
+           "failed": list(arrays["failed"]),
+           "errors": [{int(i): e for i, e in err.items()} for err in meta["errors"]],
+           "dt": [jnp.asarray(v) for v in arrays["dts"]]}
+    state = tree_from_arrays(template, arrays, "state")
+    return (state, rec, jnp.asarray(arrays["time"]), meta["completed_iterations"],
+            meta["stopped_by"])
+
+
 # ---------------------------------------------------------------- driver ----
 
 
@@ -318,6 +424,8 @@ def calibrate(
     black_box: bool = False,
     callback: Callable[[IterationRecord], Any] | None = None,
     progress: bool = False,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
 ) -> CalibrationResult:
     """Calibrate ``forward`` with an inversion process: loop ask → evaluate
     → tell until a stopping rule fires (iteration scheme in the module
@@ -354,6 +462,29 @@ def calibrate(
     return value of True stops the run. progress: log each iteration's
     line on the ``"enkit.inversion"`` logger at INFO (else DEBUG).
 
+    checkpoint: None, or a file path (conventionally ``*.npz``) where the
+    run's state is saved atomically after every completed update and when
+    it stops (``enkit.io.save_checkpoint``: no pickle, never half-written;
+    each save rewrites all records so far). It holds the process state
+    (PRNG key included), every record, the algorithmic time and the count
+    of completed updates; schedulers and failure policies carry no state
+    of their own (their inputs are the time and the outputs). resume: with
+    a checkpoint present at that path, True (default) continues from its
+    last completed update (a finished run returns its result at once;
+    ``callback`` is not called again for the iterations already done) and
+    the final result is bit-identical to an uninterrupted run's; False
+    starts afresh and overwrites it. A checkpoint records the enkit version
+    (another version warns) and SHA-256 fingerprints
+    (``enkit.io.fingerprint``) of: the process (its pytree: class, static
+    options and leaves), the scheduler in force, the failure policy, the
+    stopping rules (max_iterations, tau, collapse_tol), ``black_box``, the
+    initial ensemble (dtype, shape, bytes), the data (y and Γ after
+    validation, or the observation series' fields) and the keys split from
+    ``key``. Resuming with any of these different raises
+    ``CheckpointError`` naming the parts that differ. Not hashed: the
+    forward map, the executor, callback and progress (a resumed run must be
+    given the same forward map). ``calibrate_scan`` has no checkpoints.
+
     Nothing is added to the process: EKI stays textbook EKI (no
     localisation, momentum or adaptive step unless you pass them).
     Returns a ``CalibrationResult``.
@@ -372,6 +503,23 @@ def calibrate(
                          "redrawn (use failure='raise')")
     E_init = state.ensemble if fields is not None else None
     level = logging.INFO if progress else logging.DEBUG
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    if checkpoint is not None:
+        try:
+            checkpoint = os.fspath(checkpoint)
+        except TypeError:
+            raise TypeError("checkpoint must be a file path (str or os.PathLike) or None, "
+                            f"got {type(checkpoint).__name__}") from None
+        if os.path.isdir(checkpoint) or not os.path.isdir(
+                os.path.dirname(os.path.abspath(checkpoint))):
+            raise FileNotFoundError(f"checkpoint must be a file path in an existing "
+                                    f"directory, got {checkpoint!r}")
+        remove_partial_writes(checkpoint)
+        config = _config(process, scheduler, policy, max_it, tau, collapse_tol, bb,
+                         initial_ensemble, y if callable(getattr(y, "at", None)) else obs(0),
+                         k_proc, k_fail)
+        template = state
 
     def run(U, d, rows=None):
         if bb:
@@ -390,7 +538,11 @@ def calibrate(
 
     rec = {k: [] for k in ("U", "G", "m", "t", "frac", "failed", "errors", "dt")}
     stopped_by, k, t = None, 0, None
-    while True:
+    if checkpoint is not None and resume and os.path.exists(checkpoint):
+        state, rec, t, k, stopped_by = _restore(checkpoint, config, template)
+        _LOG.log(level, "calibrate: resuming from %s after %d completed iterations%s",
+                 checkpoint, k, f" (finished: {stopped_by})" if stopped_by else "")
+    while stopped_by is None:
         y_k, noise_k = obs(k)
         d = y_k.shape[0]
         U = process.ask(state)
@@ -431,6 +583,8 @@ def calibrate(
             stop = "max_iterations"
         if stop is not None:
             stopped_by = stop
+            if checkpoint is not None:
+                _save(checkpoint, template, state, rec, t, k, stopped_by, config)
             break
         if ok.all():
             state, info = _advance(process, scheduler, state, t, G, y_k, noise_k,
@@ -444,6 +598,8 @@ def calibrate(
         rec["dt"].append(info.dt)
         t = t + info.dt
         k += 1
+        if checkpoint is not None:
+            _save(checkpoint, template, state, rec, t, k, None, config)
     mean, cov = _final(state)
     return CalibrationResult(
         ensembles=jnp.stack(rec["U"]), forward_outputs=_stack(rec["G"]),
