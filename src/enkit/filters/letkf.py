@@ -17,16 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, is_concrete
-from enkit.covariance import Diagonal, Scalar
-from enkit.ensemble import scaled_anomalies
-from enkit.filters._common import ObservationOperator, prepare_analysis
+from enkit.filters._common import ObservationOperator
+from enkit.filters._local import (
+    local_inputs,
+    local_problem,
+    map_in_blocks,
+    observation_lists,
+)
 from enkit.filters._transform import symmetric_transform
 from enkit.localization import cartesian_distance, gaspari_cohn
 
@@ -108,161 +109,22 @@ def letkf(
     Ott et al. (2004), Tellus 56A; Greybush et al. (2011), MWR 139.
     """
     del key
-    state_coords_in, obs_coords_in, radius_in = state_coords, obs_coords, radius
-    E, y, HE, R = prepare_analysis(E, y, h, R)
-    if not isinstance(R, (Scalar, Diagonal)):  # a wrong value of R, not a wrong type
-        raise ValueError(  # noqa: TRY004
-            "R must be diagonal (enkit.Scalar, enkit.Diagonal, a scalar or an (m,) "
-            f"vector of variances) for the LETKF's R-localisation, got {type(R).__name__}"
-        )
-    N, n = E.shape
-    m = y.shape[0]
-    state_coords = _coordinates("state_coords", state_coords, n, "n", E.dtype)
-    obs_coords = _coordinates("obs_coords", obs_coords, m, "m", E.dtype)
-    radius = jnp.asarray(radius, E.dtype)
-    if radius.ndim != 0:
-        raise ValueError(f"radius must be a scalar, got shape {radius.shape}")
-    if is_concrete(radius):
-        check_finite("radius", radius)
-        if not float(radius) > 0:
-            raise ValueError(f"radius must be positive, got {float(radius)}")
-    try:
-        d_shape = jax.eval_shape(distance, state_coords[0], obs_coords[0]).shape
-    except (ValueError, TypeError, IndexError) as err:
-        d_shape = err
-    if d_shape != ():
-        raise ValueError(
-            f"distance must map one state point of shape {state_coords.shape[1:]} and "
-            f"one observation point of shape {obs_coords.shape[1:]} to a scalar, got "
-            f"{d_shape!r} (coordinates hold one point per row: (n,) + point_shape)"
-        )
-    if max_obs is not None and (
-        not isinstance(max_obs, (int, np.integer)) or not 1 <= max_obs <= m
-    ):
-        raise ValueError(f"max_obs must be None or an integer in [1, m={m}], got {max_obs!r}")
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    prob = local_problem(E, y, h, R, state_coords=state_coords, obs_coords=obs_coords,
+                         radius=radius, distance=distance, max_obs=max_obs,
+                         chunk_size=chunk_size, who="LETKF")
+    n = prob.X.shape[1]
 
-    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
-    xbar, X = scaled_anomalies(E)
-    ybar, Y = scaled_anomalies(HE)
-    S = R.whiten(Y)  # (N, m)
-    d = R.whiten(y - ybar)  # (m,)
-
-    def weigh(S_loc, d_loc, dist, valid):
-        """Taper the whitened anomalies and innovation of one local problem."""
-        rho = taper(dist, radius)
-        keep = valid & (rho > 0)
-        sqrt_rho = jnp.sqrt(jnp.where(keep, rho, 1.0))  # finite gradients at ρ = 0
-        S_loc = jnp.where(keep, S_loc * sqrt_rho, 0.0)
-        d_loc = jnp.where(keep, d_loc * sqrt_rho, 0.0)
-        return S_loc, d_loc
-
-    def transform(S_b, d_b, xbar_b, X_b):
+    def analyse_block(points_b, lists_b, xbar_b, X_b):
         """The local ETKFs of a block of B grid points; X_b: (B, N)."""
+        S_b, d_b = local_inputs(points_b, prob, taper, distance, max_obs, lists_b)
         w, Z = symmetric_transform(S_b, d_b)  # one batched transform per block
-        return xbar_b[:, None] + jnp.sum(X_b * w, axis=1)[:, None] + c * jnp.einsum(
+        return xbar_b[:, None] + jnp.sum(X_b * w, axis=1)[:, None] + prob.c * jnp.einsum(
             "bij,bj->bi", Z, X_b
         )
 
-    lists = _neighbour_lists(state_coords_in, obs_coords_in, radius_in, taper, distance,
-                             max_obs, E.dtype)
-    if lists is not None:  # static lists: each grid point touches only its k observations
-        idx, dist_k, valid = lists
-        ST = S.T  # (m, N)
-
-        def analyse_block(idx_b, dist_b, valid_b, xbar_b, X_b):
-            S_b = jnp.swapaxes(ST[idx_b], -1, -2)  # (B, N, k)
-            S_b, d_b = jax.vmap(weigh)(S_b, d[idx_b], dist_b, valid_b)
-            return transform(S_b, d_b, xbar_b, X_b)
-
-        xs = (idx, dist_k, valid, xbar, X.T)
-    else:
-
-        def localise(point):
-            """Tapered whitened anomalies and innovation of one grid point."""
-            dist = jax.vmap(lambda q: distance(point, q))(obs_coords)  # (m,)
-            S_loc, d_loc = S, d
-            if max_obs is not None:
-                _, idx = jax.lax.top_k(-dist, int(max_obs))
-                dist, S_loc, d_loc = dist[idx], S[:, idx], d[idx]
-            return weigh(S_loc, d_loc, dist, True)
-
-        def analyse_block(points, xbar_b, X_b):
-            S_b, d_b = jax.vmap(localise)(points)  # (B, N, m'), (B, m')
-            return transform(S_b, d_b, xbar_b, X_b)
-
-        xs = (state_coords, xbar, X.T)
-
-    Xa = _map_in_blocks(analyse_block, xs, n, int(chunk_size))
+    # Lists from the arguments as given: concrete unless traced by the caller.
+    lists = observation_lists(state_coords, obs_coords, radius, taper, distance,
+                              max_obs, prob.X.dtype)
+    xs = (prob.state_coords, lists, prob.xbar, prob.X.T)
+    Xa = map_in_blocks(analyse_block, xs, n, int(chunk_size))
     return Xa.T
-
-
-def _neighbour_lists(state_coords, obs_coords, radius, taper, distance, max_obs, dtype,
-                     rows=256):
-    """Each grid point's observation list, computed once from concrete inputs.
-
-    Returns ``(idx, dist, valid)``, each (n, k): the indices of the
-    observations grid point i can see, their distances, and False on padding;
-    or None when the coordinates are traced (or, without ``max_obs``, the
-    radius is), in which case the lists are found inside the graph. With
-    ``max_obs`` the candidates are the k nearest (ties to the lower index, as
-    ``lax.top_k``); with a concrete radius only those with ρᵢⱼ > 0 are kept,
-    and k is the largest such count over the grid points. The (n, m)
-    distances are evaluated ``rows`` grid points at a time, never stored.
-    """
-    if not (is_concrete(state_coords) and is_concrete(obs_coords)):
-        return None
-    radius_known = is_concrete(radius)
-    if max_obs is None and not radius_known:
-        return None
-    with jax.ensure_compile_time_eval():
-        points = jnp.asarray(state_coords, dtype)
-        obs = jnp.asarray(obs_coords, dtype)
-        to_obs = jax.jit(jax.vmap(jax.vmap(distance, (None, 0)), (0, None)))
-        weight = jax.jit(taper)
-        blocks = []
-        for start in range(0, points.shape[0], rows):
-            dist = np.asarray(to_obs(points[start:start + rows], obs))  # (B, m)
-            order = np.broadcast_to(np.arange(dist.shape[1]), dist.shape)
-            if max_obs is not None:
-                order = np.argsort(dist, axis=1, kind="stable")[:, : int(max_obs)]
-                dist = np.take_along_axis(dist, order, axis=1)
-            if radius_known:
-                seen = np.asarray(weight(dist, jnp.asarray(radius, dtype))) > 0
-            else:
-                seen = np.ones(dist.shape, bool)
-            blocks.append((order, dist, seen))
-    k = max(1, max(int(seen.sum(axis=1).max()) for _, _, seen in blocks))
-    out = []
-    for order, dist, seen in blocks:
-        first = np.argsort(~seen, axis=1, kind="stable")[:, :k]  # the seen ones first
-        out.append([np.take_along_axis(a, first, axis=1) for a in (order, dist, seen)])
-    idx, dist, valid = (np.concatenate(parts) for parts in zip(*out))
-    return jnp.asarray(idx, jnp.int32), jnp.asarray(dist, dtype), jnp.asarray(valid)
-
-
-def _coordinates(name, coords, count, letter, dtype):
-    coords = jnp.asarray(coords)
-    if coords.ndim < 1 or coords.shape[0] != count:
-        raise ValueError(
-            f"{name} must have shape ({letter},) + point_shape with {letter} = {count} "
-            f"(one point per row), got shape {coords.shape}"
-        )
-    check_finite(name, coords)
-    return coords.astype(dtype)
-
-
-def _map_in_blocks(f, xs, n, chunk):
-    """``f`` on blocks of ``chunk`` rows of xs (leading axis n), concatenated."""
-    if chunk >= n:
-        return f(*xs)
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-
-    def blocks(a):
-        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
-        return a.reshape((n_chunks, chunk) + a.shape[1:])
-
-    out = jax.lax.map(lambda b: f(*b), tuple(blocks(a) for a in xs))
-    return out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, is_concrete
-from enkit.covariance import Diagonal, Scalar
-from enkit.ensemble import scaled_anomalies
-from enkit.filters._common import ObservationOperator, prepare_analysis
+from enkit._checks import is_concrete
+from enkit.filters._common import ObservationOperator
+from enkit.filters._local import (
+    local_inputs,
+    local_problem,
+    map_in_blocks,
+    observation_lists,
+)
 from enkit.filters._transform import symmetric_transform
 from enkit.localization import cartesian_distance, gaspari_cohn
 
@@ -86,10 +89,10 @@ def patch_etkf(
     ``lax.map``; the blending is four batched products of the patches' N × N
     transforms with their blocks of the grid (rolled by half a patch), with
     no per-point gathers. Memory O(chunk_size · N · m + P N² + N n). With
-    ``max_obs`` and concrete coordinates (bound with ``functools.partial``
-    or closed over, not traced), each patch's k nearest observations are
-    found once, with NumPy, when the call is traced, and each analysis only
-    gathers them (the same selection as ``lax.top_k``, ties to the lower index).
+    concrete coordinates (bound with ``functools.partial`` or closed over,
+    not traced) each patch's observation list (those inside the support for
+    a concrete radius, or the k = ``max_obs`` nearest) is found once when the
+    call is traced, as in ``letkf``, and each analysis only gathers them.
 
     E: (N, n) forecast ensemble, n = n0 · n1; y: (m,); h: callable or (m, n)
     matrix; R: ``Scalar`` or ``Diagonal`` (or a scalar / (m,) array; a
@@ -114,15 +117,10 @@ def patch_etkf(
     (domain localisation).
     """
     del key
-    state_coords_in, obs_coords_in = state_coords, obs_coords
-    E, y, HE, R = prepare_analysis(E, y, h, R)
-    if not isinstance(R, (Scalar, Diagonal)):  # a wrong value of R, not a wrong type
-        raise ValueError(  # noqa: TRY004
-            "R must be diagonal (enkit.Scalar, enkit.Diagonal, a scalar or an (m,) "
-            f"vector of variances) for the patches' R-localisation, got {type(R).__name__}"
-        )
-    N, n = E.shape
-    m = y.shape[0]
+    prob = local_problem(E, y, h, R, state_coords=state_coords, obs_coords=obs_coords,
+                         radius=radius, distance=distance, max_obs=max_obs,
+                         chunk_size=chunk_size, who="patches")
+    N, n = prob.X.shape
     n0, n1 = _pair("grid_shape", grid_shape, 1)
     p0, p1 = _pair("patch_shape", patch_shape, 1)
     if n0 * n1 != n:
@@ -139,77 +137,22 @@ def patch_etkf(
     per0, per1 = pair
     if not isinstance(blend, bool):
         raise TypeError(f"blend must be True or False, got {blend!r}")
-    state_coords = _coordinates("state_coords", state_coords, n, "n", E.dtype)
-    obs_coords = _coordinates("obs_coords", obs_coords, m, "m", E.dtype)
-    radius = jnp.asarray(radius, E.dtype)
-    if radius.ndim != 0:
-        raise ValueError(f"radius must be a scalar, got shape {radius.shape}")
-    if is_concrete(radius):
-        check_finite("radius", radius)
-        if not float(radius) > 0:
-            raise ValueError(f"radius must be positive, got {float(radius)}")
-    try:
-        d_shape = jax.eval_shape(distance, state_coords[0], obs_coords[0]).shape
-    except (ValueError, TypeError, IndexError) as err:
-        d_shape = err
-    if d_shape != ():
-        raise ValueError(
-            f"distance must map one state point of shape {state_coords.shape[1:]} and "
-            f"one observation point of shape {obs_coords.shape[1:]} to a scalar, got "
-            f"{d_shape!r} (coordinates hold one point per row: (n,) + point_shape)"
-        )
-    if max_obs is not None and (
-        not isinstance(max_obs, (int, np.integer)) or not 1 <= max_obs <= m
-    ):
-        raise ValueError(f"max_obs must be None or an integer in [1, m={m}], got {max_obs!r}")
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
 
     P0, P1 = n0 // p0, n1 // p1
-    centres = _centres(state_coords, (n0, n1), (p0, p1))
+    centres = _centres(prob.state_coords, (n0, n1), (p0, p1))
+    # Static observation lists when the coordinates are concrete (NumPy centres).
+    static_centres = (_centres(np.asarray(state_coords, prob.X.dtype), (n0, n1), (p0, p1))
+                      if is_concrete(state_coords) else centres)
+    lists = observation_lists(static_centres, obs_coords, radius, taper, distance,
+                              max_obs, prob.X.dtype)
 
-    c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
-    xbar, X = scaled_anomalies(E)
-    ybar, Y = scaled_anomalies(HE)
-    S = R.whiten(Y)  # (N, m)
-    d = R.whiten(y - ybar)  # (m,)
-
-    def weigh(S_loc, d_loc, dist):
-        """Tapered whitened anomalies and innovation of one patch."""
-        rho = taper(dist, radius)
-        keep = rho > 0
-        sqrt_rho = jnp.sqrt(jnp.where(keep, rho, 1.0))  # finite gradients at ρ = 0
-        return jnp.where(keep, S_loc * sqrt_rho, 0.0), jnp.where(keep, d_loc * sqrt_rho, 0.0)
-
-    def transforms(S_b, d_b):
+    def patch_block(centres_b, lists_b):
         """M_p = 1 w̄ᵀ + sqrt(N − 1) T^{-1/2} of a block of patches: (B, N, N)."""
+        S_b, d_b = local_inputs(centres_b, prob, taper, distance, max_obs, lists_b)
         w, Z = symmetric_transform(S_b, d_b)  # one batched transform per block
-        return w[:, None, :] + c * Z
+        return w[:, None, :] + prob.c * Z
 
-    lists = _nearest_lists(state_coords_in, obs_coords_in, (n0, n1), (p0, p1), distance,
-                           max_obs, E.dtype)
-    if lists is not None:  # static lists, found once: each patch touches its k observations
-
-        def patch_block(idx_b, dist_b):
-            S_b = jnp.swapaxes(S.T[idx_b], -1, -2)  # (B, N, k)
-            return transforms(*jax.vmap(weigh)(S_b, d[idx_b], dist_b))
-
-        xs = (jnp.asarray(lists[0]), jnp.asarray(lists[1], E.dtype))
-    else:
-
-        def localise(centre):
-            dist = jax.vmap(lambda q: distance(centre, q))(obs_coords)  # (m,)
-            if max_obs is None:
-                return weigh(S, d, dist)
-            _, idx = jax.lax.top_k(-dist, int(max_obs))
-            return weigh(S[:, idx], d[idx], dist[idx])
-
-        def patch_block(centres_b):
-            return transforms(*jax.vmap(localise)(centres_b))
-
-        xs = (centres,)
-
-    M = _map_in_blocks(patch_block, xs, P0 * P1, int(chunk_size))
+    M = map_in_blocks(patch_block, (centres, lists), P0 * P1, int(chunk_size))
 
     # Blending without gathers: along an axis of patch size p the two centres around
     # index i are a(i) = (i − s) // p and a(i) + 1 (mod P), s = p // 2 (0 unblended),
@@ -217,7 +160,7 @@ def patch_etkf(
     # every corner a batched product (P0 · P1 blocks of N × N times N × p0 p1).
     s0, wa0, wb0 = _axis_weights(n0, p0, per0, blend)
     s1, wa1, wb1 = _axis_weights(n1, p1, per1, blend)
-    Xg = jnp.roll(X.reshape(N, n0, n1), (-s0, -s1), axis=(1, 2)).reshape(N, P0, p0, P1, p1)
+    Xg = jnp.roll(prob.X.reshape(N, n0, n1), (-s0, -s1), axis=(1, 2)).reshape(N, P0, p0, P1, p1)
     Mg = M.reshape(P0, P1, N, N)
     corners = [(0, wa0, 0, wa1)]
     if blend:
@@ -225,11 +168,11 @@ def patch_etkf(
     incr = jnp.zeros_like(Xg)
     for d0, w0, d1, w1 in corners:
         Mc = jnp.roll(Mg, (-d0, -d1), axis=(0, 1))  # Mc[r0, r1] = M of patch (r0+d0, r1+d1)
-        w0 = jnp.asarray(np.roll(w0, -s0).reshape(P0, p0, 1, 1), E.dtype)
-        w1 = jnp.asarray(np.roll(w1, -s1).reshape(P1, p1), E.dtype)
+        w0 = jnp.asarray(np.roll(w0, -s0).reshape(P0, p0, 1, 1), prob.X.dtype)
+        w1 = jnp.asarray(np.roll(w1, -s1).reshape(P1, p1), prob.X.dtype)
         incr = incr + (w0 * w1) * jnp.einsum("abkj,jaubv->kaubv", Mc, Xg)
     incr = jnp.roll(incr.reshape(N, n0, n1), (s0, s1), axis=(1, 2)).reshape(N, n)
-    return xbar + incr
+    return prob.xbar + incr
 
 
 def _axis_weights(size, p, periodic, blend):
@@ -255,31 +198,6 @@ def _centres(coords, grid, patch):
     return out.reshape((-1,) + shape)
 
 
-def _nearest_lists(state_coords, obs_coords, grid, patch, distance, max_obs, dtype, rows=256):
-    """The k = max_obs nearest observations of each patch centre, found once.
-
-    When the coordinates are concrete (not traced), returns NumPy ``(idx,
-    dist)``, each (P, k): the indices of each patch centre's k nearest
-    observations (ties to the lower index, as ``lax.top_k``) and their
-    distances, so the per-call graph only gathers them; otherwise (or
-    without ``max_obs``) None, and the selection happens inside the graph.
-    The (P, m) distances are evaluated ``rows`` patches at a time.
-    """
-    if max_obs is None or not (is_concrete(state_coords) and is_concrete(obs_coords)):
-        return None
-    with jax.ensure_compile_time_eval():
-        centres = _centres(jnp.asarray(state_coords, dtype), grid, patch)
-        obs = jnp.asarray(obs_coords, dtype)
-        to_obs = jax.vmap(jax.vmap(distance, (None, 0)), (0, None))
-        idx, dist = [], []
-        for start in range(0, centres.shape[0], rows):
-            dist_b = np.asarray(to_obs(centres[start:start + rows], obs))  # (B, m)
-            order = np.argsort(dist_b, axis=1, kind="stable")[:, : int(max_obs)]
-            idx.append(order)
-            dist.append(np.take_along_axis(dist_b, order, axis=1))
-    return np.concatenate(idx), np.concatenate(dist)
-
-
 def _pair(name, value, minimum):
     try:
         a, b = value
@@ -288,30 +206,3 @@ def _pair(name, value, minimum):
     if not all(isinstance(v, (int, np.integer)) and v >= minimum for v in (a, b)):
         raise ValueError(f"{name} must be a pair of integers >= {minimum}, got {value!r}")
     return int(a), int(b)
-
-
-def _coordinates(name, coords, count, letter, dtype):
-    coords = jnp.asarray(coords)
-    if coords.ndim < 1 or coords.shape[0] != count:
-        raise ValueError(
-            f"{name} must have shape ({letter},) + point_shape with {letter} = {count} "
-            f"(one point per row), got shape {coords.shape}"
-        )
-    check_finite(name, coords)
-    return coords.astype(dtype)
-
-
-def _map_in_blocks(f, xs, n, chunk):
-    """``f`` on blocks of ``chunk`` rows of xs (leading axis n), concatenated;
-    f receives each block whole (a batch), never under ``vmap``."""
-    if chunk >= n:
-        return f(*xs)
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-
-    def blocks(a):
-        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
-        return a.reshape((n_chunks, chunk) + a.shape[1:])
-
-    out = jax.lax.map(lambda b: f(*b), tuple(blocks(a) for a in xs))
-    return out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
