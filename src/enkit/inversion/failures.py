@@ -34,6 +34,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -42,6 +43,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
+from enkit.executors import evaluate_members
 from enkit.inversion._common import EnsembleState
 from enkit.inversion.gnki import GNKIState
 
@@ -105,8 +107,10 @@ def evaluate(forward: Callable[[np.ndarray], ArrayLike], U: ArrayLike,
     forward: a Python callable on one member's NumPy parameters (p,) →
     (d,) outputs; U: (N, p) parameters; executor: any
     ``concurrent.futures.Executor`` (members are submitted one by one and
-    run concurrently), or None to run them here one after another;
-    output_dim: d.
+    run concurrently; an ``enkit.executors.MemberExecutor`` adds its
+    per-member timeout and retries), or None to run them here one after
+    another; output_dim: d. The members go through
+    ``enkit.executors.evaluate_members``.
 
     A member whose call raises, returns a shape other than (d,), or returns
     NaN/inf is a failure: its row of G is NaN, ``failed[i]`` is True and, for
@@ -117,26 +121,13 @@ def evaluate(forward: Callable[[np.ndarray], ArrayLike], U: ArrayLike,
     N = U.shape[0]
     G = np.full((N, output_dim), np.nan)
     errors: dict[int, str] = {}
-    if executor is None:
-        outcomes = []
-        for i in range(N):
-            try:
-                outcomes.append(_one(forward, U[i].copy(), output_dim))
-            except Exception as err:  # noqa: BLE001 - any crash of a member is a failure
-                outcomes.append(err)
-    else:
-        futures = [executor.submit(_one, forward, U[i].copy(), output_dim) for i in range(N)]
-        outcomes = []
-        for f in futures:
-            try:
-                outcomes.append(f.result())
-            except Exception as err:  # noqa: BLE001 - raised in the worker or by the pool
-                outcomes.append(err)
-    for i, out in enumerate(outcomes):
-        if isinstance(out, Exception):
-            errors[i] = f"{type(out).__name__}: {out}"
+    results = evaluate_members(partial(_one, forward, d=output_dim),
+                               [U[i].copy() for i in range(N)], executor=executor)
+    for r in results:
+        if r.ok:
+            G[r.index] = r.value
         else:
-            G[i] = out
+            errors[r.index] = r.error
     failed = ~np.all(np.isfinite(G), axis=1)
     return G, failed, errors
 
