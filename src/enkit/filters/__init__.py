@@ -25,6 +25,7 @@ from enkit.filters.ienkf import ienkf
 from enkit.filters.kalman import ensemble_with_covariance, kalman, kalman_update
 from enkit.filters.letkf import letkf
 from enkit.filters.mlef import mlef
+from enkit.filters.patches import patch_etkf
 from enkit.filters.sqrt_kalman import sqrt_kalman, sqrt_kalman_update
 
 SCHEMES = {
@@ -64,6 +65,7 @@ __all__ = [
     "ienkf",
     "mlef",
     "letkf",
+    "patch_etkf",
     "ensemble_with_covariance",
     "observe",
     "perturbed_observations",

@@ -14,9 +14,18 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   Huang et al. 2022), ``TEKI`` (Chada, Stuart & Tong 2020), ``UKI``
   (Huang, Schneider & Stuart 2022), ``GNKI`` (Chada, Chen & Sanz-Alonso 2021),
   ``ESMDA`` (Emerick & Reynolds 2013; schedules ``esmda_constant_alpha``,
-  ``esmda_geometric_alpha``);
+  ``esmda_geometric_alpha``), ``IES`` (Chen & Oliver 2013; Evensen et al.
+  2019; step lengths ``ies_step_lengths``), ``SparseEKI`` (Schneider,
+  Stuart & Wu 2022; ℓ1 soft threshold and hard pruning);
+- samplers: ``EKS`` (Garbuno-Iñigo, Hoffmann, Li & Stuart 2020) and
+  ``ALDI`` (Garbuno-Iñigo, Nüsken & Reich 2020), whose ``tell`` needs Δt;
 - schedulers for Δt: ``FixedStep``, ``DataMisfitController`` (Iglesias &
-  Yang 2021);
+  Yang 2021), ``EKSStableScheduler`` (Δt = h/(‖D‖_F + δ)),
+  ``LevenbergMarquardt`` (Iglesias 2016; ``lm_alpha``);
+- process wrappers: ``MultiplicativeInflation``, ``AdditiveInflation``,
+  ``SubspaceInflation`` (subspace-trap escape), ``NesterovAccelerated`` and
+  ``ConstantMomentum`` (Kovachki & Stuart 2019), ``UpdateGroups``;
+  minibatched data: ``ObservationSeries`` (``at(iteration) -> (y, noise)``);
 - stopping: ``discrepancy_principle``, ``max_iterations_reached``,
   ``data_misfit``;
 - ``GaussianPrior``; bounds and named parameters: ``Parameter``,
@@ -27,12 +36,15 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
 Seams for what is not here yet: constrained/named priors wrap
 ``GaussianPrior`` (processes work in its unconstrained space); failure
 policies replace the finiteness check of ``_common.check_tell``; new
-processes (IES, EKS/ALDI, sparse EKI) follow ``EnsembleProcess``;
-Levenberg–Marquardt damping or other step rules implement
-``step_size(time, G, y, noise)``; ``calibrate()`` drives ask/tell.
+processes follow ``EnsembleProcess``;
+step rules implement ``step_size(time, G, y, noise)``; ``calibrate()``
+drives ask/tell.
 """
 
 from enkit.inversion._common import EnsembleState, InversionInfo
+from enkit.inversion._calibrate_scan import calibrate_scan
+from enkit.inversion.calibrate import calibrate
+from enkit.inversion.calibration_result import CalibrationResult, IterationRecord
 from enkit.inversion.constraints import (
     Bijection,
     Bounded,
@@ -50,16 +62,50 @@ from enkit.inversion.esmda import (
     esmda_geometric_alpha,
 )
 from enkit.inversion.etki import ETKI, etki_update
+from enkit.inversion.failures import (
+    ForwardFailure,
+    Ignore,
+    Raise,
+    Resample,
+    ensemble_collapsed,
+    evaluate,
+)
+from enkit.inversion.eks import ALDI, EKS, aldi_update, eks_update
 from enkit.inversion.gnki import GNKI, GNKIState
+from enkit.inversion.ies import IES, IESState, ies_step_lengths, ies_update
+from enkit.inversion.levenberg_marquardt import (
+    LevenbergMarquardt,
+    lm_alpha,
+    lm_residual_ratio,
+)
+from enkit.inversion.momentum import (
+    ConstantMomentum,
+    MomentumState,
+    NesterovAccelerated,
+)
+from enkit.inversion.observations import ObservationSeries, block_noise, restrict_noise
 from enkit.inversion.prior import GaussianPrior
-from enkit.inversion.schedulers import DataMisfitController, FixedStep
+from enkit.inversion.process_inflation import (
+    AdditiveInflation,
+    InflatedState,
+    MultiplicativeInflation,
+    SubspaceInflation,
+    subspace_residual_fraction,
+)
+from enkit.inversion.schedulers import (
+    DataMisfitController,
+    EKSStableScheduler,
+    FixedStep,
+)
 from enkit.inversion.stopping import (
     data_misfit,
     discrepancy_principle,
     max_iterations_reached,
 )
+from enkit.inversion.sparse_eki import SparseEKI, analysis_variances, soft_threshold
 from enkit.inversion.teki import TEKI
 from enkit.inversion.uki import UKI, UKIState
+from enkit.inversion.update_groups import UpdateGroups
 
 EnsembleKalmanInversion = EKI
 EnsembleTransformKalmanInversion = ETKI
@@ -67,8 +113,42 @@ TikhonovEKI = TEKI
 UnscentedKalmanInversion = UKI
 GaussNewtonKalmanInversion = GNKI
 EnsembleSmootherMDA = ESMDA
+IterativeEnsembleSmoother = IES
 
 __all__ = [
+    "AdditiveInflation",
+    "ConstantMomentum",
+    "InflatedState",
+    "LevenbergMarquardt",
+    "MomentumState",
+    "MultiplicativeInflation",
+    "NesterovAccelerated",
+    "ObservationSeries",
+    "SubspaceInflation",
+    "UpdateGroups",
+    "block_noise",
+    "lm_alpha",
+    "lm_residual_ratio",
+    "restrict_noise",
+    "subspace_residual_fraction",
+    "CalibrationResult",
+    "ForwardFailure",
+    "Ignore",
+    "IterationRecord",
+    "Raise",
+    "Resample",
+    "calibrate",
+    "calibrate_scan",
+    "ensemble_collapsed",
+    "evaluate",
+    "ALDI",
+    "EKS",
+    "EKSStableScheduler",
+    "SparseEKI",
+    "aldi_update",
+    "analysis_variances",
+    "eks_update",
+    "soft_threshold",
     "EKI",
     "ESMDA",
     "ETKI",
@@ -87,6 +167,9 @@ __all__ = [
     "EnsembleTransformKalmanInversion",
     "FixedStep",
     "GNKIState",
+    "IES",
+    "IESState",
+    "IterativeEnsembleSmoother",
     "GaussNewtonKalmanInversion",
     "GaussianPrior",
     "InversionInfo",
@@ -102,5 +185,7 @@ __all__ = [
     "esmda_constant_alpha",
     "esmda_geometric_alpha",
     "etki_update",
+    "ies_step_lengths",
+    "ies_update",
     "max_iterations_reached",
 ]

@@ -29,16 +29,12 @@ uninterrupted run's (DESIGN principle 8).
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
-import hashlib
 import inspect
-import json
 import logging
 import os
-import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +44,8 @@ from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
 from enkit.covariance import as_covariance
+from enkit.inversion._calibrate_checkpoint import config_fingerprints, restore_run, save_run
+from enkit.inversion.calibration_result import CalibrationResult, IterationRecord
 from enkit.inversion.failures import (
     ForwardFailure,
     Ignore,
@@ -64,104 +62,13 @@ from enkit.inversion.failures import (
 )
 from enkit.inversion.schedulers import FixedStep
 from enkit.io import (
-    CheckpointError,
-    fingerprint,
-    load_checkpoint,
     remove_partial_writes,
-    save_checkpoint,
-    tree_from_arrays,
-    tree_to_arrays,
 )
 
-__all__ = ["CalibrationResult", "IterationRecord", "calibrate", "calibrate_scan"]
+__all__ = ["calibrate"]
 
 _LOG = logging.getLogger("enkit.inversion")
 DEFAULT_MAX_ITERATIONS = 20
-
-
-class IterationRecord(NamedTuple):
-    """What ``callback`` receives after ensemble k has been evaluated.
-
-    iteration: k; parameters: (N, p) asked parameters; outputs: (N, d)
-    (NaN rows for members that failed under ``Ignore``); misfit: scalar;
-    time: algorithmic time of ensemble k; failed: (N,) bool, members whose
-    first evaluation failed.
-    """
-
-    iteration: int
-    parameters: Array
-    outputs: Array
-    misfit: float
-    time: float
-    failed: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True, repr=False)
-class CalibrationResult:
-    """The record of a calibration (I updates, I + 1 ensembles).
-
-    ensembles: (I+1, N, p) asked parameters; ``forward_outputs[k]`` (I+1,
-    N, d) are the outputs of ``ensembles[k]`` (a tuple of (N, d_k) arrays
-    when an observation series changes d); misfits: (I+1,), ``misfits[k]`` =
-    ‖Γ_k^{-1/2}(y_k − Ḡ_k)‖ of the successful members of ensemble k (UKI:
-    of its central sigma point); dts: (I,), ``dts[k]`` the step from
-    ensemble k to k+1; times: (I+1,) algorithmic time of each ensemble;
-    failure_fractions: (I+1,) fraction of members whose first evaluation
-    failed; failed: (I+1, N) bool, those members; errors: I+1 dicts member
-    → exception message of that first evaluation (black-box models);
-    stopped_by: ``"discrepancy"``,
-    ``"collapse"``, ``"scheduler"``, ``"max_iterations"`` or ``"callback"``;
-    mean, covariance: final estimate in the process's own (unconstrained)
-    space, the sample mean and covariance (N − 1) of the final ensemble
-    (UKI: its Gaussian); state: the final process state; settings: the
-    options in force (shown by ``repr``).
-    """
-
-    ensembles: Array
-    forward_outputs: Any
-    misfits: Array
-    dts: Array
-    times: Array
-    failure_fractions: Array
-    failed: np.ndarray
-    errors: tuple
-    stopped_by: str
-    mean: Array
-    covariance: Array
-    state: Any
-    settings: dict
-
-    @property
-    def n_iterations(self) -> int:
-        """I, the number of updates (``tell`` calls)."""
-        return int(np.shape(self.dts)[0])
-
-    def _index(self, i: int) -> int:
-        n = self.n_iterations + 1
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -n <= i < n:
-            raise IndexError(f"iteration must be an integer in [-{n}, {n - 1}], got {i!r}")
-        return int(i) % n
-
-    def parameters(self, i: int) -> Array:
-        """(N, p) parameters of ensemble i (0: initial, -1: final)."""
-        return self.ensembles[self._index(i)]
-
-    def outputs(self, i: int) -> Array:
-        """(N, d) forward outputs of ensemble i."""
-        return self.forward_outputs[self._index(i)]
-
-    def misfit(self, i: int) -> Array:
-        """Data misfit of ensemble i."""
-        return self.misfits[self._index(i)]
-
-    def __repr__(self) -> str:
-        N, p = np.shape(self.ensembles)[1:]
-        opts = ", ".join(f"{k}={v}" for k, v in self.settings.items())
-        return (f"CalibrationResult(iterations={self.n_iterations}, "
-                f"stopped_by={self.stopped_by!r}, N={N}, p={p}, "
-                f"misfit {float(self.misfits[0]):.4g} -> {float(self.misfits[-1]):.4g}, "
-                f"max failure fraction={float(np.max(self.failure_fractions)):.3g};\n"
-                f"  settings: {opts})")
 
 
 # ---------------------------------------------------------------- pieces ----
@@ -319,94 +226,6 @@ def _stack(arrays):
 
 # ----------------------------------------------------------- checkpoints ----
 
-_KIND = "enkit.calibrate"
-
-
-def _config(process, scheduler, policy, max_it, tau, collapse_tol, bb, initial_ensemble,
-            data, k_proc, k_fail) -> dict[str, str]:
-    """The parts of a calibration that a resumed run must share, each as an
-    ``enkit.io.fingerprint`` (see ``calibrate``'s docstring)."""
-    def num(v):
-        return None if v is None else float(v)
-
-    return {
-        "process": fingerprint(process),
-        "scheduler": fingerprint(scheduler),
-        "failure policy": fingerprint(policy),
-        "stopping rules": fingerprint({"max_iterations": max_it, "tau": num(tau),
-                                       "collapse_tol": num(collapse_tol)}),
-        "black_box": fingerprint(bb),
-        "initial_ensemble": fingerprint(
-            None if initial_ensemble is None else np.asarray(initial_ensemble)),
-        "data": fingerprint(data),
-        "key": fingerprint((k_proc, k_fail)),
-    }
-
-
-def _column(values, dtype) -> np.ndarray:
-    return np.stack([np.asarray(v) for v in values]) if values else np.zeros((0,), dtype)
-
-
-def _save(path, template, state, rec, t, k, stopped_by, config) -> None:
-    """Checkpoint after ``k`` completed updates (``stopped_by`` set: finished)."""
-    import enkit  # the package is fully imported by the time a run saves
-
-    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(template):
-        raise CheckpointError("cannot checkpoint this process: its state changed structure "
-                              "since init, so it cannot be rebuilt on resume")
-    dtype = np.asarray(rec["U"][0]).dtype
-    arrays = tree_to_arrays(state, "state")
-    for i, (U, G) in enumerate(zip(rec["U"], rec["G"])):
-        arrays[f"ensembles[{i}]"], arrays[f"outputs[{i}]"] = U, G
-    arrays.update(misfits=_column(rec["m"], dtype), times=_column(rec["t"], dtype),
-                  dts=_column(rec["dt"], dtype), time=np.asarray(t),
-                  failure_fractions=np.asarray(rec["frac"], np.float64),
-                  failed=np.stack(rec["failed"]))
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    save_checkpoint(path, arrays, {
-        "kind": _KIND, "enkit_version": enkit.__version__, "config_hash": digest,
-        "config": config, "completed_iterations": k, "evaluated": len(rec["U"]),
-        "stopped_by": stopped_by,
-        "errors": [{str(i): e for i, e in err.items()} for err in rec["errors"]]})
-
-
-def _restore(path, config, template):
-    """(state, records, time, k, stopped_by) from the checkpoint at ``path``."""
-    import enkit
-
-    arrays, meta = load_checkpoint(path)
-    if meta.get("kind") != _KIND:
-        raise CheckpointError(f"{path!r} is not a calibrate checkpoint "
-                              f"(kind {meta.get('kind')!r})")
-    saved = meta.get("config", {})
-    differ = [p for p in config if saved.get(p) != config[p]]
-    differ += [p for p in saved if p not in config]
-    if differ:
-        raise CheckpointError(
-            f"checkpoint {path!r} belongs to another calibration: configuration differs: "
-            f"{', '.join(differ)}. To start afresh delete the file, pass another "
-            "checkpoint path, or pass resume=False (the run then overwrites it).")
-    if meta["enkit_version"] != enkit.__version__:
-        warnings.warn(f"checkpoint {path!r} was written by enkit {meta['enkit_version']}, "
-                      f"this is enkit {enkit.__version__}: the resumed run may differ from "
-                      "an uninterrupted one", UserWarning, stacklevel=3)
-    n = meta["evaluated"]
-    rec = {"U": [jnp.asarray(arrays[f"ensembles[{i}]"]) for i in range(n)],
-           "G": [jnp.asarray(arrays[f"outputs[{i}]"]) for i in range(n)],
-           "m": [jnp.asarray(v) for v in arrays["misfits"]],
-           "t": [jnp.asarray(v) for v in arrays["times"]],
-           "frac": list(arrays["failure_fractions"]),
-           "failed": list(arrays["failed"]),
-           "errors": [{int(i): e for i, e in err.items()} for err in meta["errors"]],
-           "dt": [jnp.asarray(v) for v in arrays["dts"]]}
-    state = tree_from_arrays(template, arrays, "state")
-    return (state, rec, jnp.asarray(arrays["time"]), meta["completed_iterations"],
-            meta["stopped_by"])
-
-
-# ---------------------------------------------------------------- driver ----
-
-
 def calibrate(
     forward: Callable,
     process: Any,
@@ -516,7 +335,7 @@ def calibrate(
             raise FileNotFoundError(f"checkpoint must be a file path in an existing "
                                     f"directory, got {checkpoint!r}")
         remove_partial_writes(checkpoint)
-        config = _config(process, scheduler, policy, max_it, tau, collapse_tol, bb,
+        config = config_fingerprints(process, scheduler, policy, max_it, tau, collapse_tol, bb,
                          initial_ensemble, y if callable(getattr(y, "at", None)) else obs(0),
                          k_proc, k_fail)
         template = state
@@ -539,7 +358,7 @@ def calibrate(
     rec = {k: [] for k in ("U", "G", "m", "t", "frac", "failed", "errors", "dt")}
     stopped_by, k, t = None, 0, None
     if checkpoint is not None and resume and os.path.exists(checkpoint):
-        state, rec, t, k, stopped_by = _restore(checkpoint, config, template)
+        state, rec, t, k, stopped_by = restore_run(checkpoint, config, template)
         _LOG.log(level, "calibrate: resuming from %s after %d completed iterations%s",
                  checkpoint, k, f" (finished: {stopped_by})" if stopped_by else "")
     while stopped_by is None:
@@ -584,7 +403,7 @@ def calibrate(
         if stop is not None:
             stopped_by = stop
             if checkpoint is not None:
-                _save(checkpoint, template, state, rec, t, k, stopped_by, config)
+                save_run(checkpoint, template, state, rec, t, k, stopped_by, config)
             break
         if ok.all():
             state, info = _advance(process, scheduler, state, t, G, y_k, noise_k,
@@ -599,7 +418,7 @@ def calibrate(
         t = t + info.dt
         k += 1
         if checkpoint is not None:
-            _save(checkpoint, template, state, rec, t, k, None, config)
+            save_run(checkpoint, template, state, rec, t, k, None, config)
     mean, cov = _final(state)
     return CalibrationResult(
         ensembles=jnp.stack(rec["U"]), forward_outputs=_stack(rec["G"]),
@@ -636,109 +455,3 @@ def _resample(policy, state, failed, G, run, d, k, k_fail, E_init, process):
     raise ForwardFailure(failure_message(
         f"{policy}: still failing after {policy.max_retries} redraws", failed, k, errors),
         np.flatnonzero(failed), k, errors)
-
-
-# ------------------------------------------------------------------ scan ----
-
-
-@partial(jax.jit, static_argnames=("forward", "n", "has_dt", "use_tau", "use_finished",
-                                   "central"))
-def _scan_run(forward, process, scheduler, state0, y, noise, tau, *, n, has_dt, use_tau,
-              use_finished, central):
-    sqrt_d = jnp.sqrt(jnp.asarray(y.shape[0], y.dtype))
-
-    def stop_rule(t, m):
-        s = jnp.asarray(False)
-        if use_tau:
-            s = s | (m <= tau * sqrt_d)
-        if use_finished:
-            s = s | scheduler.finished(t)
-        return s
-
-    def body(carry, _):
-        state, stopped, t = carry
-        U = process.ask(state)
-        G = jax.vmap(forward)(U)
-        m = _misfit(G, y, noise, central)
-        stop = stopped | stop_rule(t, m)
-        new, info = _advance_impl(process, scheduler, state, t, G, y, noise, has_dt)
-        state = jax.lax.cond(stop, lambda a, b: a, lambda a, b: b, state, new)
-        t_next = jnp.where(stop, t, t + info.dt)
-        return (state, stop, t_next), (U, G, m, t, info.dt, stop)
-
-    t0 = jnp.zeros((), y.dtype)
-    (state, _, t), recs = jax.lax.scan(body, (state0, jnp.asarray(False), t0), None, length=n)
-    U = process.ask(state)
-    G = jax.vmap(forward)(U)
-    m = _misfit(G, y, noise, central)
-    return state, recs, (U, G, m, t, stop_rule(t, m))
-
-
-def calibrate_scan(
-    forward: Callable[[Array], Array],
-    process: Any,
-    initial_ensemble: ArrayLike | None,
-    y: ArrayLike,
-    noise: Any,
-    *,
-    key: Array | int | None = None,
-    n_iterations: int,
-    scheduler: Any = None,
-    tau: float | None = None,
-    failure: str | Raise = "raise",
-) -> CalibrationResult:
-    """``calibrate`` for a JAX ``forward``, compiled as one ``lax.scan`` of
-    ``n_iterations`` ask/evaluate/tell steps.
-
-    Same arguments, defaults, keys and result as ``calibrate`` (forward:
-    JAX function (p,) → (d,); y: (d,) fixed data). Stopping rules: the
-    discrepancy principle (``tau``) and a scheduler's ``finished``, both
-    evaluated inside the scan (later steps leave the state unchanged and
-    the records are cut at the stop); otherwise it runs ``n_iterations``
-    updates. Only ``failure="raise"`` is possible inside a compiled loop:
-    non-finite outputs are found after the scan and raise
-    ``ForwardFailure`` naming the first failing iteration and its members.
-    """
-    if not isinstance(as_policy(failure), Raise):
-        raise ValueError("calibrate_scan supports failure='raise' only; use calibrate for "  # noqa: TRY004
-                         "'ignore' or 'resample'")
-    _, scheduler, has_dt, n, k_proc, _, settings = _setup(
-        forward, process, scheduler, n_iterations, tau, None, failure, None, False, None, key)
-    if callable(getattr(y, "at", None)):
-        raise ValueError(  # noqa: TRY004
-            "calibrate_scan needs fixed data y (d,); use calibrate for a series")
-    y, noise = _check_obs(y, noise, "y")
-    state0 = process.init(k_proc, initial_ensemble)
-    central = _central(state0)
-    y = y.astype(jnp.asarray(process.ask(state0)).dtype)
-    noise = noise.astype(y.dtype)
-    use_finished = callable(getattr(scheduler, "finished", None))
-    tau_a = jnp.asarray(1.0 if tau is None else tau, y.dtype)
-    state, r, last = _scan_run(forward, process, scheduler, state0, y, noise, tau_a, n=n,
-                               has_dt=has_dt, use_tau=tau is not None,
-                               use_finished=use_finished, central=central)
-    stops = np.asarray(r[5])
-    I = int(np.argmax(stops)) if stops.any() else n
-    U = jnp.concatenate([r[0][:I], last[0][None]]) if I == n else r[0][:I + 1]
-    G = jnp.concatenate([r[1][:I], last[1][None]]) if I == n else r[1][:I + 1]
-    m = jnp.concatenate([r[2][:I], last[2][None]]) if I == n else r[2][:I + 1]
-    t = jnp.concatenate([r[3][:I], last[3][None]]) if I == n else r[3][:I + 1]
-    failed = ~np.all(np.isfinite(np.asarray(G)), axis=2)
-    if failed.any():
-        k = int(np.argmax(failed.any(axis=1)))
-        raise ForwardFailure(failure_message("failure='raise'", failed[k], k, {}),
-                             np.flatnonzero(failed[k]), k)
-    final_stop = bool(last[4]) if I == n else True
-    if final_stop and tau is not None and float(m[-1]) <= float(tau) * np.sqrt(y.shape[0]):
-        stopped_by = "discrepancy"
-    elif final_stop and use_finished:
-        stopped_by = "scheduler"
-    else:
-        stopped_by = "max_iterations"
-    mean, cov = _final(state)
-    N = U.shape[1]
-    return CalibrationResult(
-        ensembles=U, forward_outputs=G, misfits=m, dts=r[4][:I], times=t,
-        failure_fractions=np.zeros(I + 1), failed=np.zeros((I + 1, N), bool),
-        errors=tuple({} for _ in range(I + 1)), stopped_by=stopped_by, mean=mean,
-        covariance=cov, state=state, settings=settings)

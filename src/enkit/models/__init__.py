@@ -1,7 +1,19 @@
 """Toy and benchmark dynamical systems in JAX, and twin-experiment helpers."""
 
+from enkit.models.advection_diffusion import AdvectionDiffusion2D, torus_distance
 from enkit.models.lorenz import Lorenz63, Lorenz96
+from enkit.models.lorenz96_two_scale import Lorenz96TwoScale
 from enkit.models.twin import TwinExperiment, integrate, twin_experiment
 from enkit.models import cases
 
-__all__ = ["Lorenz63", "Lorenz96", "TwinExperiment", "cases", "integrate", "twin_experiment"]
+__all__ = [
+    "AdvectionDiffusion2D",
+    "Lorenz63",
+    "Lorenz96",
+    "Lorenz96TwoScale",
+    "TwinExperiment",
+    "cases",
+    "integrate",
+    "torus_distance",
+    "twin_experiment",
+]
