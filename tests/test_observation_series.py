@@ -121,3 +121,42 @@ def test_validation():
         series.at(-1)
     with pytest.raises(TypeError, match="concrete"):
         jax.jit(lambda n: series.at(n)[0])(0)
+
+
+def test_calibrate_with_index_batches_selects_the_observed_outputs():
+    """A series of index batches of one vector: the forward map returns the
+    whole vector and each iteration uses the batch's columns; equal to a hand
+    loop of EKI on the rows of A in the batch."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from enkit.inversion import EKI, ObservationSeries, calibrate
+
+    rng = np.random.default_rng(3)
+    p, D = 3, 6
+    A = rng.normal(size=(D, p))
+    y = A @ np.array([0.5, -1.0, 2.0]) + 0.1 * rng.normal(size=D)
+    batches = [np.array([0, 1, 2]), np.array([3, 4, 5])]
+    series = ObservationSeries.from_vector(jnp.asarray(y), 0.01 * np.ones(D), batches,
+                                           shuffle=True, key=5)
+    U0 = jnp.asarray(rng.normal(size=(8, p)))
+    proc = EKI(stochastic=False)
+    res = calibrate(lambda u: jnp.asarray(A) @ u, proc, U0, series, key=0, max_iterations=4)
+    state = proc.init(None, U0)
+    for k in range(4):
+        idx = np.concatenate([batches[j] for j in series.batch_indices(k)])
+        y_k, noise_k = series.at(k)
+        G = state.ensemble @ jnp.asarray(A[idx]).T
+        np.testing.assert_allclose(res.outputs(k), G, rtol=1e-12, atol=1e-12)
+        state, _ = proc.tell(state, G, y_k, noise_k, dt=1.0)
+    np.testing.assert_allclose(res.parameters(-1), state.ensemble, rtol=1e-10, atol=1e-12)
+    assert series.output_selection(0)[1] == D
+
+
+def test_series_of_samples_selects_nothing():
+    import numpy as np
+
+    from enkit.inversion import ObservationSeries
+
+    series = ObservationSeries([(np.zeros(2), 1.0), (np.ones(2), 1.0)], shuffle=False)
+    assert series.output_selection(0) is None

@@ -260,7 +260,12 @@ def calibrate(
     (then ``forward`` receives constrained parameters).
     initial_ensemble: (N, p) initial members (UKI: or None for its prior).
     y: (d,) data, or an observation series with ``at(k) -> (y_k, Γ_k)``
-    (then ``noise`` must be None); noise: Γ, an operator or array.
+    (then ``noise`` must be None; e.g. ``ObservationSeries``). If the
+    series also has ``output_selection(k) -> (idx, D)`` (a series of index
+    batches of one vector, ``ObservationSeries.from_vector``), ``forward``
+    returns the whole (D,) vector and iteration k compares ``G[:, idx]``
+    with y_k; ``forward_outputs`` records those selected columns.
+    noise: Γ, an operator or array.
 
     Defaults (all shown in ``repr(result)``):
     key: PRNG key or int seed, needed by stochastic processes and the
@@ -313,6 +318,8 @@ def calibrate(
         executor, black_box, callback, key)
     bb = black_box or executor is not None
     obs = _observations(y, noise)
+    select = (y.output_selection if callable(getattr(y, "output_selection", None))
+              else lambda k: None)
     state = process.init(k_proc, initial_ensemble)
     fields = member_fields(state)
     if policy.needs_ensemble and fields is None:
@@ -364,16 +371,18 @@ def calibrate(
     while stopped_by is None:
         y_k, noise_k = obs(k)
         d = y_k.shape[0]
+        sel = select(k)
+        run_k = run if sel is None else partial(_run_selected, run, *sel)
         U = process.ask(state)
         t = jnp.zeros((), U.dtype) if t is None else t  # Σ Δt, the algorithmic time
-        G, failed, errors = run(U, d)
+        G, failed, errors = run_k(U, d)
         failed0 = failed.copy()
         if failed.any():
             if isinstance(policy, Raise):
                 raise ForwardFailure(failure_message("failure='raise'", failed, k, errors),
                                      np.flatnonzero(failed), k, errors)
             if isinstance(policy, Resample):
-                state, U, G, failed = _resample(policy, state, failed, G, run, d, k, k_fail,
+                state, U, G, failed = _resample(policy, state, failed, G, run_k, d, k, k_fail,
                                                 E_init, process)
             elif (~failed).sum() < policy.min_successes(failed.size):
                 raise ForwardFailure(
@@ -427,6 +436,16 @@ def calibrate(
         times=jnp.stack(rec["t"]), failure_fractions=np.asarray(rec["frac"]),
         failed=np.stack(rec["failed"]), errors=tuple(rec["errors"]), stopped_by=stopped_by,
         mean=mean, covariance=cov, state=state, settings=settings)
+
+
+def _run_selected(run, idx, full_dim, U, d, rows=None):
+    """Evaluate the whole (full_dim,) output and keep the columns ``idx`` that
+    the current batch observes (an observation series built from one vector)."""
+    if len(idx) != d:
+        raise ValueError(f"the observation series selects {len(idx)} outputs but its "
+                         f"batch has d = {d} data")
+    G, failed, errors = run(U, full_dim, rows)
+    return np.asarray(G)[:, idx], failed, errors
 
 
 def _resample(policy, state, failed, G, run, d, k, k_fail, E_init, process):

@@ -137,6 +137,7 @@ class ObservationSeries:
         self.ys, self.noises = tuple(ys), tuple(noises)
         self.batch_size, self.shuffle = int(batch_size), bool(shuffle)
         self.key = as_key(key, "ObservationSeries(shuffle=True)") if shuffle else None
+        self._outputs = None  # (index sets, d) when built by from_vector
 
     @classmethod
     def from_vector(cls, y: ArrayLike, noise: Covariance | ArrayLike,
@@ -150,11 +151,14 @@ class ObservationSeries:
         check_ndim("y", y, 1, "(d,)")
         y = jnp.asarray(y)
         noise = as_covariance(noise, y.shape[0], name="noise")
-        samples = []
+        samples, indices = [], []
         for k, idx in enumerate(batches):
             idx = _check_indices(f"batches[{k}]", idx, y.shape[0])
             samples.append((y[idx], restrict_noise(noise, idx)))
-        return cls(samples, batch_size=batch_size, shuffle=shuffle, key=key)
+            indices.append(idx)
+        series = cls(samples, batch_size=batch_size, shuffle=shuffle, key=key)
+        series._outputs = (tuple(indices), int(y.shape[0]))
+        return series
 
     @property
     def n_samples(self) -> int:
@@ -180,6 +184,23 @@ class ObservationSeries:
         epoch, j = divmod(n, self.n_batches)
         b = self.batch_size
         return self.epoch_order(epoch)[j * b:(j + 1) * b]
+
+    def output_selection(self, iteration: int) -> tuple[np.ndarray, int] | None:
+        """Which forward outputs the batch at ``iteration`` observes.
+
+        For a series built by ``from_vector`` the forward map returns the
+        whole (d,) vector and the batch observes its entries ``idx`` (the
+        batch's index sets, concatenated in batch order): returns ``(idx,
+        d)``; ``calibrate`` evaluates the forward map once per member and
+        compares ``G[:, idx]`` with the batch's y. For a series of separate
+        samples returns None: the forward map's output is compared with
+        the batch's y as it is (same length).
+        """
+        if self._outputs is None:
+            return None
+        indices, d = self._outputs
+        idx = self.batch_indices(iteration)
+        return np.concatenate([indices[k] for k in idx]), d
 
     def at(self, iteration: int) -> tuple[Array, Covariance]:
         """(y, noise) of the batch at ``iteration`` (a concrete int ≥ 0):
