@@ -13,37 +13,17 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.linear_inverse import LinearInverseProblem
 
 import enkit
 from enkit.inversion import (
     EKI,
     ESMDA,
-    GaussianPrior,
     esmda_constant_alpha,
     esmda_geometric_alpha,
 )
 
-
-class Linear:
-    """G(u) = A u, correlated Gaussian prior, dense Γ."""
-
-    def __init__(self, p=4, d=3, seed=0):
-        rng = np.random.default_rng(seed)
-        self.A = rng.normal(size=(d, p))
-        L = rng.normal(size=(p, p)) + 2 * np.eye(p)
-        self.C0 = L @ L.T / p
-        self.m0 = rng.normal(size=p)
-        B = rng.normal(size=(d, d))
-        self.Gamma = 0.3 * (B @ B.T / d + np.eye(d))
-        u = self.m0 + np.linalg.cholesky(self.C0) @ rng.normal(size=p)
-        self.y = self.A @ u + np.linalg.cholesky(self.Gamma) @ rng.normal(size=d)
-        self.prior = GaussianPrior(self.m0, self.C0)
-
-    def G(self, U):
-        return U @ jnp.asarray(self.A).T
-
-    def draws(self, N, seed=1):
-        return self.prior.sample(jax.random.key(seed), N)
+Linear = LinearInverseProblem
 
 
 def run(proc, state, prob, n, noise=None):

@@ -133,15 +133,25 @@ def check_bool(name: str, value) -> None:
 
 
 def guarded(dt: Array, new: Array, old: Array) -> Array:
-    """``new`` where Δt > 0, else exactly ``old`` (a zero step changes nothing)."""
+    """``new`` where Δt > 0, else exactly ``old`` (a zero step changes nothing).
+
+    A concrete Δt (an eager call) picks one without a pass over the arrays.
+    """
+    if is_concrete(dt):
+        return new if float(dt) > 0 else old
     return jnp.where(dt > 0, new, old)
 
 
-def new_state(state, ensemble: Array, dt: Array):
+def new_state(state, ensemble: Array, dt: Array, *, guard: bool = True):
     """The state after one step of length Δt (any state NamedTuple with
-    ``ensemble``, ``iteration`` and ``time``; other fields are kept)."""
+    ``ensemble``, ``iteration`` and ``time``; other fields are kept).
+
+    guard: keep exactly the old ensemble when Δt = 0 (``guarded``); an
+    update that is exactly the identity at Δt = 0 by construction passes
+    False and saves a pass over the (N, p) arrays.
+    """
     return state._replace(
-        ensemble=guarded(dt, ensemble, state.ensemble),
+        ensemble=guarded(dt, ensemble, state.ensemble) if guard else ensemble,
         iteration=state.iteration + 1,
         time=state.time + dt,
     )

@@ -28,6 +28,7 @@ from enkit.localization.sec import Localizer
 __all__ = ["EKI", "eki_update"]
 
 
+@jax.jit
 def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
                xi: Array | None = None, *, localizer: Localizer | None = None,
                key: Array | None = None) -> Array:
@@ -57,6 +58,10 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     Γ densified, instead of the O(N² d) ensemble-space solve. The (d, d)
     system is solved by LU, since a tapered C^{GG} need not stay positive
     semi-definite. key: PRNG key of a random localiser (else unused).
+
+    Compiled with ``jax.jit`` (inlined when called inside a traced function),
+    so eager callers (``tell`` with NumPy outputs of a black-box model) get
+    the fused program, not one dispatch per operation.
     """
     if localizer is not None:
         return _localized_update(U, G, y, noise, dt, xi, localizer, key)
@@ -155,7 +160,7 @@ class EKI(EnsembleProcess):
             new = eki_update(U, G, y, noise, dt, xi)
         else:
             new = eki_update(U, G, y, noise, dt, xi, localizer=self.localizer, key=k_loc)
-        return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
+        return new_state(state, new, dt, guard=False), InversionInfo(misfit(G, y, noise), dt)
 
 
 register(EKI, data=["localizer"], meta=["stochastic"])

@@ -169,7 +169,7 @@ class ESMDA(EnsembleProcess):
         dt = jnp.where(k < K, inv_alpha, jnp.zeros((), U.dtype))
         xi = noise.sample(iteration_key(state), (U.shape[0],)) if self.stochastic else None
         new = eki_update(U, G, y, noise, dt, xi)
-        return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
+        return new_state(state, new, dt, guard=False), InversionInfo(misfit(G, y, noise), dt)
 
 
 register(ESMDA, data=["alpha"], meta=["stochastic"])
