@@ -1,9 +1,13 @@
-"""Command-line interface: ``enkit demo``."""
+"""Command-line interface: ``enkit demo`` and ``enkit calibrate CONFIG.toml``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import textwrap
+import time
 
 __all__ = ["main"]
 
@@ -44,6 +48,127 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(f"figure written to {args.figure}")
 
 
+class _Progress:
+    """The per-iteration line ``calibrate``'s callback prints (unless quiet)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.t_wall = time.perf_counter()
+        self.t_alg = None
+
+    def __call__(self, rec) -> None:
+        now = time.perf_counter()
+        wall, self.t_wall = now - self.t_wall, now
+        dt = "" if self.t_alg is None else f"  Δt {rec.time - self.t_alg:.4g}"
+        self.t_alg = rec.time
+        if not self.quiet:
+            n, bad = rec.failed.size, int(rec.failed.sum())
+            print(f"iteration {rec.iteration:3d}  members done {n - bad}/{n} failed {bad}  "
+                  f"misfit {rec.misfit:.6g}{dt}  ({wall:.2f} s)", flush=True)
+
+
+def _open_executor(spec):
+    from enkit.executors import dask_executor, process_pool, thread_pool
+
+    kind, value = spec
+    if kind == "serial":
+        return None
+    if kind == "threads":
+        return thread_pool(value)
+    if kind == "processes":
+        return process_pool(value)
+    return dask_executor(value)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import jax
+
+    from enkit.config import ConfigError, load_config
+
+    # Scoped precision: the library never changes JAX's global configuration.
+    with jax.enable_x64(True):
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as err:
+            print(f"enkit calibrate: error in {args.config}: {err}", file=sys.stderr)
+            return 2
+        if cfg.checkpoint is not None and os.path.exists(cfg.checkpoint):
+            if not (args.resume or args.overwrite):
+                print(f"enkit calibrate: checkpoint {cfg.checkpoint} exists: pass --resume to "
+                      "continue that run or --overwrite to start afresh", file=sys.stderr)
+                return 2
+        elif args.resume:
+            where = cfg.checkpoint or "(calibration.checkpoint is not set)"
+            print(f"enkit calibrate: --resume: no checkpoint to resume at {where}",
+                  file=sys.stderr)
+            return 2
+        return _run_calibration(cfg, args)
+
+
+def _run_calibration(cfg, args: argparse.Namespace) -> int:
+    from enkit.inversion import calibrate
+    from enkit.inversion.failures import ForwardFailure
+    from enkit.io import CheckpointError
+    from enkit.results_io import calibration_to_xarray, write_netcdf
+
+    if not args.quiet:
+        print(f"calibrating {', '.join(cfg.space.names)} with {cfg.process_name} "
+              f"(N={cfg.members}, d={cfg.y.size}, executor {cfg.executor[0]})"
+              + (" — resuming" if args.resume else ""), flush=True)
+    executor = _open_executor(cfg.executor)
+    try:
+        result = calibrate(
+            cfg.forward, cfg.process, cfg.initial_ensemble(), cfg.y, cfg.noise_variance,
+            key=cfg.key(), scheduler=cfg.scheduler, max_iterations=cfg.max_iterations,
+            tau=cfg.tau, collapse_tol=cfg.collapse_tol, failure=cfg.failure,
+            executor=executor, black_box=True, callback=_Progress(args.quiet),
+            checkpoint=cfg.checkpoint, resume=bool(args.resume))
+    except (ForwardFailure, CheckpointError) as err:
+        print(f"enkit calibrate: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    ds = calibration_to_xarray(result, space=cfg.space, y=cfg.y,
+                               noise_variance=cfg.noise_variance, settings=cfg.settings)
+    out = write_netcdf(ds, cfg.output)
+    if not args.quiet:
+        est = ", ".join(f"{n}={float(v):.6g}" for n, v in
+                        zip(ds["parameter"].values, ds["final_estimate"].values))
+        print(f"stopped by {result.stopped_by} after {result.n_iterations} iterations; "
+              f"misfit {float(result.misfits[-1]):.6g}; estimate {est}")
+        print(f"results written to {out}")
+    return 0
+
+
+def _add_calibrate(sub) -> None:
+    from enkit.config import keys_help
+
+    cal = sub.add_parser(
+        "calibrate", help="calibrate a model from a TOML configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Calibrate a model's named, bounded parameters with an ensemble Kalman "
+                    "process, as the TOML file says; prints one line per iteration and "
+                    "writes the results to netCDF. Relative paths in the file are relative "
+                    "to its directory. An external command receives the constrained "
+                    "parameter values as a JSON list in {input} (the order of the "
+                    "[parameters.*] tables; their names, as a JSON list, are in the "
+                    "environment variable ENKIT_PARAMETER_NAMES) and writes d numbers to "
+                    "{output}. An existing checkpoint is refused unless --resume or "
+                    "--overwrite is given.", width=79),
+        epilog=keys_help())
+    cal.add_argument("config", help="the TOML configuration file")
+    what = cal.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true",
+                      help="continue the run saved at calibration.checkpoint")
+    what.add_argument("--overwrite", action="store_true",
+                      help="start afresh even if calibration.checkpoint exists")
+    cal.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    cal.add_argument("--log-level", choices=["WARNING", "INFO", "DEBUG"], default=None,
+                     help="show enkit's log records at this level (default: none)")
+    cal.set_defaults(func=_calibrate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from enkit.filters import SCHEMES
 
@@ -64,11 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--figure", default="enkit-demo.png",
                       help="PNG file to write (default enkit-demo.png)")
     demo.set_defaults(func=_demo)
+    _add_calibrate(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "log_level", None):
+        logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)
 
 
