@@ -265,3 +265,12 @@ def test_float32_smoke_and_processes_that_need_a_scheduler():
     prior = GaussianPrior(np.zeros(P), np.eye(P))
     with pytest.raises(ValueError, match="EKS.tell needs dt"):
         calibrate(G, enkit.inversion.EKS(prior), U0, Y, GAMMA, key=0)
+
+
+def test_result_to_xarray_lines_up_with_the_records():
+    res = calibrate(G, EKI(stochastic=False), U0, Y, GAMMA, key=0, max_iterations=3)
+    ds = res.to_xarray(y=Y)
+    assert ds.sizes["iteration"] == 4 and ds.sizes["step"] == 3
+    np.testing.assert_array_equal(ds["parameters"].values[2], np.asarray(res.parameters(2)))
+    np.testing.assert_array_equal(ds["misfit"].values, np.asarray(res.misfits))
+    assert list(ds["parameter"].values) == ["p0", "p1", "p2"]

@@ -87,7 +87,7 @@ def test_help_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key, *_ in KEYS:
         assert key in out, key
-    for flag in ("--resume", "--overwrite", "--quiet", "ENKIT_PARAMETER_NAMES"):
+    for flag in ("--resume", "--overwrite", "--quiet", "JSON object"):
         assert flag in out
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference.linear_inverse import LinearInverseProblem
+from reference.traced import traced_shapes
 
 import enkit
 from enkit.inversion import (
@@ -156,22 +157,7 @@ def test_constant_schedule_reaches_the_kalman_posterior_for_large_n():
 # ---------------------------------------------------------- large case ----
 
 
-def _shapes(fn, *args):
-    """Shapes of every array in the traced program of fn(*args)."""
-    jaxpr = jax.make_jaxpr(fn)(*args)
-    shapes = []
-
-    def visit(jp):
-        for eqn in jp.eqns:
-            for v in list(eqn.outvars) + list(eqn.invars):
-                aval = getattr(v, "aval", None)
-                if aval is not None and hasattr(aval, "shape"):
-                    shapes.append(tuple(aval.shape))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                visit(sub)
-
-    visit(jaxpr.jaxpr)
-    return shapes
+_shapes = traced_shapes
 
 
 def test_large_problem_with_diagonal_noise_forms_no_pxp_or_dxd_matrix():

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference.linear_inverse import LinearInverseProblem
+from reference.traced import traced_shapes
 
 import enkit
 from enkit.inversion import EKI, IES, ies_step_lengths
@@ -164,21 +165,7 @@ def test_nonlinear_toy_converges_to_the_data():
 # ---------------------------------------------------------- large case ----
 
 
-def _shapes(fn, *args):
-    jaxpr = jax.make_jaxpr(fn)(*args)
-    shapes = []
-
-    def visit(jp):
-        for eqn in jp.eqns:
-            for v in list(eqn.outvars) + list(eqn.invars):
-                aval = getattr(v, "aval", None)
-                if aval is not None and hasattr(aval, "shape"):
-                    shapes.append(tuple(aval.shape))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                visit(sub)
-
-    visit(jaxpr.jaxpr)
-    return shapes
+_shapes = traced_shapes
 
 
 def test_large_problem_with_diagonal_noise_forms_no_pxp_or_dxd_matrix():

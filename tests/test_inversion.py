@@ -590,3 +590,23 @@ def test_public_names_are_exported():
     for name in ("EKI", "ETKI", "TEKI", "UKI", "GNKI", "GaussianPrior",
                  "DataMisfitController", "FixedStep", "discrepancy_principle"):
         assert getattr(enkit, name) is getattr(enkit.inversion, name)
+
+
+def test_uki_step_is_linear_in_d_for_diagonal_noise():
+    """UKI is evaluated in the 2p-dimensional sigma-point space (the
+    transform form): with a diagonal Γ no (d, d) array is ever formed."""
+    from reference.traced import traced_shapes
+
+    p, d = 4, 20_000
+    prior = GaussianPrior(jnp.zeros(p), jnp.eye(p))
+    proc = UKI(prior)
+    A = jnp.ones((d, p)) / d
+    state = proc.init()
+    y = jnp.zeros(d)
+
+    def step(state, y):
+        return proc.tell(state, proc.ask(state) @ A.T, y, enkit.Diagonal(jnp.ones(d)))
+
+    shapes = traced_shapes(step, state, y)
+    assert max(int(np.prod(s)) for s in shapes) <= (2 * p + 1) * (d + p)
+    assert not [s for s in shapes if sum(n >= d for n in s) >= 2]

@@ -2,10 +2,9 @@
 
 Usage: python model.py INPUT.json OUTPUT.json
 
-INPUT.json holds the constrained parameter values as a JSON list, in the
-order of the [parameters.*] tables of config.toml; their names are in the
-environment variable ENKIT_PARAMETER_NAMES (a JSON list), so the model
-looks them up by name. OUTPUT.json receives the d = 8 model outputs
+INPUT.json holds the constrained parameter values as a JSON object
+(name -> value, the names of the [parameters.*] tables of config.toml).
+OUTPUT.json receives the d = 8 model outputs
 
     g(t) = amplitude * exp(-rate * t) + offset,   t = 0, 0.5, ..., 3.5
 
@@ -23,9 +22,7 @@ import sys
 def main(argv):
     inp, out = argv[1], argv[2]
     with open(inp) as f:
-        values = json.load(f)
-    names = json.loads(os.environ["ENKIT_PARAMETER_NAMES"])
-    p = dict(zip(names, values))
+        p = json.load(f)
     log = os.environ.get("EXAMPLE_RUN_LOG")
     if log:
         with open(log, "a") as f:

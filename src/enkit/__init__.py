@@ -151,10 +151,16 @@ from enkit.localization import (
     sampling_error_factors,
     sampling_error_table,
     soar,
+    torus_distance,
 )
-from enkit.models import Lorenz63, Lorenz96, TwinExperiment, twin_experiment
-from enkit.models import AdvectionDiffusion2D, torus_distance
-from enkit.models import Lorenz96TwoScale
+from enkit.models import (
+    AdvectionDiffusion2D,
+    Lorenz63,
+    Lorenz96,
+    Lorenz96TwoScale,
+    TwinExperiment,
+    twin_experiment,
+)
 from enkit import io
 from enkit.io import CheckpointError, load_checkpoint, save_checkpoint
 from enkit import executors, external

@@ -151,10 +151,8 @@ def _add_calibrate(sub) -> None:
                     "process, as the TOML file says; prints one line per iteration and "
                     "writes the results to netCDF. Relative paths in the file are relative "
                     "to its directory. An external command receives the constrained "
-                    "parameter values as a JSON list in {input} (the order of the "
-                    "[parameters.*] tables; their names, as a JSON list, are in the "
-                    "environment variable ENKIT_PARAMETER_NAMES) and writes d numbers to "
-                    "{output}. An existing checkpoint is refused unless --resume or "
+                    "parameter values in {input}, a JSON object name -> value, and writes "
+                    "d numbers to {output}. An existing checkpoint is refused unless --resume or "
                     "--overwrite is given.", width=79),
         epilog=keys_help())
     cal.add_argument("config", help="the TOML configuration file")

@@ -23,7 +23,6 @@ import csv
 import dataclasses
 import difflib
 import importlib
-import json
 import math
 import os
 import sys
@@ -487,14 +486,14 @@ def _model(t, space: ParameterSpace, base: str) -> Callable:
     env = t.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ConfigError("model.env", f"must be a table of strings, got {env!r}")
-    env = {**env, "ENKIT_PARAMETER_NAMES": json.dumps(list(names))}
     work = _get(t, "model", "work_dir", "path")
     timeout = _positive("model.timeout", _get(t, "model", "timeout", "float"))
     try:
         return ExternalModel(
             command=args, output_file=_get(t, "model", "output_file", "str", "output.json"),
             work_dir=None if work is None else os.path.join(base, work), timeout=timeout,
-            keep=_get(t, "model", "keep", "str", "failed"), env=env)
+            keep=_get(t, "model", "keep", "str", "failed"), env=env or None,
+            input_names=tuple(names))
     except (ValueError, TypeError, FileNotFoundError) as err:
         msg = str(err)
         key = ("model.output_file" if "output_f" in msg else

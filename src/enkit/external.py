@@ -94,7 +94,9 @@ class ExternalModel:
     killed (the member fails with ``MemberTimeout``). keep: which run
     directories stay: ``"failed"`` (default), ``"all"`` or ``"none"``.
     env: extra environment variables for the program (added to this
-    process's environment), or None.
+    process's environment), or None. input_names: None (the JSON input is a
+    list of the p values) or p distinct names (the JSON input is an object
+    name → value; needs input_format="json").
 
     Call: ``model(x, tag=None)`` with x: (p,) → (d,) float64 outputs. tag:
     the run directory's name prefix (letters, digits, ``_.-``; e.g.
@@ -110,6 +112,7 @@ class ExternalModel:
     timeout: float | None = None
     keep: str = "failed"
     env: Mapping[str, str] | None = None
+    input_names: Sequence[str] | None = None
 
     def __post_init__(self):
         cmd = self.command
@@ -151,6 +154,16 @@ class ExternalModel:
             raise ValueError(f"timeout must be a positive number of seconds or None, got {t!r}")
         if self.keep not in KEEP:
             raise ValueError(f"keep must be one of {KEEP}, got {self.keep!r}")
+        names = self.input_names
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(n, str) for n in names) \
+                    or len(set(names)) != len(names) or not names:
+                raise TypeError(f"input_names must be a non-empty sequence of distinct "
+                                f"strings or None, got {names!r}")
+            if self.input_format != "json":
+                raise ValueError("input_names needs input_format='json' (the input is "
+                                 "then a JSON object name -> value)")
+            object.__setattr__(self, "input_names", tuple(names))
         env = self.env
         if env is not None:
             if not isinstance(env, Mapping) or not all(
@@ -169,7 +182,7 @@ class ExternalModel:
     def __hash__(self) -> int:
         env = None if self.env is None else tuple(sorted(self.env.items()))
         return hash((self.command, self.output_file, self.input_format, self.output_format,
-                     self.work_dir, self.timeout, self.keep, env))
+                     self.work_dir, self.timeout, self.keep, env, self.input_names))
 
     def __call__(self, x: ArrayLike, tag: str | None = None) -> np.ndarray:
         """Run the program on one member. x: (p,) → (d,) float64."""
@@ -201,7 +214,12 @@ class ExternalModel:
     def _run(self, x: np.ndarray, run_dir: Path) -> np.ndarray:
         input_path = run_dir / f"input.{self.input_format}"
         output_path = run_dir / self.output_file
-        if self.input_format == "json":
+        if self.input_format == "json" and self.input_names is not None:
+            if len(self.input_names) != x.shape[0]:
+                raise ValueError(f"x has {x.shape[0]} values but input_names names "
+                                 f"{len(self.input_names)}")
+            input_path.write_text(json.dumps(dict(zip(self.input_names, x.tolist()))))
+        elif self.input_format == "json":
             input_path.write_text(json.dumps(x.tolist()))
         else:
             np.save(input_path, x)

@@ -86,6 +86,18 @@ class CalibrationResult:
         """Data misfit of ensemble i."""
         return self.misfits[self._index(i)]
 
+    def to_xarray(self, *, space=None, y=None, noise_variance=None,
+                  settings: dict | None = None):
+        """This record as an ``xarray.Dataset`` (dimensions iteration, step,
+        member, parameter, output; see ``enkit.results_io``). space: the
+        ``ParameterSpace`` (names, and constrained values are added) or None;
+        y: (d,) data; noise_variance: (d,); settings: extra attributes.
+        Needs xarray (``pip install enkit[io]``)."""
+        from enkit.results_io import calibration_to_xarray
+
+        return calibration_to_xarray(self, space=space, y=y, noise_variance=noise_variance,
+                                     settings=settings)
+
     def __repr__(self) -> str:
         N, p = np.shape(self.ensembles)[1:]
         opts = ", ".join(f"{k}={v}" for k, v in self.settings.items())

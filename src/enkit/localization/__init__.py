@@ -23,6 +23,7 @@ from enkit.localization._core import (
     periodic_distance,
     soar,
     step,
+    torus_distance,
 )
 from enkit.localization.adaptive import (
     AdaptiveLocalization,
@@ -72,4 +73,5 @@ __all__ = [
     "periodic_distance",
     "soar",
     "step",
+    "torus_distance",
 ]

@@ -23,29 +23,9 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-__all__ = ["AdvectionDiffusion2D", "torus_distance"]
+from enkit.localization import torus_distance
 
-
-def torus_distance(a: ArrayLike, b: ArrayLike, period: ArrayLike) -> Array:
-    """Euclidean distance of points on a flat torus (periodic in every axis).
-
-    a, b: (..., d) points with coordinates on the last axis, broadcast against
-    each other; period: (d,) the domain's lengths (or a scalar for all axes).
-    Each coordinate difference is wrapped, ``δ = |a − b| mod L``,
-    ``min(δ, L − δ)``, and the distance is ``sqrt(Σ δ²)`` (at most
-    ``‖L‖/2``). Example: on a 10 × 10 torus (1, 1) and (9, 8) are
-    ``sqrt(2² + 3²)`` apart. Bind the period with ``functools.partial`` to
-    pass it as the ``distance`` of ``enkit.letkf`` or ``enkit.patch_etkf``.
-    Returns (...).
-    """
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    dtype = jnp.result_type(a, b, float)
-    period = jnp.asarray(period, dtype)
-    delta = jnp.mod(jnp.abs(a - b).astype(dtype), period)
-    delta = jnp.minimum(delta, period - delta)
-    sq = jnp.sum(delta * delta, axis=-1)
-    pos = sq > 0  # keep the gradient finite at distance 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+__all__ = ["AdvectionDiffusion2D", "torus_distance"]  # torus_distance: enkit.localization
 
 
 @dataclasses.dataclass(frozen=True)
