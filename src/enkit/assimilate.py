@@ -8,11 +8,16 @@ Two paths share the same cycle (``enkit._cycle``):
 - Python: a black-box model (``BlackBoxModel``, members evaluated through an
   executor) or ragged observations (a list of (m_k,) arrays) → a Python loop
   over cycles whose analyses are still compiled.
+
+With ``checkpoint=path`` either path saves its state atomically after every
+window of ``checkpoint_every`` cycles (the compiled scan then runs window by
+window, ``enkit._loop``) and a later call resumes it bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from functools import partial
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -22,7 +27,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit import _cycle
+from enkit import _cycle, _loop
 from enkit._checks import check_finite, check_float, check_ndim
 from enkit.covariance import Covariance, as_covariance
 from enkit.diagnostics import rmse
@@ -180,6 +185,9 @@ def assimilate(
     model_noise: Covariance | None = None,
     forecast_steps: int = 0,
     store: Sequence[str] = _cycle.DEFAULT_OUTPUTS,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
 ) -> AssimilationResult:
     """Cycle an ensemble through forecasts and analyses.
 
@@ -214,6 +222,31 @@ def assimilate(
     store: output names (see ``AssimilationResult``; ADAO names such as
     "APosterioriCovariance", "CostFunctionJo", "InnovationAtCurrentState"
     are accepted as aliases).
+
+    checkpoint: None, or a file path (conventionally ``*.npz``) where the
+    run is saved atomically (``enkit.io.save_checkpoint``: no pickle, never
+    half-written) after every ``checkpoint_every`` completed analysis cycles
+    and when it ends: the ensemble, the inflation state, every stored output
+    so far (each save rewrites them all), the completed-cycle count and the
+    model step. checkpoint_every: a positive int; default 100 on the
+    compiled path (the scan then runs window by window: one compilation for
+    the full windows, one more for a shorter last one) and 1 on the Python
+    path (``BlackBoxModel`` or ragged observations, where a cycle may take
+    minutes). Per-cycle keys are ``fold_in(key, k)``, so windows draw the
+    same numbers: a windowed run, and a resumed one, equal the plain run bit
+    for bit. Without ``checkpoint`` the run is one scan, as always.
+    resume: with a checkpoint present at that path, True (default)
+    continues after its last saved cycle (a finished run returns its result
+    without running the model); False starts afresh and overwrites it. A
+    checkpoint records the enkit version (another version warns) and
+    SHA-256 fingerprints (``enkit.io.fingerprint``) of: model (a JAX model's
+    pytree; a ``BlackBoxModel``'s step and dt, not its executor), E0,
+    observations, scheme, h, R, inflation, mask, the analysis steps and
+    forecast_steps, controls, model_noise, key, store and checkpoint_every.
+    Resuming with any of these different raises ``CheckpointError`` naming
+    the parts that differ. Functions are fingerprinted by module and
+    qualified name, not by their code: a resumed run must be given the
+    same model and operators.
     """
     outputs = _cycle.resolve_outputs(store)
     check_float("E0", E0)
@@ -249,17 +282,27 @@ def assimilate(
                     f"controls must have a leading axis of total model steps + 1 = {total}, "
                     f"got a leaf of shape {np.shape(leaf)}"
                 )
-    if isinstance(model, BlackBoxModel) or ragged:
-        from enkit._loop import run_python
-
-        result = run_python(
+    python_path = isinstance(model, BlackBoxModel) or ragged
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    plan = None
+    if checkpoint is not None:
+        config = _loop.config_fingerprints(
             model, E0, observations, scheme, h, R, key, inflation, mask, steps,
-            controls, model_noise, forecast_steps, outputs,
+            forecast_steps, controls, model_noise, outputs)
+        plan = _loop.checkpoint_plan(checkpoint, checkpoint_every, resume,
+                                     1 if python_path else 100, config)
+    elif checkpoint_every is not None:
+        raise ValueError("checkpoint_every needs checkpoint= (a file path to save to)")
+    if python_path:
+        result = _loop.run_python(
+            model, E0, observations, scheme, h, R, key, inflation, mask, steps,
+            controls, model_noise, forecast_steps, outputs, plan,
         )
     else:
         result = _compiled(
             model, E0, observations, scheme, h, R, key, inflation, mask, steps,
-            controls, model_noise, forecast_steps, outputs,
+            controls, model_noise, forecast_steps, outputs, plan,
         )
     times = steps * (float(dt) if dt is not None else 1)
     return result._replace(times=jnp.asarray(times), steps=jnp.asarray(steps))
@@ -304,7 +347,7 @@ def _as_pytree(f):
 
 
 def _compiled(model, E0, observations, scheme, h, R, key, inflation, mask, steps,
-              controls, model_noise, forecast_steps, outputs):
+              controls, model_noise, forecast_steps, outputs, plan):
     ys = jnp.asarray(observations, dtype=E0.dtype)
     check_ndim("observations", ys, 2, "(K, m): one row per analysis time")
     K, m = ys.shape
@@ -329,6 +372,10 @@ def _compiled(model, E0, observations, scheme, h, R, key, inflation, mask, steps
         raise ValueError("over_window does not support controls or model_noise yet")
     inner = scheme.scheme if window else scheme
     n_steps = jnp.asarray(np.diff(np.concatenate([[0], steps])), dtype=jnp.int32)
+    if plan is not None:
+        return _loop.run_windows(
+            _as_pytree(model), E0, ys, mask, n_steps, _as_pytree(inner), _as_pytree(h), R_t,
+            key, inflation, controls, model_noise, int(forecast_steps), outputs, window, plan)
     return _run(
         _as_pytree(model), E0, ys, mask, n_steps, _as_pytree(inner), _as_pytree(h), R_t,
         key, inflation, controls, model_noise,
@@ -339,8 +386,18 @@ def _compiled(model, E0, observations, scheme, h, R, key, inflation, mask, steps
 @partial(jax.jit, static_argnames=("forecast_steps", "outputs", "window"))
 def _run(model, E0, ys, mask, n_steps, scheme, h, R, key, inflation, controls, noise,
          *, forecast_steps, outputs, window):
+    xs = _scan_inputs(ys, mask, n_steps, h, R)
+    (E, _), outs = _scan(model, (E0, inflation.init(E0)), xs, scheme, h, R, key, inflation,
+                         controls, noise, outputs, window)
+    if forecast_steps:
+        E = _final_forecast(model, E, n_steps, key, controls, noise, forecast_steps)
+    return AssimilationResult(ensemble=E, **outs)
+
+
+def _scan_inputs(ys, mask, n_steps, h, R) -> dict:
+    """The per-cycle inputs of the scan, each with a leading K axis."""
     t_starts = jnp.concatenate([jnp.zeros(1, n_steps.dtype), jnp.cumsum(n_steps)[:-1]])
-    xs = {
+    return {
         "k": jnp.arange(1, ys.shape[0] + 1),
         "y": ys,
         "mask": mask,
@@ -349,6 +406,28 @@ def _run(model, E0, ys, mask, n_steps, scheme, h, R, key, inflation, controls, n
         "h": h.value if isinstance(h, PerTime) else None,
         "R": R.value if isinstance(R, PerTime) else None,
     }
+
+
+def _final_forecast(model, E, n_steps, key, controls, noise, forecast_steps):
+    """The forecast-only steps after the last analysis (keys of cycle K + 1)."""
+    k_noise = None if key is None else jax.random.fold_in(key, n_steps.shape[0] + 1)
+    return _cycle.forecast(model, E, forecast_steps, t0=jnp.sum(n_steps),
+                           controls=controls, noise=noise, key=k_noise)
+
+
+@partial(jax.jit, static_argnames=("outputs", "window"))
+def _run_window(model, carry, xs, scheme, h, R, key, inflation, controls, noise,
+                *, outputs, window):
+    """The cycles of one checkpoint window: ``xs`` is a slice of ``_scan_inputs``."""
+    return _scan(model, carry, xs, scheme, h, R, key, inflation, controls, noise,
+                 outputs, window)
+
+
+_final_forecast_jit = jax.jit(_final_forecast, static_argnames=("forecast_steps",))
+
+
+def _scan(model, carry, xs, scheme, h, R, key, inflation, controls, noise, outputs, window):
+    """``lax.scan`` of the cycle over ``xs`` from carry (E, inflation state)."""
 
     def body(carry, x):
         E, state = carry
@@ -378,12 +457,7 @@ def _run(model, E0, ys, mask, n_steps, scheme, h, R, key, inflation, controls, n
             Ea, state, out = jax.lax.cond(jnp.any(x["mask"]), run, skip)
         return (Ea, state), out
 
-    (E, _), outs = jax.lax.scan(body, (E0, inflation.init(E0)), xs)
-    if forecast_steps:
-        k_noise = None if key is None else jax.random.fold_in(key, ys.shape[0] + 1)
-        E = _cycle.forecast(model, E, forecast_steps, t0=jnp.sum(n_steps),
-                            controls=controls, noise=noise, key=k_noise)
-    return AssimilationResult(ensemble=E, **outs)
+    return jax.lax.scan(body, carry, xs)
 
 
 def _call_with(h, u, x):

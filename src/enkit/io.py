@@ -49,8 +49,11 @@ __all__ = [
     "CheckpointError",
     "fingerprint",
     "load_checkpoint",
+    "load_run_checkpoint",
     "remove_partial_writes",
+    "run_checkpoint_path",
     "save_checkpoint",
+    "save_run_checkpoint",
     "tree_from_arrays",
     "tree_to_arrays",
 ]
@@ -320,3 +323,67 @@ def fingerprint(obj: Any) -> str:
     h = hashlib.sha256()
     _feed(h, obj, 0)
     return h.hexdigest()
+
+
+# ------------------------------------------------------ run checkpoints ----
+# What the resumable drivers (calibrate, assimilate) share: the path check,
+# the metadata every run checkpoint carries, and the refusal to resume a
+# different configuration.
+
+
+def run_checkpoint_path(checkpoint: str | os.PathLike) -> str:
+    """Validate a driver's ``checkpoint=`` path (a file in an existing
+    directory) and remove temporary files left beside it by killed writes.
+    Returns the path as a string."""
+    try:
+        path = os.fspath(checkpoint)
+    except TypeError:
+        raise TypeError("checkpoint must be a file path (str or os.PathLike) or None, "
+                        f"got {type(checkpoint).__name__}") from None
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise FileNotFoundError(f"checkpoint must be a file path in an existing directory, "
+                                f"got {path!r}")
+    remove_partial_writes(path)
+    return path
+
+
+def save_run_checkpoint(path: str, kind: str, config: dict[str, str],
+                        arrays: dict[str, Any], metadata: dict[str, Any]) -> None:
+    """``save_checkpoint`` with the metadata of a run: its ``kind`` (which
+    driver), the enkit version, the configuration ``config`` (part name →
+    ``fingerprint``) and their combined hash, plus ``metadata``."""
+    import enkit  # the package is fully imported by the time a run saves
+
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    save_checkpoint(path, arrays, {"kind": kind, "enkit_version": enkit.__version__,
+                                   "config_hash": digest, "config": config, **metadata})
+
+
+def load_run_checkpoint(path: str, kind: str, config: dict[str, str], *, what: str,
+                        stacklevel: int = 2) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a run checkpoint written by ``save_run_checkpoint`` and check it
+    belongs to this run: same ``kind`` and every configuration part equal,
+    else ``CheckpointError`` naming the parts that differ (``what``: the
+    run's name in the message, e.g. "calibration"). A different enkit
+    version only warns. Returns ``(arrays, metadata)``."""
+    import warnings
+
+    import enkit
+
+    arrays, meta = load_checkpoint(path)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path!r} is not an {kind!r} checkpoint "
+                              f"(kind {meta.get('kind')!r})")
+    saved = meta.get("config", {})
+    differ = [p for p in config if saved.get(p) != config[p]]
+    differ += [p for p in saved if p not in config]
+    if differ:
+        raise CheckpointError(
+            f"checkpoint {path!r} belongs to another {what}: configuration differs: "
+            f"{', '.join(differ)}. To start afresh delete the file, pass another "
+            "checkpoint path, or pass resume=False (the run then overwrites it).")
+    if meta["enkit_version"] != enkit.__version__:
+        warnings.warn(f"checkpoint {path!r} was written by enkit {meta['enkit_version']}, "
+                      f"this is enkit {enkit.__version__}: the resumed run may differ from "
+                      "an uninterrupted one", UserWarning, stacklevel=stacklevel + 1)
+    return arrays, meta

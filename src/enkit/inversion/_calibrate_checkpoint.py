@@ -3,10 +3,6 @@ saving after each update and restoring a run."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import warnings
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +10,8 @@ import numpy as np
 from enkit.io import (
     CheckpointError,
     fingerprint,
-    load_checkpoint,
-    save_checkpoint,
+    load_run_checkpoint,
+    save_run_checkpoint,
     tree_from_arrays,
     tree_to_arrays,
 )
@@ -50,7 +46,6 @@ def _column(values, dtype) -> np.ndarray:
 
 def save_run(path, template, state, rec, t, k, stopped_by, config) -> None:
     """Checkpoint after ``k`` completed updates (``stopped_by`` set: finished)."""
-    import enkit  # the package is fully imported by the time a run saves
 
     if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(template):
         raise CheckpointError("cannot checkpoint this process: its state changed structure "
@@ -63,34 +58,15 @@ def save_run(path, template, state, rec, t, k, stopped_by, config) -> None:
                   dts=_column(rec["dt"], dtype), time=np.asarray(t),
                   failure_fractions=np.asarray(rec["frac"], np.float64),
                   failed=np.stack(rec["failed"]))
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    save_checkpoint(path, arrays, {
-        "kind": _KIND, "enkit_version": enkit.__version__, "config_hash": digest,
-        "config": config, "completed_iterations": k, "evaluated": len(rec["U"]),
-        "stopped_by": stopped_by,
+    save_run_checkpoint(path, _KIND, config, arrays, {
+        "completed_iterations": k, "evaluated": len(rec["U"]), "stopped_by": stopped_by,
         "errors": [{str(i): e for i, e in err.items()} for err in rec["errors"]]})
 
 
 def restore_run(path, config, template):
     """(state, records, time, k, stopped_by) from the checkpoint at ``path``."""
-    import enkit
-
-    arrays, meta = load_checkpoint(path)
-    if meta.get("kind") != _KIND:
-        raise CheckpointError(f"{path!r} is not a calibrate checkpoint "
-                              f"(kind {meta.get('kind')!r})")
-    saved = meta.get("config", {})
-    differ = [p for p in config if saved.get(p) != config[p]]
-    differ += [p for p in saved if p not in config]
-    if differ:
-        raise CheckpointError(
-            f"checkpoint {path!r} belongs to another calibration: configuration differs: "
-            f"{', '.join(differ)}. To start afresh delete the file, pass another "
-            "checkpoint path, or pass resume=False (the run then overwrites it).")
-    if meta["enkit_version"] != enkit.__version__:
-        warnings.warn(f"checkpoint {path!r} was written by enkit {meta['enkit_version']}, "
-                      f"this is enkit {enkit.__version__}: the resumed run may differ from "
-                      "an uninterrupted one", UserWarning, stacklevel=3)
+    arrays, meta = load_run_checkpoint(path, _KIND, config, what="calibration",
+                                       stacklevel=3)
     n = meta["evaluated"]
     rec = {"U": [jnp.asarray(arrays[f"ensembles[{i}]"]) for i in range(n)],
            "G": [jnp.asarray(arrays[f"outputs[{i}]"]) for i in range(n)],

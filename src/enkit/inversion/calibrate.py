@@ -44,7 +44,11 @@ from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
 from enkit.covariance import as_covariance
-from enkit.inversion._calibrate_checkpoint import config_fingerprints, restore_run, save_run
+from enkit.inversion._calibrate_checkpoint import (
+    config_fingerprints,
+    restore_run,
+    save_run,
+)
 from enkit.inversion.calibration_result import CalibrationResult, IterationRecord
 from enkit.inversion.failures import (
     ForwardFailure,
@@ -61,9 +65,7 @@ from enkit.inversion.failures import (
     take_members,
 )
 from enkit.inversion.schedulers import FixedStep
-from enkit.io import (
-    remove_partial_writes,
-)
+from enkit.io import run_checkpoint_path
 
 __all__ = ["calibrate"]
 
@@ -332,16 +334,7 @@ def calibrate(
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
     if checkpoint is not None:
-        try:
-            checkpoint = os.fspath(checkpoint)
-        except TypeError:
-            raise TypeError("checkpoint must be a file path (str or os.PathLike) or None, "
-                            f"got {type(checkpoint).__name__}") from None
-        if os.path.isdir(checkpoint) or not os.path.isdir(
-                os.path.dirname(os.path.abspath(checkpoint))):
-            raise FileNotFoundError(f"checkpoint must be a file path in an existing "
-                                    f"directory, got {checkpoint!r}")
-        remove_partial_writes(checkpoint)
+        checkpoint = run_checkpoint_path(checkpoint)
         config = config_fingerprints(process, scheduler, policy, max_it, tau, collapse_tol, bb,
                          initial_ensemble, y if callable(getattr(y, "at", None)) else obs(0),
                          k_proc, k_fail)
