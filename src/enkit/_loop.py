@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import partial
 from typing import Any, NamedTuple
@@ -30,6 +31,8 @@ from enkit.io import (
     tree_from_arrays,
     tree_to_arrays,
 )
+
+_LOG = logging.getLogger("enkit.assimilate")
 
 _OBS_SPACE = {"innovation_forecast", "innovation_analysis",
               "simulated_obs_forecast", "simulated_obs_analysis"}
@@ -328,11 +331,11 @@ def save_run(plan, carry, outputs, k, t, finished, ragged_names) -> None:
     save_run_checkpoint(plan.path, _KIND, plan.config, arrays, {
         "completed_cycles": int(k), "model_step": int(t), "finished": bool(finished),
         "ragged_outputs": list(ragged_names)})
+    _LOG.debug("assimilate: checkpoint after %d cycles written to %s", k, plan.path)
 
 
 def restore(plan, template, outputs, ragged_names, *, stacklevel) -> SavedRun | None:
     """The run saved at ``plan.path``, or None (no file, or ``resume=False``)."""
-
     if not plan.resume or not os.path.exists(plan.path):
         return None
     arrays, meta = load_run_checkpoint(plan.path, _KIND, plan.config, what="assimilation",
@@ -345,4 +348,6 @@ def restore(plan, template, outputs, ragged_names, *, stacklevel) -> SavedRun | 
             saved_outputs[name] = [jnp.asarray(arrays[f"outputs.{name}[{i}]"]) for i in range(k)]
         else:
             saved_outputs[name] = arrays[f"outputs.{name}"]
+    _LOG.info("assimilate: resuming from %s after %d completed cycles%s", plan.path, k,
+              " (finished)" if meta["finished"] else "")
     return SavedRun(E, state, saved_outputs, k, meta["model_step"], meta["finished"])
