@@ -67,7 +67,6 @@ from enkit.inversion.failures import (
     Ignore,
     Raise,
     Resample,
-    ensemble_collapsed,
     evaluate,
 )
 from enkit.inversion.eks import ALDI, EKS, aldi_update, eks_update
@@ -100,6 +99,7 @@ from enkit.inversion.schedulers import (
 from enkit.inversion.stopping import (
     data_misfit,
     discrepancy_principle,
+    ensemble_collapsed,
     max_iterations_reached,
 )
 from enkit.inversion.sparse_eki import SparseEKI, analysis_variances, soft_threshold

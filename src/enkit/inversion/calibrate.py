@@ -56,7 +56,6 @@ from enkit.inversion.failures import (
     Raise,
     Resample,
     as_policy,
-    ensemble_collapsed,
     evaluate,
     failure_message,
     member_fields,
@@ -65,6 +64,7 @@ from enkit.inversion.failures import (
     take_members,
 )
 from enkit.inversion.schedulers import FixedStep
+from enkit.inversion.stopping import ensemble_collapsed
 from enkit.io import run_checkpoint_path
 
 __all__ = ["calibrate"]

@@ -1,5 +1,4 @@
-"""Forward-model failures inside a calibration: evaluation, policies and the
-ensemble-collapse diagnostic.
+"""Forward-model failures inside a calibration: evaluation and policies.
 
 A member "fails" when its forward output holds NaN/inf or, for a black-box
 model, when evaluating it raises. ``calibrate`` hands every failure to a
@@ -53,7 +52,6 @@ __all__ = [
     "Raise",
     "Resample",
     "as_policy",
-    "ensemble_collapsed",
     "evaluate",
     "gaussian_draws",
 ]
@@ -268,28 +266,3 @@ def redraw(state, failed: np.ndarray, key: Array, source: ArrayLike, source_mask
     E = np.array(state.ensemble)
     E[bad] = np.asarray(gaussian_draws(key, source, source_mask))[bad]
     return state._replace(ensemble=jnp.asarray(E))
-
-
-# ------------------------------------------------------------- collapse ----
-
-
-def ensemble_collapsed(ensemble: ArrayLike, initial_ensemble: ArrayLike, *,
-                       tol: ArrayLike = 1e-3) -> Array:
-    """True when every parameter's spread has fallen below ``tol`` times its
-    initial spread: ``maxⱼ σⱼ / σ⁰ⱼ < tol``.
-
-    σⱼ, σ⁰ⱼ: sample standard deviations (N − 1) of parameter j in
-    ``ensemble`` (N, p) and ``initial_ensemble`` (N₀, p). An ensemble that
-    has collapsed no longer explores: further ensemble Kalman steps move it
-    by amounts of the order of its spread. Parameters with zero initial
-    spread are left out. Returns a boolean scalar.
-    """
-    E, E0 = jnp.asarray(ensemble), jnp.asarray(initial_ensemble)
-    if E.ndim != 2 or E0.ndim != 2 or E.shape[1] != E0.shape[1]:
-        raise ValueError(
-            f"ensemble (N, p) and initial_ensemble (N0, p) must share p, got shapes "
-            f"{E.shape} and {E0.shape}")
-    s = jnp.std(E, axis=0, ddof=1)
-    s0 = jnp.std(E0, axis=0, ddof=1)
-    ratio = jnp.where(s0 > 0, s / jnp.where(s0 > 0, s0, 1.0), 0.0)
-    return jnp.max(ratio) < tol

@@ -10,7 +10,8 @@ from jax.typing import ArrayLike
 from enkit._checks import check_ndim, is_concrete
 from enkit.covariance import as_covariance
 
-__all__ = ["data_misfit", "discrepancy_principle", "max_iterations_reached"]
+__all__ = ["data_misfit", "discrepancy_principle", "ensemble_collapsed",
+           "max_iterations_reached"]
 
 
 def data_misfit(G: ArrayLike, y: ArrayLike, noise) -> Array:
@@ -52,3 +53,25 @@ def max_iterations_reached(iteration: ArrayLike, max_iterations: int) -> Array:
     """True once ``iteration ≥ max_iterations`` (``state.iteration`` counts
     completed ``tell`` calls)."""
     return jnp.asarray(iteration) >= max_iterations
+
+
+def ensemble_collapsed(ensemble: ArrayLike, initial_ensemble: ArrayLike, *,
+                       tol: ArrayLike = 1e-3) -> Array:
+    """True when every parameter's spread has fallen below ``tol`` times its
+    initial spread: ``maxⱼ σⱼ / σ⁰ⱼ < tol``.
+
+    σⱼ, σ⁰ⱼ: sample standard deviations (N − 1) of parameter j in
+    ``ensemble`` (N, p) and ``initial_ensemble`` (N₀, p). An ensemble that
+    has collapsed no longer explores: further ensemble Kalman steps move it
+    by amounts of the order of its spread. Parameters with zero initial
+    spread are left out. Returns a boolean scalar.
+    """
+    E, E0 = jnp.asarray(ensemble), jnp.asarray(initial_ensemble)
+    if E.ndim != 2 or E0.ndim != 2 or E.shape[1] != E0.shape[1]:
+        raise ValueError(
+            f"ensemble (N, p) and initial_ensemble (N0, p) must share p, got shapes "
+            f"{E.shape} and {E0.shape}")
+    s = jnp.std(E, axis=0, ddof=1)
+    s0 = jnp.std(E0, axis=0, ddof=1)
+    ratio = jnp.where(s0 > 0, s / jnp.where(s0 > 0, s0, 1.0), 0.0)
+    return jnp.max(ratio) < tol
