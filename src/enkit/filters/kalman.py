@@ -9,7 +9,7 @@ from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
 from enkit.covariance import as_covariance
-from enkit.ensemble import anomalies
+from enkit.ensemble import anomalies, ensemble_covariance, ensemble_mean
 from enkit.filters._common import ObservationOperator, prepare_analysis
 from enkit.linalg import spd_solve
 
@@ -109,9 +109,8 @@ def kalman(
     """
     del key
     E, y, _, R = prepare_analysis(E, y, h, R)
-    xbar = jnp.mean(E, axis=0)
-    X = anomalies(E)
-    P = X.T @ X / (E.shape[0] - 1)
+    xbar = ensemble_mean(E)
+    P = ensemble_covariance(E)
     if callable(h):
         H = jax.jacfwd(h)(xbar)
         # Shift y so that the linear update sees y - h(x̄) as its innovation.

@@ -132,6 +132,14 @@ def check_bool(name: str, value) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
+def innermost_state(state):
+    """The state of the innermost process: wrapper states (inflation,
+    momentum) hold the wrapped process's state in a field ``inner``."""
+    while not hasattr(state, "ensemble") and hasattr(state, "inner"):
+        state = state.inner
+    return state
+
+
 def guarded(dt: Array, new: Array, old: Array) -> Array:
     """``new`` where Δt > 0, else exactly ``old`` (a zero step changes nothing).
 

@@ -44,11 +44,13 @@ from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
 from enkit.covariance import as_covariance
+from enkit.ensemble import ensemble_covariance, ensemble_mean
 from enkit.inversion._calibrate_checkpoint import (
     config_fingerprints,
     restore_run,
     save_run,
 )
+from enkit.inversion._common import innermost_state
 from enkit.inversion.calibration_result import CalibrationResult, IterationRecord
 from enkit.inversion.failures import (
     ForwardFailure,
@@ -200,25 +202,16 @@ def _check_obs(y, noise, what):
     return y, as_covariance(noise, y.shape[0], name="noise").astype(y.dtype)
 
 
-def _innermost(state):
-    """The state of the innermost process (wrapper states hold ``inner``)."""
-    while not hasattr(state, "ensemble") and hasattr(state, "inner"):
-        state = state.inner
-    return state
-
-
 def _central(state) -> bool:
     """True for sigma-point (Gaussian) states, whose misfit is that of row 0."""
-    return hasattr(_innermost(state), "covariance")
+    return hasattr(innermost_state(state), "covariance")
 
 
 def _final(state):
-    state = _innermost(state)
+    state = innermost_state(state)
     if hasattr(state, "covariance"):
         return state.mean, state.covariance
-    E = state.ensemble
-    X = E - jnp.mean(E, axis=0)
-    return jnp.mean(E, axis=0), X.T @ X / (E.shape[0] - 1)
+    return ensemble_mean(state.ensemble), ensemble_covariance(state.ensemble)
 
 
 def _stack(arrays):

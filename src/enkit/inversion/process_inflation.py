@@ -35,7 +35,7 @@ from enkit.covariance import Covariance, as_covariance
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import as_key
 from enkit.inflation import additive, multiplicative
-from enkit.inversion._common import EnsembleProcess
+from enkit.inversion._common import EnsembleProcess, innermost_state
 
 __all__ = [
     "AdditiveInflation",
@@ -60,11 +60,10 @@ _INFLATION_STREAM = 0x1F1A7E00
 def state_ensemble(state) -> Array:
     """The (N, p) parameter ensemble of a process state, looking through
     wrapper states (a field ``inner``) down to a state with ``ensemble``."""
-    while not hasattr(state, "ensemble"):
-        if not hasattr(state, "inner"):
-            raise TypeError(f"{type(state).__name__} holds no parameter ensemble")
-        state = state.inner
-    return state.ensemble
+    inner = innermost_state(state)
+    if not hasattr(inner, "ensemble"):
+        raise TypeError(f"{type(inner).__name__} holds no parameter ensemble")
+    return inner.ensemble
 
 
 def replace_ensemble(state, ensemble: Array):
@@ -217,9 +216,7 @@ class _AdditiveBase(_Wrapper):
 
 def state_iteration(state) -> Array:
     """The iteration count of a (possibly nested) process state."""
-    while not hasattr(state, "iteration"):
-        state = state.inner
-    return state.iteration
+    return innermost_state(state).iteration
 
 
 @dataclasses.dataclass(frozen=True)

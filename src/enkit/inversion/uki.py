@@ -10,6 +10,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
+from enkit.ensemble import ensemble_covariance, ensemble_mean
 from enkit.inversion._common import (
     BlockDiagonal,
     InversionInfo,
@@ -92,8 +93,8 @@ class UKI:
                 raise ValueError(f"ensemble must hold N >= 2 members, got shape {E.shape}")
             check_finite("ensemble", E)
             check_prior(self.prior, E.shape[1])
-            m = jnp.mean(E, axis=0)
-            C = jnp.cov(E.T, ddof=1).reshape(E.shape[1], E.shape[1])
+            m = ensemble_mean(E)
+            C = ensemble_covariance(E)
         return UKIState(m, C, jnp.asarray(0, jnp.int32), jnp.zeros((), m.dtype))
 
     def _spread(self, p: int, dtype) -> Array:
