@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import enkit
-from enkit.assimilate import _run
+from enkit.assimilation.compiled import run as _run
 from enkit.demo import lorenz96_demo
 from reference.kalman_numpy import kalman_analysis, sample_stats
 

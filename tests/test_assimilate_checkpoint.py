@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import enkit
-import enkit._loop
+import enkit.assimilation.checkpoint
+import enkit.assimilation.compiled
 from enkit.io import CheckpointError, load_checkpoint, save_checkpoint
 
-assimilate_module = sys.modules["enkit.assimilate"]  # the name enkit.assimilate is the function
 
 N, n, K = 8, 10, 7
 STORE = ("forecast_mean", "analysis_mean", "analysis_spread", "forecast_ensemble",
@@ -53,7 +53,7 @@ class _Crash(Exception):
 
 def _crash_after_saves(monkeypatch, count):
     """Make the run die right after its ``count``-th (genuine) checkpoint write."""
-    real, calls = enkit._loop.save_run_checkpoint, []
+    real, calls = enkit.assimilation.checkpoint.save_run_checkpoint, []
 
     def save_then_die(*args, **kwargs):
         real(*args, **kwargs)
@@ -61,7 +61,7 @@ def _crash_after_saves(monkeypatch, count):
         if len(calls) == count:
             raise _Crash
 
-    monkeypatch.setattr(enkit._loop, "save_run_checkpoint", save_then_die)
+    monkeypatch.setattr(enkit.assimilation.checkpoint, "save_run_checkpoint", save_then_die)
 
 
 # ------------------------------------------------------ compiled path ----
@@ -100,13 +100,13 @@ def test_compiled_windows_and_resume_equal_the_plain_run_bitwise(scheme, tmp_pat
     assert not meta["finished"] and meta["completed_cycles"] == 6 and meta["model_step"] == 12
     np.testing.assert_array_equal(arrays["outputs.analysis_mean"], plain.analysis_mean[:6])
     windows = []
-    real_window = assimilate_module._run_window
+    real_window = enkit.assimilation.compiled.run_window
 
     def counting_window(*args, **kwargs):
-        windows.append(args[2]["k"])
+        windows.append(args[3]["k"])
         return real_window(*args, **kwargs)
 
-    monkeypatch.setattr(assimilate_module, "_run_window", counting_window)
+    monkeypatch.setattr(enkit.assimilation.compiled, "run_window", counting_window)
     resumed = enkit.assimilate(model, E0, ys, scheme, mask=mask, checkpoint=path,
                                checkpoint_every=3, **COMPILED)
     assert len(windows) == 1 and list(np.asarray(windows[0])) == [7]  # only cycle 7 ran

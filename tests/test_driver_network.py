@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import enkit
-from enkit.assimilate import _run
+from enkit.assimilation.compiled import run as _run
 
 
 def _setup(K=6, n=10, N=8, seed=0):

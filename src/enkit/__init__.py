@@ -6,6 +6,8 @@ The public names are re-exported here; the subpackages hold the code.
 """
 
 from enkit import (
+    assimilation,
+    augmentation,
     covariance,
     diagnostics,
     ensemble,
@@ -15,8 +17,12 @@ from enkit import (
     linalg,
     localization,
     models,
+    smoothers,
 )
-from enkit.assimilate import (
+from enkit import assimilate as _assimilate_module  # noqa: F401  (loaded before the name
+# ``assimilate`` is bound to the function below, so a later ``from enkit.assimilate import``
+# finds it loaded and leaves ``enkit.assimilate`` the function)
+from enkit.assimilation import (
     OUTPUTS,
     AssimilationResult,
     BlackBoxModel,
@@ -60,6 +66,7 @@ from enkit.filters import (
     sqrt_kalman,
     sqrt_kalman_update,
 )
+from enkit.filters.ensemble_space import ENSEMBLE_SPACE, analysis_transform, ensemble_space
 from enkit.inflation import (
     RTPP,
     RTPS,
@@ -175,6 +182,30 @@ from enkit.external import ExternalModel, ExternalModelError
 
 __version__ = "0.1.0"
 
+from enkit.augmentation import (
+    AugmentedModel,
+    AugmentedResult,
+    BlockInflation,
+    FieldParameters,
+    IdentityModel,
+    SpreadFloor,
+    StateObservation,
+    augment,
+    augmented_ensemble,
+    augmented_observation,
+    estimate_parameters,
+    spread_floor,
+)
+from enkit.smoothers import (
+    LagSmoother,
+    RTSSmoother,
+    StreamChunk,
+    enks,
+    enks_stream,
+    ensemble_rts,
+    rts_gain_step,
+)
+
 __all__ = [
     "executors",
     "external",
@@ -217,6 +248,31 @@ __all__ = [
     "anomalies",
     "as_covariance",
     "assimilate",
+    "assimilation",
+    "augmentation",
+    "smoothers",
+    "AugmentedModel",
+    "AugmentedResult",
+    "BlockInflation",
+    "FieldParameters",
+    "IdentityModel",
+    "SpreadFloor",
+    "StateObservation",
+    "augment",
+    "augmented_ensemble",
+    "augmented_observation",
+    "estimate_parameters",
+    "spread_floor",
+    "ENSEMBLE_SPACE",
+    "analysis_transform",
+    "ensemble_space",
+    "LagSmoother",
+    "RTSSmoother",
+    "enks",
+    "enks_stream",
+    "StreamChunk",
+    "ensemble_rts",
+    "rts_gain_step",
     "covariance",
     "cross_covariance",
     "diagnostics",

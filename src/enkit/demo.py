@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from enkit.assimilate import AssimilationResult
+from enkit.assimilation import AssimilationResult
 from enkit.filters import SCHEMES
 from enkit.models import TwinExperiment
 from enkit.models.cases import sakov2008_lorenz96

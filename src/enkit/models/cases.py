@@ -87,7 +87,7 @@ class Case:
         options go to ``enkit.assimilate`` (inflation, store, ...); the key
         is derived from ``seed``. rmse is the time mean after ``burn_in``.
         """
-        from enkit.assimilate import assimilate
+        from enkit.assimilation import assimilate
 
         cycles = cycles or self.cycles
         burn_in = self.burn_in if burn_in is None else burn_in

@@ -1,10 +1,12 @@
 """Pieces of one assimilation cycle shared by the compiled and Python drivers.
 
-Private: ``assimilate`` composes them. A cycle is
+Private: ``assimilate`` and the smoothers compose them. A cycle is
 
     forecast (model steps, optional additive model noise)
     → inflation.before_analysis → scheme → inflation.after_analysis
-    → the requested per-time outputs.
+    → the requested per-time outputs
+    (→ the smoother step, which applies the analysis's ensemble transform
+    to the past ensembles it carries).
 
 Absent observations (``mask`` False) are neutralised before the scheme sees
 them: their simulated value and observed value become 0 and their error
@@ -19,8 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar
-from enkit.ensemble import ensemble_spread, scaled_anomalies
+from enkit.ensemble import ensemble_mean, ensemble_spread, scaled_anomalies
 from enkit.filters._common import observe
+from enkit.filters.ensemble_space import analysis_transform
 
 # Output names and the ADAO names accepted as aliases of them.
 OUTPUTS = {
@@ -47,18 +50,21 @@ OUTPUTS = {
     "cost_Jo": ("CostFunctionJo",),
 }
 DEFAULT_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread")
+# Filled by a smoother (``assimilate(smoother=...)``), not by the cycle's statistics.
+SMOOTHED_OUTPUTS = ("smoothed_mean", "smoothed_spread", "smoothed_ensemble")
 _ALIASES = {alias: name for name, aliases in OUTPUTS.items() for alias in aliases}
 
 
 def resolve_outputs(store) -> tuple[str, ...]:
-    """Canonical output names for ``store`` (enkit names or ADAO aliases)."""
+    """Canonical output names for ``store`` (enkit names or ADAO aliases;
+    the smoothed ones included)."""
     if isinstance(store, str):
         store = (store,)
     names = []
     for s in store:
-        name = s if s in OUTPUTS else _ALIASES.get(s)
+        name = s if s in OUTPUTS or s in SMOOTHED_OUTPUTS else _ALIASES.get(s)
         if name is None:
-            valid = sorted(OUTPUTS) + sorted(_ALIASES)
+            valid = sorted(OUTPUTS) + list(SMOOTHED_OUTPUTS) + sorted(_ALIASES)
             raise ValueError(f"unknown output {s!r}; valid names: {', '.join(valid)}")
         if name not in names:
             names.append(name)
@@ -105,15 +111,43 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key):
     return jax.lax.fori_loop(0, n_steps, one_step, E)
 
 
-def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs):
-    """Inflation, analysis and outputs of one cycle; returns (Ea, state, out)."""
+def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs, *,
+            transform=False):
+    """Inflation, analysis and outputs of one cycle.
+
+    Returns (Ea, state, out, G): G (N, N) is the scheme's ensemble transform
+    (``enkit.filters.ensemble_space``) from the ensemble it received to its
+    result when ``transform`` is True, else None.
+    """
     k_scheme, k_before, k_after = keys
     hm, ym, Rm = masked_problem(h, y, R, mask)
     Eb, infl_state = inflation.before_analysis(infl_state, k_before, Ef, ym, hm, Rm, mask)
-    kwargs = {} if k_scheme is None else {"key": k_scheme}
-    Ea = scheme(Eb, ym, hm, Rm, **kwargs)
+    Ea, G = run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
     Ea, infl_state = inflation.after_analysis(infl_state, k_after, Eb, Ea)
-    return Ea, infl_state, statistics(outputs, Ef, Eb, Ea, hm, ym, Rm)
+    return Ea, infl_state, statistics(outputs, Ef, Eb, Ea, hm, ym, Rm), G
+
+
+def run_scheme(scheme, E, y, h, R, key, transform):
+    """``scheme(E, y, h, R[, key=])`` and, with ``transform``, its (N, N)
+    ensemble transform (else None)."""
+    if transform:
+        return analysis_transform(scheme, E, y, h, R, key=key)
+    kwargs = {} if key is None else {"key": key}
+    return scheme(E, y, h, R, **kwargs), None
+
+
+def identity_transform(E):
+    """G = I (N, N): the transform of a cycle without observations."""
+    return jnp.eye(E.shape[0], dtype=E.dtype)
+
+
+def smoothed_statistics(names, E) -> dict:
+    """The smoothed outputs ``names`` (of ``SMOOTHED_OUTPUTS``) of one
+    smoothed ensemble E (N, n)."""
+    stats = {"smoothed_mean": lambda: ensemble_mean(E),
+             "smoothed_spread": lambda: ensemble_spread(E),
+             "smoothed_ensemble": lambda: E}
+    return {name: stats[name]() for name in names}
 
 
 def statistics(outputs, Ef, Eb, Ea, h, y, R):

@@ -1,0 +1,39 @@
+"""L2 cycling driver: forecast → inflation → analysis → inflation, per time.
+
+Modules, imports going downwards only:
+
+- ``types``: the result type, ``PerTime``, ``over_window``, ``BlackBoxModel``
+  and the two pytrees that describe a run (``ObservationRecord``,
+  ``CycleSettings``);
+- ``cycle``: the pieces of one cycle (forecast, masked analysis, outputs,
+  per-cycle keys);
+- ``checkpoint``: configuration fingerprints, saving and restoring a run;
+- ``compiled``: the whole run as one ``lax.scan`` (and window by window);
+- ``python_loop``: black-box models and ragged observations;
+- ``driver``: ``assimilate``, the public entry that validates and dispatches.
+"""
+
+from enkit.assimilation.driver import OUTPUTS, assimilate
+from enkit.assimilation.types import (
+    AssimilationResult,
+    BlackBoxModel,
+    CycleSettings,
+    ObservationRecord,
+    PerTime,
+    over_window,
+    per_time,
+    stack_covariances,
+)
+
+__all__ = [
+    "OUTPUTS",
+    "AssimilationResult",
+    "BlackBoxModel",
+    "CycleSettings",
+    "ObservationRecord",
+    "PerTime",
+    "assimilate",
+    "over_window",
+    "per_time",
+    "stack_covariances",
+]

@@ -1,0 +1,185 @@
+"""The compiled path of the driver: the whole run as one ``lax.scan``.
+
+``run`` takes the two pytrees that describe a run (``CycleSettings``: what
+is done at every cycle; ``ObservationRecord``: what is observed when), the
+initial ensemble and the key, and compiles once per shape and per static
+option (outputs, forecast-only steps, window cycles). ``run_window`` is the
+same scan over a slice of the cycles, from a given carry; the checkpointed
+path (``enkit.assimilation.checkpoint``) calls it window by window.
+
+The carry of the scan is ``(E, inflation state, smoother state)``; the
+per-cycle outputs are ``(statistics, smoother rows)``, and a smoother's
+``finish`` turns its rows and final state into the smoothed outputs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from enkit.assimilation import cycle
+from enkit.assimilation.checkpoint import restore, save_run
+from enkit.assimilation.types import AssimilationResult, CycleSettings, ObservationRecord
+from enkit.filters._common import observe
+
+
+def init_carry(settings: CycleSettings, E0):
+    """The carry before the first cycle: (E0, inflation state, smoother state)."""
+    smoother = settings.smoother
+    return (E0, settings.inflation.init(E0), () if smoother is None else smoother.init(E0))
+
+
+@partial(jax.jit, static_argnames=("forecast_steps", "outputs"))
+def run(settings: CycleSettings, record: ObservationRecord, E0, key, *, forecast_steps,
+        outputs) -> AssimilationResult:
+    """The whole run: K cycles, then ``forecast_steps`` model steps."""
+    carry, (outs, rows) = scan(settings, record, init_carry(settings, E0), record.scan_inputs(),
+                               key, outputs)
+    E = carry[0]
+    if forecast_steps:
+        E = final_forecast(settings, record, E, key, forecast_steps)
+    return AssimilationResult(ensemble=E, **outs, **finish(settings, carry, rows))
+
+
+@partial(jax.jit, static_argnames=("outputs",))
+def run_window(settings: CycleSettings, record: ObservationRecord, carry, xs, key, *, outputs):
+    """The cycles of one checkpoint window: ``xs`` is a slice of
+    ``record.scan_inputs()``. Returns (carry, (statistics, smoother rows))."""
+    return scan(settings, record, carry, xs, key, outputs)
+
+
+def finish(settings: CycleSettings, carry, rows) -> dict:
+    """The smoothed outputs from the smoother's rows and final state ({}
+    for a filter)."""
+    if settings.smoother is None:
+        return {}
+    return settings.smoother.finish(carry[2], rows)
+
+
+finish_jit = jax.jit(finish)
+
+
+def final_forecast(settings: CycleSettings, record: ObservationRecord, E, key, forecast_steps):
+    """The forecast-only steps after the last analysis (keys of cycle K + 1)."""
+    n_steps = record.n_steps
+    k_noise = None if key is None else jax.random.fold_in(key, n_steps.shape[0] + 1)
+    return cycle.forecast(settings.model, E, forecast_steps, t0=jnp.sum(n_steps),
+                          controls=record.controls, noise=settings.model_noise, key=k_noise)
+
+
+final_forecast_jit = jax.jit(final_forecast, static_argnames=("forecast_steps",))
+
+
+def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, outputs):
+    """``lax.scan`` of the cycle over ``xs`` from ``carry``."""
+    model, scheme, inflation = settings.model, settings.scheme, settings.inflation
+    noise, smoother, window = settings.model_noise, settings.smoother, settings.window
+    h, R, controls = record.h, record.R, record.controls
+    transform = smoother is not None and smoother.needs_transform
+
+    def body(carry, x):
+        E, state, sstate = carry
+        h_k = x["h"] if x["h"] is not None else h
+        R_k = x["R"] if x["R"] is not None else R
+        keys, k_noise = cycle.cycle_keys(key, x["k"])
+        t_obs = x["t0"] + x["n"]
+        if controls is not None and callable(h_k):
+            u = jax.tree_util.tree_map(lambda a: a[t_obs], controls)
+            h_k = partial(_call_with, h_k, u)
+        fc = partial(cycle.forecast, model, n_steps=x["n"], t0=x["t0"],
+                     controls=controls, noise=noise, key=k_noise)
+        Ef = fc(E)
+        if window:
+            h_win = partial(_through_model, fc, h_k)
+            run = lambda: _window_analysis(  # noqa: E731
+                scheme, h_win, h_k, x["y"], R_k, x["mask"], inflation, state, keys, E, Ef,
+                fc, outputs, transform)
+        else:
+            run = lambda: cycle.analyse(  # noqa: E731
+                scheme, h_k, x["y"], R_k, x["mask"], inflation, state, keys, Ef, outputs,
+                transform=transform)
+        if x["mask"] is None:
+            Ea, state, out, G = run()
+        else:
+            skip = lambda: (Ef, state, cycle.statistics(  # noqa: E731
+                outputs, Ef, Ef, Ef, *cycle.masked_problem(h_k, x["y"], R_k, x["mask"])),
+                cycle.identity_transform(Ef) if transform else None)
+            Ea, state, out, G = jax.lax.cond(jnp.any(x["mask"]), run, skip)
+        rows = {}
+        if smoother is not None:
+            sstate, rows = smoother.step(sstate, Ef, Ea, G)
+        return (Ea, state, sstate), (out, rows)
+
+    return jax.lax.scan(body, carry, xs)
+
+
+def _call_with(h, u, x):
+    return h(x, u)
+
+
+def _through_model(fc, h, x):
+    """h ∘ M for one member (the forecast of a one-member ensemble)."""
+    return observe(h, fc(x[None]))[0]
+
+
+def _window_analysis(scheme, h_win, h, y, R, mask, inflation, state, keys, E, Ef, fc, outputs,
+                     transform):
+    """over_window: update the previous analysis with h ∘ M, then forecast it
+    (G: the transform of the update of the previous analysis)."""
+    k_scheme, k_before, k_after = keys
+    hm, ym, Rm = cycle.masked_problem(h_win, y, R, mask)
+    Eb, state = inflation.before_analysis(state, k_before, E, ym, hm, Rm, mask)
+    Es, G = cycle.run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
+    Ea = fc(Es)
+    Ea, state = inflation.after_analysis(state, k_after, Ef, Ea)
+    return Ea, state, cycle.statistics(
+        outputs, Ef, Ef, Ea, *cycle.masked_problem(h, y, R, mask)), G
+
+
+def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_steps,
+                outputs, plan) -> AssimilationResult:
+    """The compiled path in windows of ``plan.every`` cycles, saving after each.
+
+    Each window is one call of the plain path's scan on that window's slice
+    of the per-cycle inputs (one compilation for the full-size windows, one
+    more for a shorter last window). A smoother's rows are saved with the
+    outputs (as ``rows.NAME``) and its state with the carry.
+    """
+    K = record.values.shape[0]
+    carry = init_carry(settings, E0)
+    k, t = 0, 0
+    parts: dict = {}
+    saved = restore(plan, carry, outputs, stacklevel=4)
+    if saved is not None:
+        if saved.finished:
+            return saved.result()
+        carry, k, t = saved.carry, saved.completed, saved.model_step
+        parts = {name: [v] for name, v in saved.outputs.items()}
+    xs_all = record.scan_inputs()
+    steps = np.cumsum(np.asarray(record.n_steps))
+
+    def rows():
+        return {name: np.concatenate(p) for name, p in parts.items()}
+
+    while k < K:
+        end = min(k + plan.every, K)
+        xs = jax.tree_util.tree_map(lambda a: a[k:end], xs_all)  # noqa: B023
+        carry, (outs, srows) = run_window(settings, record, carry, xs, key, outputs=outputs)
+        named = {**outs, **{f"rows.{name}": v for name, v in srows.items()}}
+        for name, v in named.items():
+            parts.setdefault(name, []).append(np.asarray(v))
+        k, t = end, int(steps[end - 1])
+        if k < K or forecast_steps:
+            save_run(plan, carry, rows(), k, t, False, [])
+    E = carry[0]
+    if forecast_steps:
+        E = final_forecast_jit(settings, record, E, key, forecast_steps=forecast_steps)
+    final = rows()
+    srows = {name[5:]: jnp.asarray(final.pop(name)) for name in list(final)
+             if name.startswith("rows.")}
+    final.update({name: np.asarray(v) for name, v in finish_jit(settings, carry, srows).items()})
+    save_run(plan, (E, *carry[1:]), final, K, t, True, [])
+    return AssimilationResult(ensemble=E, **{n: jnp.asarray(v) for n, v in final.items()})

@@ -1,0 +1,320 @@
+"""The public entry of the cycling driver: ``assimilate``.
+
+It validates every argument once, at the door, builds the two pytrees that
+describe the run (``CycleSettings``, ``ObservationRecord``) and hands them
+to one of two paths that share the same cycle (``enkit.assimilation.cycle``):
+
+- compiled (``enkit.assimilation.compiled``): a JAX-traceable model and
+  observations as one (K, m) array (padded, with a mask, when the network
+  changes) → one ``lax.scan``, compiled once per shape;
+- Python (``enkit.assimilation.python_loop``): a black-box model
+  (``BlackBoxModel``, members evaluated through an executor) or ragged
+  observations (a list of (m_k,) arrays) → a Python loop over cycles whose
+  analyses are still compiled.
+
+With ``checkpoint=path`` either path saves its state atomically after every
+window of ``checkpoint_every`` cycles (``enkit.assimilation.checkpoint``; the
+compiled scan then runs window by window) and a later call resumes it bit
+for bit. With ``smoother=`` the same cycles also carry a smoother
+(``enkit.smoothers``), which updates past ensembles with each analysis.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
+
+from enkit._checks import check_finite, check_float, check_ndim
+from enkit.assimilation import compiled, cycle, python_loop
+from enkit.assimilation.checkpoint import checkpoint_plan, config_fingerprints
+from enkit.assimilation.types import (
+    AssimilationResult,
+    BlackBoxModel,
+    CycleSettings,
+    ObservationRecord,
+    PerTime,
+    as_pytree,
+    over_window,
+)
+from enkit.covariance import Covariance, as_covariance
+from enkit.filters._common import ObservationOperator
+from enkit.inflation import InflationStep, MultiplicativeAnalysis, NoInflation
+
+__all__ = ["OUTPUTS", "PreparedRun", "assimilate", "prepare"]
+
+OUTPUTS = cycle.OUTPUTS
+
+
+def assimilate(
+    model: Callable[[Array], Array] | BlackBoxModel,
+    E0: ArrayLike,
+    observations: ArrayLike | Sequence[ArrayLike],
+    scheme: Callable[..., Array] | over_window,
+    *,
+    h: ObservationOperator | PerTime | Sequence,
+    R: Any,
+    key: Array | int | None = None,
+    inflation: ArrayLike | InflationStep | None = None,
+    mask: ArrayLike | None = None,
+    steps_per_obs: int | ArrayLike = 1,
+    obs_times: ArrayLike | None = None,
+    controls: Any = None,
+    model_noise: Covariance | None = None,
+    forecast_steps: int = 0,
+    store: Sequence[str] = cycle.DEFAULT_OUTPUTS,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    smoother: Any = None,
+) -> AssimilationResult:
+    """Cycle an ensemble through forecasts and analyses.
+
+    For each analysis time k = 1..K, with keys derived from
+    ``kₖ = fold_in(key, k)``:
+
+        E ← model^{sₖ}(E) (+ model noise after every step)
+        E ← inflation.before_analysis(E) → scheme(E, yₖ, h, R) → inflation.after_analysis
+
+    Then ``forecast_steps`` more model steps with no analysis.
+
+    model: one model step of one member, ``(n,) -> (n,)`` (``(x, u)`` with
+    controls): JAX-traceable (compiled with the cycle) or a ``BlackBoxModel``.
+    E0: (N, n) initial ensemble. observations: (K, m) array, or a list of
+    K arrays of varying length m_k (Python path, h and R lists too).
+    scheme: an L1 scheme with the uniform signature (bind options with
+    ``functools.partial``), or ``over_window(scheme)``.
+    h: callable or (m, n) matrix, or ``per_time(H)`` with H (K, m, n);
+    R: covariance operator or array, or ``per_time``/``stack_covariances``.
+    key: PRNG key or integer seed (needed by stochastic schemes, stochastic
+    inflation and model noise). inflation: an ``InflationStep`` (or
+    ``chain``), a number λ (multiplicative on the analysis anomalies), or None.
+    mask: (K, m) booleans, False where an observation is absent (padding);
+    an absent observation has exactly no effect, and a time with none is a
+    forecast-only step. steps_per_obs: model steps between analyses, an int
+    or (K,) ints; obs_times: (K,) increasing analysis times in model time
+    units instead (converted to steps with ``model.dt``; must be multiples).
+    controls: pytree whose leaves have a leading axis of total steps + 1
+    (values at model times 0..T): the model step from t gets ``u[t]``, h at
+    an analysis at step t gets ``u[t]``. model_noise: covariance operator Q,
+    ``N(0, Q)`` added to every member after every model step.
+    store: output names (see ``AssimilationResult``; ADAO names such as
+    "APosterioriCovariance", "CostFunctionJo", "InnovationAtCurrentState"
+    are accepted as aliases; "smoothed_mean", "smoothed_spread" and
+    "smoothed_ensemble" need ``smoother``).
+
+    checkpoint: None, or a file path (conventionally ``*.npz``) where the
+    run is saved atomically (``enkit.io.save_checkpoint``: no pickle, never
+    half-written) after every ``checkpoint_every`` completed analysis cycles
+    and when it ends: the ensemble, the inflation state, every stored output
+    so far (each save rewrites them all), the completed-cycle count and the
+    model step. checkpoint_every: a positive int; default 100 on the
+    compiled path (the scan then runs window by window: one compilation for
+    the full windows, one more for a shorter last one) and 1 on the Python
+    path (``BlackBoxModel`` or ragged observations, where a cycle may take
+    minutes). Per-cycle keys are ``fold_in(key, k)``, so windows draw the
+    same numbers: a windowed run, and a resumed one, equal the plain run bit
+    for bit. Without ``checkpoint`` the run is one scan, as always.
+    resume: with a checkpoint present at that path, True (default)
+    continues after its last saved cycle (a finished run returns its result
+    without running the model); False starts afresh and overwrites it. A
+    checkpoint records the enkit version (another version warns) and
+    SHA-256 fingerprints (``enkit.io.fingerprint``) of: model (a JAX model's
+    pytree; a ``BlackBoxModel``'s step and dt, not its executor), E0,
+    observations, scheme, h, R, inflation, mask, the analysis steps and
+    forecast_steps, controls, model_noise, key, store and checkpoint_every.
+    Resuming with any of these different raises ``CheckpointError`` naming
+    the parts that differ. Functions are fingerprinted by module and
+    qualified name, not by their code: a resumed run must be given the
+    same model and operators.
+
+    smoother: None (a filter), or a smoother step from ``enkit.smoothers``
+    (``LagSmoother``, ``RTSSmoother``) that the cycles carry: it fills the
+    result's smoothed outputs (``enkit.enks`` and ``enkit.ensemble_rts``
+    call ``assimilate`` with one). The filter outputs are those of the same
+    run without it (to round-off: a smoother that needs the analysis
+    transform runs the scheme on n + N columns).
+    """
+    run = prepare(model, E0, observations, scheme, h=h, R=R, key=key, inflation=inflation,
+                  mask=mask, steps_per_obs=steps_per_obs, obs_times=obs_times,
+                  controls=controls, model_noise=model_noise, forecast_steps=forecast_steps,
+                  store=store, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                  resume=resume, smoother=smoother)
+    if run.python_path:
+        result = python_loop.run(run.settings, run.record, run.E0, run.key, run.forecast_steps,
+                                 run.outputs, run.plan)
+    elif run.plan is not None:
+        result = compiled.run_windows(run.settings, run.record, run.E0, run.key,
+                                      run.forecast_steps, run.outputs, run.plan)
+    else:
+        result = compiled.run(run.settings, run.record, run.E0, run.key,
+                              forecast_steps=run.forecast_steps, outputs=run.outputs)
+    return result._replace(times=jnp.asarray(run.times), steps=jnp.asarray(run.steps))
+
+
+class PreparedRun(NamedTuple):
+    """A validated run, ready for one of the paths (``prepare``).
+
+    settings, record: the run's two pytrees (on the compiled path their
+    callables are wrapped as pytrees and the record holds JAX arrays);
+    E0, key: the initial ensemble and PRNG key (or None); outputs: the
+    statistics to store; steps: (K,) model-step index of each analysis and
+    times the same in model time units; forecast_steps; plan: the
+    checkpoint plan or None; python_path: True for the Python loop.
+    """
+
+    settings: CycleSettings
+    record: ObservationRecord
+    E0: Any
+    key: Any
+    outputs: tuple
+    steps: np.ndarray
+    times: np.ndarray
+    forecast_steps: int
+    plan: Any
+    python_path: bool
+
+
+def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, mask=None,
+            steps_per_obs=1, obs_times=None, controls=None, model_noise=None, forecast_steps=0,
+            store=cycle.DEFAULT_OUTPUTS, checkpoint=None, checkpoint_every=None, resume=True,
+            smoother=None) -> PreparedRun:
+    """Validate ``assimilate``'s arguments (same meaning) and build the run's
+    pytrees, without running anything: every error a run can raise about
+    its inputs is raised here, before any model step."""
+    outputs = cycle.resolve_outputs(store)
+    smoothed = tuple(name for name in outputs if name in cycle.SMOOTHED_OUTPUTS)
+    outputs = tuple(name for name in outputs if name not in cycle.SMOOTHED_OUTPUTS)
+    if smoothed and smoother is None:
+        raise ValueError(f"{', '.join(smoothed)} need a smoother: use enkit.enks or "
+                         "enkit.ensemble_rts, or pass smoother=")
+    if smoother is not None:
+        smoother = smoother.with_outputs(smoothed)
+    check_float("E0", E0)
+    E0 = jnp.asarray(E0)
+    check_ndim("E0", E0, 2, "(N, n): members on axis 0")
+    check_finite("E0", E0)
+    if not (callable(scheme) or isinstance(scheme, over_window)):
+        raise TypeError(
+            f"scheme must be an analysis function such as enkit.etkf, got {type(scheme).__name__}"
+        )
+    if isinstance(key, (int, np.integer)):
+        key = jax.random.key(int(key))
+    if inflation is None:
+        inflation = NoInflation()
+    elif not isinstance(inflation, InflationStep):
+        inflation = MultiplicativeAnalysis(jnp.asarray(inflation, E0.dtype))
+    if not isinstance(forecast_steps, (int, np.integer)) or forecast_steps < 0:
+        raise ValueError(f"forecast_steps must be a non-negative integer, got {forecast_steps!r}")
+    if model_noise is not None:
+        model_noise = as_covariance(model_noise, E0.shape[1], name="model_noise")
+        model_noise = model_noise.astype(E0.dtype)
+        if key is None:
+            raise TypeError("model_noise draws random numbers: pass key=")
+    ragged = isinstance(observations, (list, tuple))
+    K = len(observations) if ragged else np.shape(observations)[0]
+    steps = _analysis_steps(model, K, steps_per_obs, obs_times)
+    dt = getattr(model, "dt", None)
+    if controls is not None:
+        total = int(steps[-1]) + forecast_steps + 1
+        for leaf in jax.tree_util.tree_leaves(controls):
+            if np.shape(leaf)[:1] != (total,):
+                raise ValueError(
+                    f"controls must have a leading axis of total model steps + 1 = {total}, "
+                    f"got a leaf of shape {np.shape(leaf)}"
+                )
+    window = isinstance(scheme, over_window)
+    inner = scheme.scheme if window else scheme
+    if smoother is not None:
+        smoother.check(K=K, scheme=inner)
+    python_path = isinstance(model, BlackBoxModel) or ragged
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    plan = None
+    if checkpoint is not None:
+        config = config_fingerprints(
+            model, E0, observations, scheme, h, R, key, inflation, mask, steps,
+            forecast_steps, controls, model_noise, outputs, smoother)
+        plan = checkpoint_plan(checkpoint, checkpoint_every, resume,
+                               1 if python_path else 100, config)
+    elif checkpoint_every is not None:
+        raise ValueError("checkpoint_every needs checkpoint= (a file path to save to)")
+    settings = CycleSettings(model=model, scheme=inner, inflation=inflation,
+                             model_noise=model_noise, smoother=smoother, window=window)
+    n_steps = np.diff(np.concatenate([[0], steps]))
+    if python_path:
+        record = ObservationRecord(values=observations, mask=mask, h=h, R=R, n_steps=n_steps,
+                                   controls=controls)
+    else:
+        settings, record = _compiled_run(settings, E0, observations, h, R, mask, n_steps,
+                                         controls)
+    times = steps * (float(dt) if dt is not None else 1)
+    return PreparedRun(settings, record, E0, key, outputs, steps, times, int(forecast_steps),
+                       plan, python_path)
+
+
+def _analysis_steps(model, K, steps_per_obs, obs_times) -> np.ndarray:
+    """Model-step index of each analysis, (K,) ints, strictly increasing."""
+    if K < 1:
+        raise ValueError("observations must hold at least one analysis time")
+    if obs_times is not None:
+        dt = getattr(model, "dt", None)
+        if dt is None:
+            raise ValueError("obs_times needs a model with a time step `dt`")
+        t = np.asarray(obs_times, dtype=float)
+        if t.shape != (K,):
+            raise ValueError(f"obs_times must have shape (K,) = ({K},), got {t.shape}")
+        s = t / float(dt)
+        steps = np.rint(s).astype(np.int64)
+        if np.any(np.abs(s - steps) > 1e-6 * np.maximum(1.0, np.abs(s))):
+            raise ValueError(f"obs_times must be multiples of the model time step dt={dt}")
+    else:
+        spo = np.asarray(steps_per_obs)
+        if not np.issubdtype(spo.dtype, np.integer):
+            raise ValueError(f"steps_per_obs must be integers, got {steps_per_obs!r}")
+        spo = np.broadcast_to(spo, (K,)) if spo.ndim == 0 else spo
+        if spo.shape != (K,):
+            raise ValueError(f"steps_per_obs must be an int or have shape ({K},)")
+        if np.any(spo < 1):
+            raise ValueError(f"steps_per_obs must be positive integers, got {steps_per_obs!r}")
+        steps = np.cumsum(spo)
+    if np.any(np.diff(np.concatenate([[0], steps])) < 1):
+        raise ValueError("analysis times must be strictly increasing and after time 0")
+    return steps
+
+
+def _compiled_run(settings, E0, observations, h, R, mask, n_steps, controls):
+    """Validate the compiled path's inputs; its settings and record."""
+    ys = jnp.asarray(observations, dtype=E0.dtype)
+    check_ndim("observations", ys, 2, "(K, m): one row per analysis time")
+    K, m = ys.shape
+    if mask is None:
+        check_finite("observations", ys)
+    else:
+        mask = jnp.asarray(mask, dtype=bool)
+        if mask.shape != (K, m):
+            raise ValueError(f"mask must have shape (K, m) = ({K}, {m}), got {mask.shape}")
+    model = settings.model
+    out = jax.eval_shape(model, E0[0]) if controls is None else jax.eval_shape(
+        model, E0[0], jax.tree_util.tree_map(lambda a: a[0], controls))
+    if out.shape != E0.shape[1:]:
+        raise ValueError(
+            f"model must map one member of shape {E0.shape[1:]} to the same shape, got {out.shape}"
+        )
+    if isinstance(R, PerTime):
+        R_t = PerTime(jax.tree_util.tree_map(lambda a: jnp.asarray(a, E0.dtype), R.value))
+    else:
+        R_t = as_covariance(R, m).astype(E0.dtype)
+    if settings.window and (controls is not None or settings.model_noise is not None):
+        raise ValueError("over_window does not support controls or model_noise yet")
+    settings = CycleSettings(model=as_pytree(model), scheme=as_pytree(settings.scheme),
+                             inflation=settings.inflation, model_noise=settings.model_noise,
+                             smoother=settings.smoother, window=settings.window)
+    record = ObservationRecord(values=ys, mask=mask, h=as_pytree(h), R=R_t,
+                               n_steps=jnp.asarray(n_steps, dtype=jnp.int32), controls=controls)
+    return settings, record

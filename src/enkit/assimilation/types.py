@@ -1,0 +1,253 @@
+"""The values a cycling run is described by and the result it returns.
+
+The lowest module of ``enkit.assimilation``: it imports nothing from the
+driver, so every other module of the package (and the smoothers) can use it.
+
+- ``AssimilationResult``: the typed result of ``assimilate`` and of the
+  smoothers (one row per analysis time);
+- ``PerTime`` / ``per_time`` / ``stack_covariances``: h or R that change with
+  the analysis time;
+- ``over_window``: the cycle of the iterative EnKF (update the previous
+  analysis through h ∘ M);
+- ``BlackBoxModel``: a model stepped member by member through an executor;
+- ``ObservationRecord`` and ``CycleSettings``: the two frozen pytrees that
+  describe one compiled run (what is observed when; what is done at every
+  cycle), passed as units through the compiled and the Python paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from enkit.covariance import Covariance
+from enkit.diagnostics import rmse
+
+__all__ = [
+    "AssimilationResult",
+    "BlackBoxModel",
+    "CycleSettings",
+    "ObservationRecord",
+    "PerTime",
+    "over_window",
+    "per_time",
+    "stack_covariances",
+]
+
+
+class AssimilationResult(NamedTuple):
+    """What an assimilation run returns; one row per analysis time (K).
+
+    times: (K,) analysis times in model time units (model steps × dt, or
+    steps when the model has no ``dt``); steps: (K,) model-step index of each
+    analysis; ensemble: (N, n) the final ensemble (after any forecast-only
+    cycles). Each output requested through ``store`` holds an array with a
+    leading K axis, the others are None:
+
+    forecast_mean/analysis_mean (K, n); forecast_spread/analysis_spread (K,)
+    (``ensemble_spread``; forecast statistics are of the model forecast before
+    any inflation, analysis ones after it); forecast_ensemble/
+    analysis_ensemble (K, N, n); forecast_covariance/analysis_covariance
+    (K, n, n); analysis_variances/analysis_std (K, n); bma (K, n) forecast
+    mean minus analysis mean; innovation_forecast = y − h(x̄_f) and
+    innovation_analysis = y − h(x̄_a) (K, m), taken at the forecast and the
+    analysis mean; simulated_obs_forecast = h(x̄_f), simulated_obs_analysis
+    = h(x̄_a) (K, m); cost_Jb = ½ (x̄_a − x̄_b)ᵀ P_b⁺ (x̄_a − x̄_b) (P_b the
+    sample covariance of the ensemble the scheme received),
+    cost_Jo = ½ ‖y − h(x̄_a)‖²_{R⁻¹}, cost_J = Jb + Jo (K,). Entries of
+    absent observations are 0. In the Python path with ragged observations,
+    observation-space outputs are lists of (m_k,) arrays.
+
+    Smoothers (``enkit.smoothers``) fill the smoothed outputs as well:
+    smoothed_mean (K, n), smoothed_spread (K,), smoothed_ensemble (K, N, n),
+    the estimate at each analysis time given the observations the smoother
+    used for it (see each smoother's docstring).
+    """
+
+    times: Any = None
+    steps: Any = None
+    ensemble: Any = None
+    forecast_mean: Any = None
+    analysis_mean: Any = None
+    forecast_spread: Any = None
+    analysis_spread: Any = None
+    forecast_ensemble: Any = None
+    analysis_ensemble: Any = None
+    forecast_covariance: Any = None
+    analysis_covariance: Any = None
+    analysis_variances: Any = None
+    analysis_std: Any = None
+    bma: Any = None
+    innovation_forecast: Any = None
+    innovation_analysis: Any = None
+    simulated_obs_forecast: Any = None
+    simulated_obs_analysis: Any = None
+    cost_J: Any = None
+    cost_Jb: Any = None
+    cost_Jo: Any = None
+    smoothed_mean: Any = None
+    smoothed_spread: Any = None
+    smoothed_ensemble: Any = None
+
+    def rmse(self, truth: ArrayLike) -> Array:
+        """Analysis RMSE per time against truth (K, n) -> (K,)."""
+        return rmse(self._need("analysis_mean"), truth)
+
+    def forecast_rmse(self, truth: ArrayLike) -> Array:
+        """Forecast RMSE per time against truth (K, n) -> (K,)."""
+        return rmse(self._need("forecast_mean"), truth)
+
+    def smoothed_rmse(self, truth: ArrayLike) -> Array:
+        """Smoothed RMSE per time against truth (K, n) -> (K,)."""
+        return rmse(self._need("smoothed_mean"), truth)
+
+    def spread(self) -> Array:
+        """Analysis spread per time, (K,)."""
+        return self._need("analysis_spread")
+
+    def _need(self, name):
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"this run did not store {name!r}; pass store=(..., {name!r})")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PerTime:
+    """Marks a value that changes with the analysis time: every leaf of
+    ``value`` has a leading axis of length K, sliced at each analysis."""
+
+    value: Any
+
+
+jax.tree_util.register_dataclass(PerTime, data_fields=["value"], meta_fields=[])
+
+
+def per_time(value) -> PerTime:
+    """Mark ``h`` (a stack of (K, m, n) matrices) or ``R`` (a covariance
+    operator whose leaves have a leading K axis, e.g. ``Diagonal`` built from
+    stacked variances via ``stack_covariances``) as varying per analysis time."""
+    return PerTime(value)
+
+
+def stack_covariances(ops: Sequence[Covariance]) -> PerTime:
+    """Stack K covariance operators of one type and dimension into ``per_time``."""
+    types = {type(o) for o in ops}
+    dims = {o.dim for o in ops}
+    if len(types) != 1 or len(dims) != 1:
+        raise ValueError("stack_covariances needs operators of one type and one dimension")
+    return PerTime(jax.tree_util.tree_map(lambda *a: jnp.stack(a), *ops))
+
+
+@dataclasses.dataclass(frozen=True)
+class over_window:  # noqa: N801 - used like a function: over_window(ienkf)
+    """Run ``scheme`` on the previous analysis ensemble with the model inside
+    the observation operator, ``h ∘ M``, then forecast the updated ensemble.
+
+    This is the cycle of the iterative EnKF (Sakov, Oliver & Bertino 2012):
+    the update at time k−1 uses the observation at time k, and its forecast
+    is the filter analysis at k. Any scheme can be cycled this way.
+    """
+
+    scheme: Callable[..., Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class BlackBoxModel:
+    """A model that is not JAX-traceable: ``step(x) -> x`` on NumPy arrays,
+    one model step of one member (``step(x, u)`` with controls).
+
+    Members are evaluated through ``executor.map`` (any
+    ``concurrent.futures.Executor``: process pools, ``distributed.Client``,
+    ``mpi4py.futures``); None evaluates them one after another here.
+    """
+
+    step: Callable
+    executor: Any = None
+    dt: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservationRecord:
+    """The observations of one compiled run, one entry per analysis time.
+
+    values: (K, m) observations; mask: (K, m) booleans (False: absent) or
+    None; h: observation operator (a pytree: a ``jax.tree_util.Partial`` of
+    a callable, or an (m, n) matrix) or ``PerTime`` of K of them; R:
+    covariance operator or ``PerTime``; n_steps: (K,) int32 model steps
+    before each analysis (from the previous one, or from time 0); controls:
+    a pytree whose leaves have a leading axis of total model steps + 1, or
+    None. Every field is a pytree leaf (or None), so a second run with new
+    values of the same shapes reuses the compiled program.
+    """
+
+    values: Any
+    mask: Any
+    h: Any
+    R: Any
+    n_steps: Any
+    controls: Any = None
+
+    def scan_inputs(self) -> dict:
+        """The per-cycle inputs of the scan, each with a leading K axis:
+        cycle number k (1-based), y, mask, steps n and start step t0 of the
+        forecast, and the per-time h and R (None when constant)."""
+        n = self.n_steps
+        t_starts = jnp.concatenate([jnp.zeros(1, n.dtype), jnp.cumsum(n)[:-1]])
+        return {
+            "k": jnp.arange(1, self.values.shape[0] + 1),
+            "y": self.values,
+            "mask": self.mask,
+            "n": n,
+            "t0": t_starts,
+            "h": self.h.value if isinstance(self.h, PerTime) else None,
+            "R": self.R.value if isinstance(self.R, PerTime) else None,
+        }
+
+
+jax.tree_util.register_dataclass(
+    ObservationRecord,
+    data_fields=["values", "mask", "h", "R", "n_steps", "controls"],
+    meta_fields=[],
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CycleSettings:
+    """What is done at every cycle of a compiled run.
+
+    model: one model step of one member (a pytree: a JAX model such as
+    ``enkit.Lorenz96`` or a ``Partial`` of a function); scheme: the L1
+    analysis (a pytree likewise); inflation: an ``InflationStep``;
+    model_noise: covariance operator Q added after every model step, or
+    None; smoother: a smoother step (``enkit.smoothers``: carries past
+    ensembles and updates them with each analysis's ensemble transform), or
+    None for a filter; window (static): True for ``over_window`` cycles.
+    """
+
+    model: Any
+    scheme: Any
+    inflation: Any
+    model_noise: Any = None
+    smoother: Any = None
+    window: bool = False
+
+
+jax.tree_util.register_dataclass(
+    CycleSettings,
+    data_fields=["model", "scheme", "inflation", "model_noise", "smoother"],
+    meta_fields=["window"],
+)
+
+
+def as_pytree(f):
+    """Wrap a plain callable so jit treats it as static; keep pytrees as they are."""
+    leaves = jax.tree_util.tree_leaves(f)
+    if callable(f) and len(leaves) == 1 and leaves[0] is f:
+        return jax.tree_util.Partial(f)
+    return f
