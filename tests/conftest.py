@@ -29,3 +29,13 @@ class LinearGaussian:
 @pytest.fixture(params=[4, 12], ids=["N<n", "N>n"])
 def problem(request):
     return LinearGaussian(request.param)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module: compiled functions
+    are shared within a module (module-scoped fixtures), and a single test
+    process that keeps the executables of every module grows without bound
+    (a full single-process run crashed inside XLA's compiler once)."""
+    yield
+    jax.clear_caches()

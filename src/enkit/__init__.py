@@ -203,6 +203,7 @@ from enkit.smoothers import (
     enks,
     enks_stream,
     ensemble_rts,
+    ienks,
     rts_gain_step,
 )
 
@@ -270,6 +271,7 @@ __all__ = [
     "RTSSmoother",
     "enks",
     "enks_stream",
+    "ienks",
     "StreamChunk",
     "ensemble_rts",
     "rts_gain_step",

@@ -218,7 +218,7 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
             raise TypeError("model_noise draws random numbers: pass key=")
     ragged = isinstance(observations, (list, tuple))
     K = len(observations) if ragged else np.shape(observations)[0]
-    steps = _analysis_steps(model, K, steps_per_obs, obs_times)
+    steps = analysis_steps(model, K, steps_per_obs, obs_times)
     dt = getattr(model, "dt", None)
     if controls is not None:
         total = int(steps[-1]) + forecast_steps + 1
@@ -258,7 +258,7 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
                        plan, python_path)
 
 
-def _analysis_steps(model, K, steps_per_obs, obs_times) -> np.ndarray:
+def analysis_steps(model, K, steps_per_obs, obs_times) -> np.ndarray:
     """Model-step index of each analysis, (K,) ints, strictly increasing."""
     if K < 1:
         raise ValueError("observations must hold at least one analysis time")

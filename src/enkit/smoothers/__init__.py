@@ -4,6 +4,9 @@
   whole window (Evensen & van Leeuwen 2000);
 - ``ensemble_rts`` / ``RTSSmoother``: ensemble Rauch–Tung–Striebel backward
   pass (Raanes 2016);
+- ``ienks``: iterative ensemble Kalman smoother (Bocquet & Sakov 2014),
+  its own compiled scan over data-assimilation windows (lag, shift,
+  transform or bundle, MDA, Levenberg–Marquardt damping);
 - ``enks_stream``: the fixed-lag EnKS online, over chunks of observations,
   releasing smoothed estimates as they leave the lag window (memory bounded
   by the lag; checkpoints between chunks);
@@ -22,15 +25,18 @@ frozen pytree with
 """
 
 from enkit.smoothers.enks import LagSmoother, enks
+from enkit.smoothers.ienks import IENKS_OUTPUTS, ienks
 from enkit.smoothers.online import StreamChunk, enks_stream
 from enkit.smoothers.rts import RTSSmoother, ensemble_rts, rts_gain_step
 
 __all__ = [
+    "IENKS_OUTPUTS",
     "LagSmoother",
     "RTSSmoother",
     "StreamChunk",
     "enks",
     "enks_stream",
     "ensemble_rts",
+    "ienks",
     "rts_gain_step",
 ]

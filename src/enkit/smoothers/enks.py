@@ -115,7 +115,7 @@ def enks(model, E0, observations, scheme, *, lag: int | None = None,
         E_j^s = G_{j+L} ⋯ G_{j+1} E_j^a.
 
     lag: L ≥ 0 analysis times (0 is the filter; ADAO's "SmootherLagL"
-    counts the same way, as does DAPPER's ``Lag`` in observation times), or
+    plays this role; DAPPER's ``Lag`` counts observation times likewise), or
     None for the whole window (L = K − 1, the full EnKS: every estimate uses
     every observation). On a linear-Gaussian problem with a deterministic
     scheme (ETKF, EnSRF, ...) and no model error the smoothed mean and
