@@ -247,3 +247,17 @@ def test_stream_equals_one_run_and_resumes_from_its_checkpoint(tmp_path):
     with pytest.raises(enkit.io.CheckpointError, match="lag"):
         list(enkit.enks_stream(model, E0, chunks, enkit.enkf, checkpoint=path,
                                **{**opts, "lag": 2}))
+
+
+def test_float32_smoke():
+    M, H, R, E0, ys, _ = _linear()
+    M32 = jnp.asarray(M, jnp.float32)
+    a = enkit.enks(lambda x: M32 @ x, E0.astype(np.float32), ys, enkit.etkf,
+                   h=H.astype(np.float32), R=R, lag=2)
+    b = enkit.ensemble_rts(lambda x: M32 @ x, E0.astype(np.float32), ys, enkit.etkf,
+                           h=H.astype(np.float32), R=R)
+    *_, model = _linear()
+    c = enkit.enks(model, E0, ys, enkit.etkf, h=H, R=R, lag=2)
+    assert a.smoothed_mean.dtype == b.smoothed_mean.dtype == jnp.float32
+    np.testing.assert_allclose(a.smoothed_mean, c.smoothed_mean, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(b.smoothed_mean[-1], c.analysis_mean[-1], rtol=1e-3, atol=1e-4)
