@@ -261,3 +261,14 @@ def test_float32_smoke():
     assert a.smoothed_mean.dtype == b.smoothed_mean.dtype == jnp.float32
     np.testing.assert_allclose(a.smoothed_mean, c.smoothed_mean, rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(b.smoothed_mean[-1], c.analysis_mean[-1], rtol=1e-3, atol=1e-4)
+
+
+def test_rts_decorrelation_limits():
+    """decorrelation 0 leaves the filter analyses; 1 is the plain EnRTS."""
+    M, H, R, E0, ys, model = _linear()
+    zero = enkit.ensemble_rts(model, E0, ys, enkit.etkf, h=H, R=R, decorrelation=0.0,
+                              store=ENSEMBLES)
+    np.testing.assert_array_equal(zero.smoothed_ensemble, zero.analysis_ensemble)
+    one = enkit.ensemble_rts(model, E0, ys, enkit.etkf, h=H, R=R, decorrelation=1.0)
+    plain = enkit.ensemble_rts(model, E0, ys, enkit.etkf, h=H, R=R)
+    np.testing.assert_array_equal(one.smoothed_mean, plain.smoothed_mean)

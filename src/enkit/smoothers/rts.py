@@ -4,6 +4,7 @@ pass over the forecasts and analyses of a filter run."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ __all__ = ["RTSSmoother", "ensemble_rts", "rts_gain_step"]
 DEFAULT_SMOOTHED = ("smoothed_mean", "smoothed_spread")
 
 
-def rts_gain_step(Ea, Ef_next, Es_next, rcond=None):
+def rts_gain_step(Ea, Ef_next, Es_next, *, energy=0.99999, decorrelation=1.0, rcond=None):
     """One backward step of the ensemble RTS smoother.
 
         E_k^s = E_k^a + (E_{k+1}^s − E_{k+1}^f) (A_{k+1}^f)⁺ A_k^a,
@@ -26,9 +27,20 @@ def rts_gain_step(Ea, Ef_next, Es_next, rcond=None):
     RTS smoother, written with the ensemble cross-covariance C = A_aᵀ A_f /
     (N−1) and the forecast covariance P_f = A_fᵀ A_f / (N−1), so that
     Jᵀ = A_f⁺ A_a. The pseudo-inverse comes from the SVD of A_f (N × n),
-    singular values below ``rcond`` × the largest dropped (default
-    10 · max(N, n) · eps, as ``jnp.linalg.pinv``); the product is formed
-    as an (N, N) ensemble-space matrix, never n × n. Cost O(N² n).
+    truncated: the leading singular values that hold the fraction
+    ``energy`` of their sum are kept (DAPPER's ``tinv`` default, 0.99999;
+    None keeps all), and any below ``rcond`` × the largest are dropped
+    (default 10 · max(N, n) · eps, as ``jnp.linalg.pinv``). Without the
+    truncation, with N − 1 < n on a nonlinear model, the smallest forecast
+    directions amplify round-off in the backward pass.
+    decorrelation: a factor c ≤ 1 on the gain, J ← c J (DAPPER's
+    ``DeCorr``). Without model error the backward pass inverts the model in
+    the ensemble subspace, and on a chaotic model round-off then grows
+    backwards in time (Lorenz-96, n = 40, N = 20, 500 cycles: smoothed RMSE
+    0.11 near the end of the window, 1e3 400 cycles before it); c < 1
+    damps it; the EnKS, which needs no inverse, is the better choice there.
+    The product is formed as an (N, N) ensemble-space matrix, never n × n.
+    Cost O(N² n).
 
     Ea: (N, n) analysis at k; Ef_next, Es_next: (N, n) forecast and
     smoothed ensembles at k + 1. Returns (N, n).
@@ -38,8 +50,10 @@ def rts_gain_step(Ea, Ef_next, Es_next, rcond=None):
     if rcond is None:
         rcond = 10 * max(Af.shape) * jnp.finfo(Af.dtype).eps
     keep = s > rcond * s[0]
+    if energy is not None:
+        keep = keep & ((jnp.cumsum(s) - s) < energy * jnp.sum(s))
     s_inv = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
-    W = ((Es_next - Ef_next) @ Vt.T) * s_inv @ U.T  # (N, N) = D A_f⁺
+    W = decorrelation * (((Es_next - Ef_next) @ Vt.T) * s_inv @ U.T)  # (N, N) = c D A_f⁺
     return Ea + W @ Aa
 
 
@@ -51,13 +65,18 @@ class RTSSmoother:
     backward pass ``rts_gain_step`` from the last analysis time to the
     first. Memory O(K N n) (the backward pass needs every time).
 
-    outputs (static): the smoothed outputs to produce (set by
-    ``assimilate`` from ``store``).
+    energy: the fraction of the forecast anomalies' singular-value sum
+    kept in the pseudo-inverse (``rts_gain_step``), an array leaf (default
+    0.99999, DAPPER's; None: no truncation); decorrelation: the factor on
+    the gain (an array leaf, default 1); outputs (static): the smoothed
+    outputs to produce (set by ``assimilate`` from ``store``).
 
     Reference: Raanes (2016), QJRMS 142, "On the ensemble Rauch–Tung–
     Striebel smoother and its equivalence to the ensemble Kalman smoother".
     """
 
+    energy: Any = 0.99999
+    decorrelation: Any = 1.0
     outputs: tuple = DEFAULT_SMOOTHED
 
     needs_transform = False
@@ -80,7 +99,8 @@ class RTSSmoother:
 
         def back(Es_next, x):
             Ea_k, Ef_next = x
-            Es = rts_gain_step(Ea_k, Ef_next, Es_next)
+            Es = rts_gain_step(Ea_k, Ef_next, Es_next, energy=self.energy,
+                               decorrelation=self.decorrelation)
             return Es, cycle.smoothed_statistics(self.outputs, Es)
 
         last = cycle.smoothed_statistics(self.outputs, Ea[-1])
@@ -89,10 +109,10 @@ class RTSSmoother:
                 for name in self.outputs}
 
 
-jax.tree_util.register_dataclass(RTSSmoother, data_fields=[], meta_fields=["outputs"])
+jax.tree_util.register_dataclass(RTSSmoother, data_fields=["energy", "decorrelation"], meta_fields=["outputs"])
 
 
-def ensemble_rts(model, E0, observations, scheme, *,
+def ensemble_rts(model, E0, observations, scheme, *, energy=0.99999, decorrelation=1.0,
                  store=cycle.DEFAULT_OUTPUTS + DEFAULT_SMOOTHED, **options) -> AssimilationResult:
     """Ensemble Rauch–Tung–Striebel smoother: a filter run, then a backward
     pass (``RTSSmoother``, ``rts_gain_step``).
@@ -107,7 +127,9 @@ def ensemble_rts(model, E0, observations, scheme, *,
     may be used (the gain comes from the ensembles, not from the analysis).
 
     model, E0, observations, scheme and ``options``: as for ``assimilate``
-    (which receives them unchanged). store: as for ``assimilate``, with the
+    (which receives them unchanged). energy: truncation of the
+    pseudo-inverse and decorrelation: factor on the gain (both
+    ``rts_gain_step``). store: as for ``assimilate``, with the
     smoothed outputs added (default: the filter statistics and the smoothed
     mean and spread). Returns an ``AssimilationResult``; the filter outputs
     are exactly those of ``assimilate``.
@@ -115,5 +137,6 @@ def ensemble_rts(model, E0, observations, scheme, *,
     Reference: Raanes (2016), QJRMS 142; Rauch, Tung & Striebel (1965),
     AIAA J. 3.
     """
-    return assimilate(model, E0, observations, scheme, store=store, smoother=RTSSmoother(),
+    return assimilate(model, E0, observations, scheme, store=store,
+                      smoother=RTSSmoother(energy=energy, decorrelation=decorrelation),
                       **options)
