@@ -307,6 +307,7 @@ def figure(A, B, C, D, path):
     ax.set_xlabel("distance from the end of the window (analysis times)")
     ax.set_ylabel("smoothed RMSE (2 seeds, 10-point mean, log)")
     ax.set_title(f"(c) EnRTS vs EnKS over a {WINDOW}-cycle window")
+    ax.set_ylim(4e-2, 1e7)  # room for the legend above the curves
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7.5, loc="upper left")
 
