@@ -153,7 +153,7 @@ def worker_stream(args):
     marks = sorted({m for m in (10_000, 20_000, 25_000, 50_000, 100_000, args.cycles)
                     if m <= args.cycles})
     filt, smooth, report = Running(), Running(), {}
-    done, t_start, t_after_first = 0, time.perf_counter(), None
+    done, t_after_first = 0, None
     stream = enkit.enks_stream(case.model, E0, observations(), enkit.etkf, lag=args.lag,
                                h=case.h, R=case.R, inflation=INFLATION, store=STORE)
     for part in stream:

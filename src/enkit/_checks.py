@@ -36,3 +36,17 @@ def check_float(name: str, x) -> None:
     dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
     if not np.issubdtype(dtype, np.floating):
         raise TypeError(f"{name} must have a floating dtype, got {dtype}")
+
+
+def check_ensemble(name: str, E):
+    """Validate an (N, n) ensemble with N ≥ 2 floating, finite members;
+    returns it as a JAX array."""
+    import jax.numpy as jnp
+
+    check_float(name, E)
+    E = jnp.asarray(E)
+    check_ndim(name, E, 2, "(N, n): members on axis 0")
+    if E.shape[0] < 2:
+        raise ValueError(f"{name} must hold at least N=2 members on axis 0, got N={E.shape[0]}")
+    check_finite(name, E)
+    return E

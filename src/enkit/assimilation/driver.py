@@ -21,6 +21,7 @@ for bit. With ``smoother=`` the same cycles also carry a smoother
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -312,9 +313,8 @@ def _compiled_run(settings, E0, observations, h, R, mask, n_steps, controls):
         R_t = as_covariance(R, m).astype(E0.dtype)
     if settings.window and (controls is not None or settings.model_noise is not None):
         raise ValueError("over_window does not support controls or model_noise yet")
-    settings = CycleSettings(model=as_pytree(model), scheme=as_pytree(settings.scheme),
-                             inflation=settings.inflation, model_noise=settings.model_noise,
-                             smoother=settings.smoother, window=settings.window)
+    settings = dataclasses.replace(settings, model=as_pytree(model),
+                                   scheme=as_pytree(settings.scheme))
     record = ObservationRecord(values=ys, mask=mask, h=as_pytree(h), R=R_t,
                                n_steps=jnp.asarray(n_steps, dtype=jnp.int32), controls=controls)
     return settings, record

@@ -15,7 +15,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_float, check_ndim
+from enkit._checks import check_ensemble, check_finite, check_ndim
 from enkit.covariance import Covariance, as_covariance
 
 ObservationOperator = Union[Callable[[Array], Array], ArrayLike]
@@ -48,13 +48,8 @@ def observe(h: ObservationOperator, E: Array) -> Array:
 
 def prepare_analysis(E, y, h, R) -> Analysis:
     """Validate ``(E, y, h, R)`` and compute the simulated observations."""
-    check_float("E", E)
-    E = jnp.asarray(E)
-    check_ndim("E", E, 2, "(N, n): members on axis 0")
+    E = check_ensemble("E", E)
     N, n = E.shape
-    if N < 2:
-        raise ValueError(f"E must hold at least N=2 members on axis 0, got N={N}")
-    check_finite("E", E)
     check_ndim("y", y, 1, "(m,)")
     y = jnp.asarray(y, dtype=E.dtype)
     check_finite("y", y)

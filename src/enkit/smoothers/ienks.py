@@ -18,7 +18,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_float, check_ndim, is_concrete
+from enkit._checks import check_ensemble, check_finite, check_float, check_ndim, is_concrete
 from enkit.assimilation.types import AssimilationResult
 from enkit.assimilation.cycle import forecast
 from enkit.assimilation.driver import analysis_steps
@@ -166,13 +166,8 @@ def ienks(
     (L = 1, the IEnKF); Bocquet & Sakov (2013), NPG 20 (MDA); Bocquet &
     Sakov (2012), NPG 19 (Levenberg–Marquardt).
     """
-    check_float("E0", E0)
-    E0 = jnp.asarray(E0)
-    check_ndim("E0", E0, 2, "(N, n): members on axis 0")
+    E0 = check_ensemble("E0", E0)
     N, n = E0.shape
-    if N < 2:
-        raise ValueError(f"E0 must hold at least N=2 members on axis 0, got N={N}")
-    check_finite("E0", E0)
     check_float("observations", observations)
     check_ndim("observations", observations, 2, "(K, m): one row per analysis time")
     ys = jnp.asarray(observations, dtype=E0.dtype)
