@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import enkit
+from enkit._pytree import register_dataclass
 from enkit.augmentation import (
     AugmentedModel,
     BlockInflation,
@@ -47,7 +48,7 @@ class Damped:
         return self.a * x + u
 
 
-jax.tree_util.register_dataclass(Damped, data_fields=["a"], meta_fields=[])
+register_dataclass(Damped, data_fields=["a"], meta_fields=[])
 
 
 # ------------------------------------------------------------- augmented model

@@ -16,6 +16,7 @@ import pytest
 from reference.kalman_numpy import kalman_analysis
 
 import enkit
+from enkit._pytree import register_dataclass
 from enkit.inversion import (
     EKI,
     ESMDA,
@@ -169,7 +170,7 @@ class CountingStep:
         return jnp.asarray(self.dt, G.dtype)
 
 
-jax.tree_util.register_dataclass(CountingStep, data_fields=["dt"], meta_fields=["traces"])
+register_dataclass(CountingStep, data_fields=["dt"], meta_fields=["traces"])
 
 
 def test_second_call_with_new_values_does_not_retrace():

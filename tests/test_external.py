@@ -15,12 +15,12 @@ import os
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import enkit
+from enkit._pytree import register_dataclass
 from enkit.executors import (
     MemberExecutor,
     MemberTimeout,
@@ -193,7 +193,7 @@ class Growing:
         return 3.0 * jnp.maximum(jnp.asarray(time, G.dtype), 1.0)
 
 
-jax.tree_util.register_dataclass(Growing, data_fields=[], meta_fields=[])
+register_dataclass(Growing, data_fields=[], meta_fields=[])
 OPTS = {"scheduler": Growing(), "max_iterations": 8, "key": 0}
 
 

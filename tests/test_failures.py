@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from enkit._pytree import register_dataclass
 from enkit.inversion import (
     EKI,
     GNKI,
@@ -49,7 +50,7 @@ class Growing:
         return 3.0 * jnp.maximum(jnp.asarray(time, G.dtype), 1.0)
 
 
-jax.tree_util.register_dataclass(Growing, data_fields=[], meta_fields=[])
+register_dataclass(Growing, data_fields=[], meta_fields=[])
 
 
 def hashed_failure(u, rate=0.2):

@@ -45,6 +45,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_float, check_ndim
+from enkit._pytree import register_dataclass
 from enkit.assimilation import BlackBoxModel, PerTime, assimilate
 from enkit.filters._common import observe
 from enkit.inflation import InflationStep, NoInflation, multiplicative
@@ -192,7 +193,7 @@ class AugmentedModel:
         return split(result, self.n_state)
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     AugmentedModel, data_fields=["model"],
     meta_fields=["n_state", "n_parameters", "set_parameters"])
 
@@ -295,7 +296,7 @@ class StateObservation:
         return self.h(x) if u is None else self.h(x, u)
 
 
-jax.tree_util.register_dataclass(StateObservation, data_fields=["h"], meta_fields=["n_state"])
+register_dataclass(StateObservation, data_fields=["h"], meta_fields=["n_state"])
 
 
 def _pad_matrix(H, n_state, n_parameters, name):
@@ -484,7 +485,7 @@ class BlockInflation(InflationStep):
         return jnp.concatenate([Xa, Ta], axis=1), (s0, s1)
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     BlockInflation, data_fields=["state", "parameters"], meta_fields=["n_state"])
 
 
@@ -529,7 +530,7 @@ class SpreadFloor(InflationStep):
         return spread_floor(Ea, self.minimum, self.reset), state
 
 
-jax.tree_util.register_dataclass(SpreadFloor, data_fields=["minimum", "reset"], meta_fields=[])
+register_dataclass(SpreadFloor, data_fields=["minimum", "reset"], meta_fields=[])
 
 
 # --------------------------------------------------------------------------
@@ -546,7 +547,7 @@ class IdentityModel:
         return x
 
 
-jax.tree_util.register_dataclass(IdentityModel, data_fields=[], meta_fields=[])
+register_dataclass(IdentityModel, data_fields=[], meta_fields=[])
 
 
 def estimate_parameters(

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar, as_covariance
 from enkit.filters._common import as_key, observe
 
@@ -331,7 +332,7 @@ class InflationStep:
 
 
 def _register(cls, data, meta=()):
-    jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+    register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
     return cls
 
 

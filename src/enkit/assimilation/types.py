@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance
 from enkit.diagnostics import rmse
 
@@ -125,7 +126,7 @@ class PerTime:
     value: Any
 
 
-jax.tree_util.register_dataclass(PerTime, data_fields=["value"], meta_fields=[])
+register_dataclass(PerTime, data_fields=["value"], meta_fields=[])
 
 
 def per_time(value) -> PerTime:
@@ -210,7 +211,7 @@ class ObservationRecord:
         }
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     ObservationRecord,
     data_fields=["values", "mask", "h", "R", "n_steps", "controls"],
     meta_fields=[],
@@ -238,7 +239,7 @@ class CycleSettings:
     window: bool = False
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     CycleSettings,
     data_fields=["model", "scheme", "inflation", "model_noise", "smoother"],
     meta_fields=["window"],

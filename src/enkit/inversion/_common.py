@@ -25,6 +25,7 @@ import numpy as np
 from jax import Array
 
 from enkit._checks import check_finite, check_float, check_ndim, is_concrete
+from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import as_key
 
@@ -262,5 +263,5 @@ class EnsembleProcess:
 def register(cls, data=(), meta=()):
     """Register a frozen-dataclass process as a pytree (hyperparameters as
     data leaves, structural options as metadata)."""
-    jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
+    register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
     return cls

@@ -29,6 +29,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_ndim, is_concrete
+from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, as_covariance
 from enkit.ensemble import scaled_anomalies
 
@@ -226,5 +227,5 @@ class LevenbergMarquardt:
         return jnp.minimum(dt, jnp.asarray(self.max_dt, dt.dtype))
 
 
-jax.tree_util.register_dataclass(LevenbergMarquardt, data_fields=["rho", "max_dt"],
+register_dataclass(LevenbergMarquardt, data_fields=["rho", "max_dt"],
                                  meta_fields=["n_bisection"])

@@ -31,6 +31,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import is_concrete
+from enkit._pytree import register_dataclass
 from enkit.inversion.process_inflation import (
     _tell,
     check_ensemble_process,
@@ -145,6 +146,6 @@ class ConstantMomentum(_Momentum):
         return jnp.asarray(self.momentum, theta.dtype), theta
 
 
-jax.tree_util.register_dataclass(NesterovAccelerated, data_fields=["process"], meta_fields=[])
-jax.tree_util.register_dataclass(ConstantMomentum, data_fields=["process", "momentum"],
+register_dataclass(NesterovAccelerated, data_fields=["process"], meta_fields=[])
+register_dataclass(ConstantMomentum, data_fields=["process", "momentum"],
                                  meta_fields=[])

@@ -16,6 +16,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
+from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import as_key
 
@@ -65,7 +66,7 @@ class GaussianPrior:
         return self.mean + cov.sample(key, (int(N),))
 
 
-jax.tree_util.register_dataclass(GaussianPrior, data_fields=["mean", "covariance"],
+register_dataclass(GaussianPrior, data_fields=["mean", "covariance"],
                                  meta_fields=[])
 
 

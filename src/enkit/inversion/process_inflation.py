@@ -31,6 +31,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import is_concrete
+from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, as_covariance
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import as_key
@@ -345,11 +346,11 @@ class SubspaceInflation(_AdditiveBase):
         return self._perturb(state, new_inner, h), info
 
 
-jax.tree_util.register_dataclass(MultiplicativeInflation, data_fields=["process", "s"],
+register_dataclass(MultiplicativeInflation, data_fields=["process", "s"],
                                  meta_fields=[])
-jax.tree_util.register_dataclass(AdditiveInflation,
+register_dataclass(AdditiveInflation,
                                  data_fields=["process", "covariance", "s"],
                                  meta_fields=["recentre"])
-jax.tree_util.register_dataclass(SubspaceInflation,
+register_dataclass(SubspaceInflation,
                                  data_fields=["process", "covariance", "gamma"],
                                  meta_fields=["recentre"])

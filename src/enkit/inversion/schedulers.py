@@ -23,6 +23,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import is_concrete
+from enkit._pytree import register_dataclass
 from enkit.covariance import as_covariance
 
 __all__ = ["DataMisfitController", "EKSStableScheduler", "FixedStep"]
@@ -143,8 +144,8 @@ class EKSStableScheduler:
         return h / (norm + jnp.asarray(self.nugget, G.dtype))
 
 
-jax.tree_util.register_dataclass(EKSStableScheduler, data_fields=["numerator", "nugget"],
+register_dataclass(EKSStableScheduler, data_fields=["numerator", "nugget"],
                                  meta_fields=[])
-jax.tree_util.register_dataclass(FixedStep, data_fields=["dt"], meta_fields=[])
-jax.tree_util.register_dataclass(DataMisfitController, data_fields=["terminal_time"],
+register_dataclass(FixedStep, data_fields=["dt"], meta_fields=[])
+register_dataclass(DataMisfitController, data_fields=["terminal_time"],
                                  meta_fields=[])

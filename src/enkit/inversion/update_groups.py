@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from jax import Array
 
+from enkit._pytree import register_dataclass
 from enkit.inversion._common import (
     EnsembleProcess,
     EnsembleState,
@@ -149,5 +150,5 @@ class UpdateGroups:
         return out, InversionInfo(misfit(G, y, noise), dt_used)
 
 
-jax.tree_util.register_dataclass(UpdateGroups, data_fields=["process"],
+register_dataclass(UpdateGroups, data_fields=["process"],
                                  meta_fields=["groups"])

@@ -45,6 +45,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite
+from enkit._pytree import register_dataclass
 from enkit.localization._core import (
     Distance,
     Taper,
@@ -99,7 +100,7 @@ class GainLocalization:
         return (jnp.asarray(self.state_obs, X.dtype), jnp.asarray(self.obs_obs, X.dtype))
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     GainLocalization, data_fields=["state_obs", "obs_obs"], meta_fields=[]
 )
 
@@ -150,7 +151,7 @@ class SamplingErrorTable:
     ensemble_size: int
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     SamplingErrorTable,
     data_fields=["correlations", "factors", "counts"],
     meta_fields=["ensemble_size"],
@@ -332,6 +333,6 @@ class AdaptiveLocalization:
         return rho_xy, rho_yy
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     AdaptiveLocalization, data_fields=["table", "taper"], meta_fields=[]
 )

@@ -58,6 +58,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim, is_concrete
+from enkit._pytree import register_dataclass
 from enkit.ensemble import scaled_anomalies
 from enkit.localization._core import gaussian
 
@@ -190,7 +191,7 @@ def _unit_diagonal(rho):
 
 
 def _register(cls, data=()):
-    jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=[])
+    register_dataclass(cls, data_fields=list(data), meta_fields=[])
     return cls
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
+from enkit._pytree import register_dataclass
 from enkit.localization import torus_distance
 
 __all__ = ["AdvectionDiffusion2D", "torus_distance"]  # torus_distance: enkit.localization
@@ -209,7 +210,7 @@ def _cubic_stencil(a: Array, size: int) -> tuple[list[Array], list[Array]]:
     return idx, w
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     AdvectionDiffusion2D,
     data_fields=["A", "U", "V", "kappa", "damping", "forcing", "dt"],
     meta_fields=["nx", "ny", "Lx", "Ly", "cells"],

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 
+from enkit._pytree import register_dataclass
 from enkit.models._integrate import rk4_step
 
 __all__ = ["Lorenz63", "Lorenz96"]
@@ -84,7 +84,7 @@ class Lorenz96:
         return rk4_step(self.tendency, x, self.dt)
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     Lorenz63, data_fields=["sigma", "rho", "beta", "dt"], meta_fields=[]
 )
-jax.tree_util.register_dataclass(Lorenz96, data_fields=["F", "dt"], meta_fields=["n"])
+register_dataclass(Lorenz96, data_fields=["F", "dt"], meta_fields=["n"])

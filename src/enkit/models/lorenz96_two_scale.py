@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 
+from enkit._pytree import register_dataclass
 from enkit.models._integrate import rk4_step
 
 __all__ = ["Lorenz96TwoScale"]
@@ -93,6 +93,6 @@ class Lorenz96TwoScale:
         return rk4_step(self.tendency, x, self.dt)
 
 
-jax.tree_util.register_dataclass(
+register_dataclass(
     Lorenz96TwoScale, data_fields=["F", "h", "c", "b", "dt"], meta_fields=["K", "J"]
 )

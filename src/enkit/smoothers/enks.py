@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enkit._pytree import register_dataclass
 from enkit.assimilation import assimilate, cycle
 from enkit.assimilation.types import AssimilationResult
 from enkit.filters.ensemble_space import check_ensemble_space
@@ -100,7 +101,7 @@ class LagSmoother:
                 for name in self.outputs}
 
 
-jax.tree_util.register_dataclass(LagSmoother, data_fields=[], meta_fields=["lag", "outputs"])
+register_dataclass(LagSmoother, data_fields=[], meta_fields=["lag", "outputs"])
 
 
 def enks(model, E0, observations, scheme, *, lag: int | None = None,

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from enkit._pytree import register_dataclass
 from enkit.assimilation import assimilate, cycle
 from enkit.assimilation.types import AssimilationResult
 from enkit.ensemble import anomalies
@@ -111,7 +112,7 @@ class RTSSmoother:
                 for name in self.outputs}
 
 
-jax.tree_util.register_dataclass(RTSSmoother, data_fields=["energy", "decorrelation"], meta_fields=["outputs"])
+register_dataclass(RTSSmoother, data_fields=["energy", "decorrelation"], meta_fields=["outputs"])
 
 
 def ensemble_rts(model, E0, observations, scheme, *, energy=0.99999, decorrelation=1.0,
