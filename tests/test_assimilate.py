@@ -95,7 +95,7 @@ def test_stochastic_scheme_without_key_is_an_error():
 
 def test_driver_input_errors():
     model = enkit.Lorenz96(n=10)
-    E0, ys = np.ones((6, 10)), np.ones((4, 10))
+    E0, ys = 1.0 + 0.1 * np.arange(60.0).reshape(6, 10), np.ones((4, 10))
     with pytest.raises(ValueError, match=r"E0 must have shape \(N, n\)"):
         enkit.assimilate(model, E0[0], ys, enkit.etkf, h=np.eye(10), R=1.0)
     with pytest.raises(ValueError, match=r"observations must have shape \(K, m\)"):

@@ -23,9 +23,11 @@ from enkit import assimilate as _assimilate_module  # noqa: F401  (loaded before
 # ``assimilate`` is bound to the function below, so a later ``from enkit.assimilate import``
 # finds it loaded and leaves ``enkit.assimilate`` the function)
 from enkit.assimilation import (
+    NONFINITE_STAGES,
     OUTPUTS,
     AssimilationResult,
     BlackBoxModel,
+    NonFiniteError,
     PerTime,
     assimilate,
     over_window,
@@ -222,6 +224,8 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "AssimilationResult",
+    "NONFINITE_STAGES",
+    "NonFiniteError",
     "AdditiveInflation",
     "ConstantMomentum",
     "LevenbergMarquardt",

@@ -13,11 +13,13 @@ Modules, imports going downwards only:
 - ``driver``: ``assimilate``, the public entry that validates and dispatches.
 """
 
+from enkit.assimilation.cycle import STAGES as NONFINITE_STAGES
 from enkit.assimilation.driver import OUTPUTS, assimilate
 from enkit.assimilation.types import (
     AssimilationResult,
     BlackBoxModel,
     CycleSettings,
+    NonFiniteError,
     ObservationRecord,
     PerTime,
     over_window,
@@ -26,10 +28,12 @@ from enkit.assimilation.types import (
 )
 
 __all__ = [
+    "NONFINITE_STAGES",
     "OUTPUTS",
     "AssimilationResult",
     "BlackBoxModel",
     "CycleSettings",
+    "NonFiniteError",
     "ObservationRecord",
     "PerTime",
     "assimilate",

@@ -89,7 +89,8 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
         if controls is not None and callable(h_k):
             u = jax.tree_util.tree_map(lambda a: a[t_obs], controls)
             h_k = partial(_call_with, h_k, u)
-        fc = partial(cycle.forecast, model, n_steps=x["n"], t0=x["t0"],
+        n_k = x["n"] if settings.uniform_steps is None else settings.uniform_steps
+        fc = partial(cycle.forecast, model, n_steps=n_k, t0=x["t0"],
                      controls=controls, noise=noise, key=k_noise)
         Ef = fc(E)
         if window:
@@ -101,12 +102,14 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
             run = lambda: cycle.analyse(  # noqa: E731
                 scheme, h_k, x["y"], R_k, x["mask"], inflation, state, keys, Ef, outputs,
                 transform=transform)
-        if x["mask"] is None:
+        skip = lambda: (Ef, state, cycle.skipped(  # noqa: E731
+            outputs, Ef, h_k, x["y"], R_k, x["mask"]),
+            cycle.identity_transform(Ef) if transform else None)
+        if x["y"].shape[0] == 0:  # m = 0: no analysis at any cycle
+            Ea, state, out, G = skip()
+        elif x["mask"] is None:
             Ea, state, out, G = run()
         else:
-            skip = lambda: (Ef, state, cycle.statistics(  # noqa: E731
-                outputs, Ef, Ef, Ef, *cycle.masked_problem(h_k, x["y"], R_k, x["mask"])),
-                cycle.identity_transform(Ef) if transform else None)
             Ea, state, out, G = jax.lax.cond(jnp.any(x["mask"]), run, skip)
         rows = {}
         if smoother is not None:
@@ -133,20 +136,27 @@ def _window_analysis(scheme, h_win, h, y, R, mask, inflation, state, keys, E, Ef
     hm, ym, Rm = cycle.masked_problem(h_win, y, R, mask)
     Eb, state = inflation.before_analysis(state, k_before, E, ym, hm, Rm, mask)
     Es, G = cycle.run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
-    Ea = fc(Es)
-    Ea, state = inflation.after_analysis(state, k_after, Ef, Ea)
-    return Ea, state, cycle.statistics(
-        outputs, Ef, Ef, Ea, *cycle.masked_problem(h, y, R, mask)), G
+    Em = fc(Es)
+    Ea, state = inflation.after_analysis(state, k_after, Ef, Em)
+    out = cycle.statistics(outputs, Ef, Ef, Ea, *cycle.masked_problem(h, y, R, mask))
+    if cycle.NONFINITE in outputs:
+        out[cycle.NONFINITE] = cycle.nonfinite_code(
+            (cycle.FORECAST, Ef), (cycle.INFLATION_BEFORE, Eb), (cycle.ANALYSIS, Es),
+            (cycle.FORECAST, Em), (cycle.INFLATION_AFTER, Ea))
+    return Ea, state, out, G
 
 
 def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_steps,
-                outputs, plan) -> AssimilationResult:
+                outputs, plan, stop_on_nonfinite=False) -> AssimilationResult:
     """The compiled path in windows of ``plan.every`` cycles, saving after each.
 
     Each window is one call of the plain path's scan on that window's slice
     of the per-cycle inputs (one compilation for the full-size windows, one
     more for a shorter last window). A smoother's rows are saved with the
-    outputs (as ``rows.NAME``) and its state with the carry.
+    outputs (as ``rows.NAME``) and its state with the carry. With
+    ``stop_on_nonfinite``, a window whose finite-check fails is not saved
+    (the checkpoint keeps the last finite window) and the run stops there,
+    returning the outputs up to that window's end (ensemble None).
     """
     K = record.values.shape[0]
     carry = init_carry(settings, E0)
@@ -171,6 +181,9 @@ def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, for
         named = {**outs, **{f"rows.{name}": v for name, v in srows.items()}}
         for name, v in named.items():
             parts.setdefault(name, []).append(np.asarray(v))
+        if stop_on_nonfinite and cycle.NONFINITE in outs and np.any(outs[cycle.NONFINITE]):
+            return AssimilationResult(**{n: jnp.asarray(v) for n, v in rows().items()
+                                         if not n.startswith("rows.")})
         k, t = end, int(steps[end - 1])
         if k < K or forecast_steps:
             save_run(plan, carry, rows(), k, t, False, [])

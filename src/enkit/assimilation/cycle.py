@@ -54,6 +54,19 @@ DEFAULT_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysi
 SMOOTHED_OUTPUTS = ("smoothed_mean", "smoothed_spread", "smoothed_ensemble")
 _ALIASES = {alias: name for name, aliases in OUTPUTS.items() for alias in aliases}
 
+# The finite-check (``assimilate(on_nonfinite=...)``): an internal output
+# holding, per cycle, 0 when the ensemble stayed finite, else the code of the
+# first stage whose result held NaN or inf.
+NONFINITE = "nonfinite"
+STAGES = {
+    1: "forecast",
+    2: "inflation before the analysis",
+    3: "analysis",
+    4: "inflation after the analysis",
+    5: "forecast after the last analysis",
+}
+FORECAST, INFLATION_BEFORE, ANALYSIS, INFLATION_AFTER, FINAL_FORECAST = 1, 2, 3, 4, 5
+
 
 def resolve_outputs(store) -> tuple[str, ...]:
     """Canonical output names for ``store`` (enkit names or ADAO aliases;
@@ -111,20 +124,52 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key):
     return jax.lax.fori_loop(0, n_steps, one_step, E)
 
 
+def nonfinite_code(*checks):
+    """The finite-check of one cycle: ``checks`` are (stage code, ensemble)
+    pairs in the order the cycle made them; returns (int8) the code of the
+    first ensemble holding NaN or inf, or 0 when all are finite. One
+    reduction per ensemble (XLA merges repeated checks of one array)."""
+    code = jnp.zeros((), jnp.int8)
+    for stage, E in reversed(checks):
+        code = jnp.where(jnp.all(jnp.isfinite(E)), code, jnp.int8(stage))
+    return code
+
+
 def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs, *,
             transform=False):
     """Inflation, analysis and outputs of one cycle.
 
     Returns (Ea, state, out, G): G (N, N) is the scheme's ensemble transform
     (``enkit.filters.ensemble_space``) from the ensemble it received to its
-    result when ``transform`` is True, else None.
+    result when ``transform`` is True, else None. With ``NONFINITE`` among
+    the outputs, ``out`` also holds the cycle's finite-check code.
     """
     k_scheme, k_before, k_after = keys
     hm, ym, Rm = masked_problem(h, y, R, mask)
     Eb, infl_state = inflation.before_analysis(infl_state, k_before, Ef, ym, hm, Rm, mask)
-    Ea, G = run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
-    Ea, infl_state = inflation.after_analysis(infl_state, k_after, Eb, Ea)
-    return Ea, infl_state, statistics(outputs, Ef, Eb, Ea, hm, ym, Rm), G
+    Es, G = run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
+    Ea, infl_state = inflation.after_analysis(infl_state, k_after, Eb, Es)
+    out = statistics(outputs, Ef, Eb, Ea, hm, ym, Rm)
+    if NONFINITE in outputs:
+        out[NONFINITE] = nonfinite_code((FORECAST, Ef), (INFLATION_BEFORE, Eb), (ANALYSIS, Es),
+                                        (INFLATION_AFTER, Ea))
+    return Ea, infl_state, out, G
+
+
+def skipped(outputs, Ef, h, y, R, mask):
+    """The outputs of a cycle without observations (a forecast-only step:
+    the analysis ensemble is the forecast). With m = 0 (y of shape (0,)) h
+    and R are not used and may be None."""
+    if y.shape[0] == 0:
+        h, R, mask = _no_observations, None, None
+    out = statistics(outputs, Ef, Ef, Ef, *masked_problem(h, y, R, mask))
+    if NONFINITE in outputs:
+        out[NONFINITE] = nonfinite_code((FORECAST, Ef))
+    return out
+
+
+def _no_observations(x):
+    return jnp.zeros((0,), x.dtype)
 
 
 def run_scheme(scheme, E, y, h, R, key, transform):
@@ -198,7 +243,7 @@ def statistics(outputs, Ef, Eb, Ea, h, y, R):
         # Jb = ½ δᵀ P_b⁺ δ with P_b = Xbᵀ Xb: the minimum-norm w with Xbᵀ w = δ.
         w = jnp.linalg.lstsq(Xb.T, xa - xb)[0]
         jb = 0.5 * jnp.sum(w * w)
-        r = R.whiten(y - hx("a"))
+        r = y - hx("a") if y.shape[0] == 0 else R.whiten(y - hx("a"))
         jo = 0.5 * jnp.sum(r * r)
         for name, value in (("cost_Jb", jb), ("cost_Jo", jo), ("cost_J", jb + jo)):
             if name in outputs:

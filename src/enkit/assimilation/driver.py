@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -31,13 +32,14 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_float, check_ndim
+from enkit._checks import check_finite, check_float, check_ndim, is_concrete
 from enkit.assimilation import compiled, cycle, python_loop
 from enkit.assimilation.checkpoint import checkpoint_plan, config_fingerprints
 from enkit.assimilation.types import (
     AssimilationResult,
     BlackBoxModel,
     CycleSettings,
+    NonFiniteError,
     ObservationRecord,
     PerTime,
     as_pytree,
@@ -45,7 +47,13 @@ from enkit.assimilation.types import (
 )
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import ObservationOperator
-from enkit.inflation import InflationStep, MultiplicativeAnalysis, NoInflation
+from enkit.inflation import (
+    AdditiveAnalysis,
+    AdditiveForecast,
+    InflationStep,
+    MultiplicativeAnalysis,
+    NoInflation,
+)
 
 __all__ = ["OUTPUTS", "PreparedRun", "assimilate", "prepare"]
 
@@ -73,6 +81,7 @@ def assimilate(
     checkpoint_every: int | None = None,
     resume: bool = True,
     smoother: Any = None,
+    on_nonfinite: str = "raise",
 ) -> AssimilationResult:
     """Cycle an ensemble through forecasts and analyses.
 
@@ -140,22 +149,99 @@ def assimilate(
     call ``assimilate`` with one). The filter outputs are those of the same
     run without it (to round-off: a smoother that needs the analysis
     transform runs the scheme on n + N columns).
+
+    on_nonfinite: what a run does when its ensemble stops being finite (a
+    model that diverges, an analysis or inflation that produces NaN/inf).
+    Every cycle checks its ensembles after the forecast, each inflation
+    step and the analysis (one reduction each, stored as the result's
+    ``nonfinite`` codes). "raise" (default): raise ``NonFiniteError``
+    naming the first such cycle, its time and the stage, with the outputs
+    of the cycles before it in ``err.result``; the Python path stops at
+    that cycle and a checkpointed run saves nothing from the failing
+    window on, so its checkpoint holds the last finite state. "warn": warn
+    (``RuntimeWarning``) with the same message and return the whole run.
+    "ignore": no check (``nonfinite`` is None). Under ``jax.jit`` or
+    ``jax.grad`` of a whole ``assimilate`` call the values are unknown
+    when it returns: read ``result.nonfinite`` instead.
     """
     run = prepare(model, E0, observations, scheme, h=h, R=R, key=key, inflation=inflation,
                   mask=mask, steps_per_obs=steps_per_obs, obs_times=obs_times,
                   controls=controls, model_noise=model_noise, forecast_steps=forecast_steps,
                   store=store, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  resume=resume, smoother=smoother)
+                  resume=resume, smoother=smoother, on_nonfinite=on_nonfinite)
+    stop = on_nonfinite == "raise"
     if run.python_path:
         result = python_loop.run(run.settings, run.record, run.E0, run.key, run.forecast_steps,
-                                 run.outputs, run.plan)
+                                 run.outputs, run.plan, stop_on_nonfinite=stop)
     elif run.plan is not None:
         result = compiled.run_windows(run.settings, run.record, run.E0, run.key,
-                                      run.forecast_steps, run.outputs, run.plan)
+                                      run.forecast_steps, run.outputs, run.plan,
+                                      stop_on_nonfinite=stop)
     else:
         result = compiled.run(run.settings, run.record, run.E0, run.key,
                               forecast_steps=run.forecast_steps, outputs=run.outputs)
-    return result._replace(times=jnp.asarray(run.times), steps=jnp.asarray(run.steps))
+    K = len(run.steps)
+    result = result._replace(times=jnp.asarray(run.times[:_rows(result, K)]),
+                             steps=jnp.asarray(run.steps[:_rows(result, K)]))
+    return _check_nonfinite(result, on_nonfinite, run)
+
+
+def _rows(result: AssimilationResult, K: int) -> int:
+    """How many cycles a (possibly stopped) run returned."""
+    codes = result.nonfinite
+    return K if codes is None else len(codes)
+
+
+def _check_nonfinite(result: AssimilationResult, mode: str, run) -> AssimilationResult:
+    """Raise or warn (``mode``) when the finite-check found NaN/inf."""
+    codes = result.nonfinite
+    if mode == "ignore" or codes is None or not is_concrete(codes):
+        return result
+    codes = np.asarray(codes)
+    K = len(run.steps)
+    bad = np.flatnonzero(codes)
+    if bad.size:
+        k = int(bad[0])
+        cycle_no, stage, time = k + 1, cycle.STAGES[int(codes[k])], float(run.times[k])
+        when = f"cycle {cycle_no} of {K} (analysis time {time:g}, model step {run.steps[k]})"
+    elif run.forecast_steps and result.ensemble is not None and is_concrete(result.ensemble) \
+            and not np.all(np.isfinite(np.asarray(result.ensemble))):
+        k, cycle_no, stage, time = K, K + 1, cycle.STAGES[cycle.FINAL_FORECAST], None
+        when = f"the {run.forecast_steps} forecast-only steps after the last analysis"
+    else:
+        return result
+    hint = {
+        "forecast": "the model diverged: check the model and its time step, the size of the "
+                    "ensemble's perturbations and model_noise",
+        "forecast after the last analysis": "the model diverged: check the model and its "
+                                            "time step",
+        "analysis": "check h, R and the observations of that cycle (an h that returns NaN/inf "
+                    "for some member?)",
+        "inflation before the analysis": "check the inflation's parameters",
+        "inflation after the analysis": "check the inflation's parameters",
+    }[stage]
+    message = (f"assimilate: the ensemble holds NaN or inf after the {stage} at {when}; "
+               f"{hint}.")
+    if mode == "warn":
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        return result
+    saved = ""
+    if run.plan is not None:
+        saved = f" The checkpoint {os.fspath(run.plan.path)} keeps the last finite state."
+    raise NonFiniteError(
+        message + f" The outputs of the {k} cycles before it are in the error's .result "
+        "(on_nonfinite='warn' returns the whole run)." + saved,
+        cycle=cycle_no, stage=stage, time=time, result=_first_cycles(result, k))
+
+
+def _first_cycles(result: AssimilationResult, k: int) -> AssimilationResult:
+    """``result`` cut to its first k cycles, without the final ensemble and the
+    smoothed outputs."""
+    fields = {}
+    for name, value in result._asdict().items():
+        drop = name == "ensemble" or name in cycle.SMOOTHED_OUTPUTS or value is None
+        fields[name] = None if drop else value[:k]
+    return AssimilationResult(**fields)
 
 
 class PreparedRun(NamedTuple):
@@ -184,13 +270,17 @@ class PreparedRun(NamedTuple):
 def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, mask=None,
             steps_per_obs=1, obs_times=None, controls=None, model_noise=None, forecast_steps=0,
             store=cycle.DEFAULT_OUTPUTS, checkpoint=None, checkpoint_every=None, resume=True,
-            smoother=None) -> PreparedRun:
+            smoother=None, on_nonfinite="raise") -> PreparedRun:
     """Validate ``assimilate``'s arguments (same meaning) and build the run's
     pytrees, without running anything: every error a run can raise about
     its inputs is raised here, before any model step."""
+    if on_nonfinite not in ("raise", "warn", "ignore"):
+        raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}")
     outputs = cycle.resolve_outputs(store)
     smoothed = tuple(name for name in outputs if name in cycle.SMOOTHED_OUTPUTS)
     outputs = tuple(name for name in outputs if name not in cycle.SMOOTHED_OUTPUTS)
+    if on_nonfinite != "ignore":
+        outputs = (*outputs, cycle.NONFINITE)
     if smoothed and smoother is None:
         raise ValueError(f"{', '.join(smoothed)} need a smoother: use enkit.enks or "
                          "enkit.ensemble_rts, or pass smoother=")
@@ -217,7 +307,22 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
         model_noise = model_noise.astype(E0.dtype)
         if key is None:
             raise TypeError("model_noise draws random numbers: pass key=")
+    _check_spread(E0, model_noise, inflation)
     ragged = isinstance(observations, (list, tuple))
+    if ragged:
+        observations, mask = _ragged_observations(observations, mask, E0.dtype)
+    else:
+        check_ndim("observations", observations, 2,
+                   "(K, m): one row per analysis time (or a list of K (m_k,) arrays)")
+        if mask is not None and not isinstance(mask, PerTime):
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != np.shape(observations):
+                raise ValueError(f"mask must have shape (K, m) = {np.shape(observations)} like "
+                                 f"observations, got shape {mask.shape}")
+        if is_concrete(observations):
+            values = np.asarray(observations)
+            masks = None if mask is None or isinstance(mask, PerTime) else mask
+            _check_observed_finite(values, masks)
     K = len(observations) if ragged else np.shape(observations)[0]
     steps = analysis_steps(model, K, steps_per_obs, obs_times)
     dt = getattr(model, "dt", None)
@@ -245,9 +350,11 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
                                1 if python_path else 100, config)
     elif checkpoint_every is not None:
         raise ValueError("checkpoint_every needs checkpoint= (a file path to save to)")
-    settings = CycleSettings(model=model, scheme=inner, inflation=inflation,
-                             model_noise=model_noise, smoother=smoother, window=window)
     n_steps = np.diff(np.concatenate([[0], steps]))
+    uniform = int(n_steps[0]) if np.all(n_steps == n_steps[0]) else None
+    settings = CycleSettings(model=model, scheme=inner, inflation=inflation,
+                             model_noise=model_noise, smoother=smoother, window=window,
+                             uniform_steps=uniform)
     if python_path:
         record = ObservationRecord(values=observations, mask=mask, h=h, R=R, n_steps=n_steps,
                                    controls=controls)
@@ -257,6 +364,87 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     times = steps * (float(dt) if dt is not None else 1)
     return PreparedRun(settings, record, E0, key, outputs, steps, times, int(forecast_steps),
                        plan, python_path)
+
+
+def _check_spread(E0, model_noise, inflation) -> None:
+    """Refuse an initial ensemble of identical members when nothing in the
+    run adds spread: its anomalies are zero, so no analysis can move it."""
+    if not is_concrete(E0) or model_noise is not None or _adds_spread(inflation):
+        return
+    E = np.asarray(E0)
+    if np.all(E == E[:1]):
+        N, n = E.shape
+        raise ValueError(
+            f"E0 has zero spread: its {N} members are identical, so every analysis would "
+            "leave it unchanged (its anomalies are zero). Draw the members around the first "
+            f"guess x0, e.g. E0 = x0 + enkit.Diagonal(b).sample(key, ({N},)) with b the ({n},) "
+            "background error variances, or give model_noise= or an additive inflation step")
+
+
+def _adds_spread(step) -> bool:
+    """True for an inflation step that draws new perturbations (additive)."""
+    if isinstance(step, (AdditiveForecast, AdditiveAnalysis)):
+        return True
+    return any(_adds_spread(s) for s in getattr(step, "steps", ()))
+
+
+def _check_observed_finite(values, masks) -> None:
+    """Every present observation must be finite. values: (K, m) array or a
+    list of K (m_k,) arrays; masks likewise (True: present) or None."""
+    bad = []
+    for k, y in enumerate(values):
+        y = np.asarray(y)
+        wrong = ~np.isfinite(y)
+        if masks is not None:
+            wrong &= np.asarray(masks[k], dtype=bool)
+        if wrong.any():
+            bad.append((k, np.flatnonzero(wrong)))
+    if not bad:
+        return
+    count = sum(len(pos) for _, pos in bad)
+    where = "; ".join(f"observations[{k}] (cycle {k + 1}) at positions {pos[:8].tolist()}"
+                      + (" ..." if len(pos) > 8 else "") for k, pos in bad[:3])
+    more = f"; and {len(bad) - 3} more cycles" if len(bad) > 3 else ""
+    fix = ("mark missing values absent with mask=False there" if masks is None else
+           "the mask says they are present: set mask=False there")
+    counted = "1 value is" if count == 1 else f"{count} values are"
+    raise ValueError(f"observations must be finite where present, but {counted} NaN or inf: "
+                     f"{where}{more}; {fix}")
+
+
+def _ragged_observations(observations, mask, dtype):
+    """Validate a list of K (m_k,) observation arrays and their mask (a list
+    of K (m_k,) boolean arrays, ``per_time`` of one, or a (K, m) array when
+    every m_k = m); returns both as lists (mask None stays None)."""
+    K = len(observations)
+    ys = []
+    for k, y in enumerate(observations):
+        check_ndim(f"observations[{k}]", y, 1, "(m_k,): the observations of one analysis time")
+        ys.append(np.asarray(y, dtype=dtype))
+    masks = None
+    if mask is not None:
+        value = mask.value if isinstance(mask, PerTime) else mask
+        if isinstance(value, (list, tuple)):
+            if len(value) != K:
+                raise ValueError(f"mask as a list must hold K={K} entries (one (m_k,) boolean "
+                                 f"array per analysis time), got {len(value)}")
+            masks = [np.asarray(v, dtype=bool) for v in value]
+        else:
+            a = np.asarray(value, dtype=bool)
+            sizes = {y.shape[0] for y in ys}
+            if a.ndim != 2 or a.shape[0] != K or len(sizes) != 1 or a.shape[1] not in sizes:
+                raise ValueError(
+                    f"mask must be a list of K={K} boolean arrays shaped like the "
+                    "observations ((m_k,) each), or a (K, m) array when every analysis time "
+                    f"has the same m; got an array of shape {a.shape} for observations of "
+                    f"sizes {sorted(sizes)}")
+            masks = list(a)
+        for k, (y, m_k) in enumerate(zip(ys, masks)):
+            if m_k.shape != y.shape:
+                raise ValueError(f"mask[{k}] must have shape (m_k,) = {y.shape} like "
+                                 f"observations[{k}], got shape {m_k.shape}")
+    _check_observed_finite(ys, masks)
+    return ys, masks
 
 
 def analysis_steps(model, K, steps_per_obs, obs_times) -> np.ndarray:
@@ -292,14 +480,9 @@ def analysis_steps(model, K, steps_per_obs, obs_times) -> np.ndarray:
 def _compiled_run(settings, E0, observations, h, R, mask, n_steps, controls):
     """Validate the compiled path's inputs; its settings and record."""
     ys = jnp.asarray(observations, dtype=E0.dtype)
-    check_ndim("observations", ys, 2, "(K, m): one row per analysis time")
     K, m = ys.shape
-    if mask is None:
-        check_finite("observations", ys)
-    else:
+    if mask is not None:
         mask = jnp.asarray(mask, dtype=bool)
-        if mask.shape != (K, m):
-            raise ValueError(f"mask must have shape (K, m) = ({K}, {m}), got {mask.shape}")
     model = settings.model
     out = jax.eval_shape(model, E0[0]) if controls is None else jax.eval_shape(
         model, E0[0], jax.tree_util.tree_map(lambda a: a[0], controls))
@@ -307,7 +490,9 @@ def _compiled_run(settings, E0, observations, h, R, mask, n_steps, controls):
         raise ValueError(
             f"model must map one member of shape {E0.shape[1:]} to the same shape, got {out.shape}"
         )
-    if isinstance(R, PerTime):
+    if m == 0:  # no observations at all: every cycle is a forecast-only step
+        R_t = None
+    elif isinstance(R, PerTime):
         R_t = PerTime(jax.tree_util.tree_map(lambda a: jnp.asarray(a, E0.dtype), R.value))
     else:
         R_t = as_covariance(R, m).astype(E0.dtype)

@@ -33,8 +33,13 @@ _OBS_SPACE = {"innovation_forecast", "innovation_analysis",
 
 
 def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_steps, outputs,
-        plan=None) -> AssimilationResult:
+        plan=None, stop_on_nonfinite=False) -> AssimilationResult:
     """K cycles in Python, then ``forecast_steps`` model steps.
+
+    With ``stop_on_nonfinite`` (and the finite-check among the outputs) the
+    loop stops after the first cycle whose check fails, saves nothing more
+    and returns the outputs up to that cycle (ensemble and smoothed outputs
+    None), for the driver to report.
 
     record: values a (K, m) array or a list of K (m_k,) arrays; h and R a
     constant, ``PerTime``, or (ragged) lists of K entries; mask a (K, m)
@@ -112,17 +117,21 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
         if controls is not None and callable(h_k):
             u = jax.tree_util.tree_map(lambda a: a[t], controls)
             h_k = partial(_call_with, h_k, u)
-        R_k = as_covariance(at(R, k - 1), y.shape[0]).astype(E0.dtype)
-        mask_k = None if mask is None else jnp.asarray(at(mask, k - 1), dtype=bool)
-        if mask_k is not None and not bool(jnp.any(mask_k)):
-            hm, ym, Rm = _cycle.masked_problem(h_k, y, R_k, mask_k)
-            Ea, out = Ef, _stats_jit(outputs, Ef, Ef, Ef, as_pytree(hm), ym, Rm)
+        if y.shape[0] == 0:  # no observations: a forecast-only step
+            R_k, mask_k = None, None
+        else:
+            R_k = as_covariance(at(R, k - 1), y.shape[0]).astype(E0.dtype)
+            mask_k = None if mask is None else jnp.asarray(at(mask, k - 1), dtype=bool)
+        if y.shape[0] == 0 or (mask_k is not None and not bool(jnp.any(mask_k))):
+            Ea, out = Ef, _skipped_jit(outputs, Ef, as_pytree(h_k), y, R_k, mask_k)
             G = _cycle.identity_transform(Ef) if transform else None
         else:
             Ea, state, out, G = _analyse_jit(scheme, as_pytree(h_k), y, R_k, mask_k, inflation,
                                              state, keys, Ef, outputs, transform)
         for name in outputs:
             outs[name].append(out[name])
+        if stop_on_nonfinite and _cycle.NONFINITE in out and int(out[_cycle.NONFINITE]):
+            return AssimilationResult(**_stacked(outs, ragged))
         if smoother is not None:
             sstate, row = _smoother_step_jit(smoother, sstate, Ef, Ea, G)
             for name, v in row.items():
@@ -136,11 +145,14 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
     smoothed = {} if smoother is None else _smoother_finish_jit(smoother, sstate, stacked_rows())
     if plan is not None:
         save(K, finished=True, extra=smoothed)
-    stacked = {
-        name: (vals if ragged and name in _OBS_SPACE else jnp.stack(vals))
-        for name, vals in outs.items()
-    }
-    return AssimilationResult(ensemble=E, **stacked, **smoothed)
+    return AssimilationResult(ensemble=E, **_stacked(outs, ragged), **smoothed)
+
+
+def _stacked(outs: dict, ragged: bool) -> dict:
+    """The per-cycle outputs as arrays with a leading K axis (ragged
+    observation-space outputs stay lists)."""
+    return {name: (vals if ragged and name in _OBS_SPACE else jnp.stack(vals))
+            for name, vals in outs.items()}
 
 
 def _call_with(h, u, x):
@@ -164,8 +176,8 @@ def _smoother_finish_jit(smoother, sstate, rows):
 
 
 @partial(jax.jit, static_argnames=("outputs",))
-def _stats_jit(outputs, Ef, Eb, Ea, h, y, R):
-    return _cycle.statistics(outputs, Ef, Eb, Ea, h, y, R)
+def _skipped_jit(outputs, Ef, h, y, R, mask):
+    return _cycle.skipped(outputs, Ef, h, y, R, mask)
 
 
 @jax.jit

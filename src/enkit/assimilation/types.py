@@ -33,6 +33,7 @@ __all__ = [
     "AssimilationResult",
     "BlackBoxModel",
     "CycleSettings",
+    "NonFiniteError",
     "ObservationRecord",
     "PerTime",
     "over_window",
@@ -68,6 +69,13 @@ class AssimilationResult(NamedTuple):
     smoothed_mean (K, n), smoothed_spread (K,), smoothed_ensemble (K, N, n),
     the estimate at each analysis time given the observations the smoother
     used for it (see each smoother's docstring).
+
+    nonfinite: (K,) int8, the finite-check of ``assimilate(on_nonfinite=)``
+    (None with "ignore"): 0 where the cycle's ensembles stayed finite, else
+    the code of the first stage that produced NaN or inf (``NONFINITE_STAGES``:
+    1 forecast, 2 inflation before the analysis, 3 analysis, 4 inflation
+    after it). Under ``jit``/``grad`` of a whole run the driver cannot raise
+    on it: read it from the result.
     """
 
     times: Any = None
@@ -94,6 +102,7 @@ class AssimilationResult(NamedTuple):
     smoothed_mean: Any = None
     smoothed_spread: Any = None
     smoothed_ensemble: Any = None
+    nonfinite: Any = None
 
     def rmse(self, truth: ArrayLike) -> Array:
         """Analysis RMSE per time against truth (K, n) -> (K,)."""
@@ -116,6 +125,20 @@ class AssimilationResult(NamedTuple):
         if value is None:
             raise ValueError(f"this run did not store {name!r}; pass store=(..., {name!r})")
         return value
+
+
+class NonFiniteError(FloatingPointError):
+    """A run's ensemble stopped being finite (``assimilate(on_nonfinite=
+    "raise")``). Attributes: cycle (1-based analysis cycle; K + 1 for the
+    forecast-only steps after the last analysis), stage (its name, e.g.
+    "forecast"), time (model time of that cycle's analysis, or None) and
+    result: an ``AssimilationResult`` holding the per-time outputs of the
+    cycles before ``cycle`` (its ``ensemble`` and smoothed outputs are None:
+    the run's final ensemble is not finite)."""
+
+    def __init__(self, message: str, *, cycle: int, stage: str, time, result):
+        super().__init__(message)
+        self.cycle, self.stage, self.time, self.result = cycle, stage, time, result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,7 +251,11 @@ class CycleSettings:
     model_noise: covariance operator Q added after every model step, or
     None; smoother: a smoother step (``enkit.smoothers``: carries past
     ensembles and updates them with each analysis's ensemble transform), or
-    None for a filter; window (static): True for ``over_window`` cycles.
+    None for a filter; window (static): True for ``over_window`` cycles;
+    uniform_steps (static): the number of model steps of every forecast
+    when it is the same for all cycles (the forecast loop then has static
+    bounds, which reverse-mode differentiation needs), else None (read per
+    cycle from the record's ``n_steps``).
     """
 
     model: Any
@@ -237,12 +264,13 @@ class CycleSettings:
     model_noise: Any = None
     smoother: Any = None
     window: bool = False
+    uniform_steps: int | None = None
 
 
 register_dataclass(
     CycleSettings,
     data_fields=["model", "scheme", "inflation", "model_noise", "smoother"],
-    meta_fields=["window"],
+    meta_fields=["window", "uniform_steps"],
 )
 
 
