@@ -126,13 +126,20 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key):
 
 def nonfinite_code(*checks):
     """The finite-check of one cycle: ``checks`` are (stage code, ensemble)
-    pairs in the order the cycle made them; returns (int8) the code of the
-    first ensemble holding NaN or inf, or 0 when all are finite. One
-    reduction per ensemble (XLA merges repeated checks of one array)."""
-    code = jnp.zeros((), jnp.int8)
-    for stage, E in reversed(checks):
-        code = jnp.where(jnp.all(jnp.isfinite(E)), code, jnp.int8(stage))
-    return code
+    pairs in the order the cycle made them, the last one the ensemble the
+    cycle hands on. Returns (int8) 0 when that one is finite, else the code
+    of the first ensemble holding NaN or inf. A finite cycle costs one
+    reduction (of the last ensemble); the others are read only when it
+    failed."""
+
+    def first_failure():
+        code = jnp.int8(checks[-1][0])
+        for stage, E in reversed(checks[:-1]):
+            code = jnp.where(jnp.all(jnp.isfinite(E)), code, jnp.int8(stage))
+        return code
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(checks[-1][1])),
+                        lambda: jnp.zeros((), jnp.int8), first_failure)
 
 
 def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs, *,

@@ -125,7 +125,7 @@ def enks(model, E0, observations, scheme, *, lag: int | None = None,
 
     model, E0, observations, scheme and ``options`` (h, R, key, inflation,
     mask, steps_per_obs, obs_times, controls, model_noise, forecast_steps,
-    checkpoint, checkpoint_every, resume): as for ``assimilate``, which
+    checkpoint, checkpoint_every, resume, on_nonfinite): as for ``assimilate``, which
     receives them unchanged (a misspelled option is its ``TypeError``).
     store: as for ``assimilate``, with "smoothed_mean", "smoothed_spread"
     and "smoothed_ensemble" (K, N, n) added; by default the four filter
