@@ -280,3 +280,11 @@ def test_ragged_path_accepts_a_K_by_m_mask_and_names_bad_masks(case):
         enkit.assimilate(_model, E0, [*ys[:4], ys[4:6], *ys[6:]], enkit.etkf, h=H, R=1.0)
     with pytest.raises(ValueError, match=r"mask must have shape \(K, m\) = \(30, 5\)"):
         enkit.assimilate(_model, E0, ys, enkit.etkf, h=H, R=1.0, mask=mask[:, :4])
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, np.nan, np.inf, np.ones(3)])
+def test_bad_inflation_factor_is_refused(case, bad):
+    E0, ys = case
+    with pytest.raises(ValueError, match="inflation as a number is the factor"):
+        enkit.assimilate(_model, E0, ys, enkit.etkf, h=H, R=1.0, inflation=bad,
+                         controls=_controls())

@@ -299,7 +299,14 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     if inflation is None:
         inflation = NoInflation()
     elif not isinstance(inflation, InflationStep):
-        inflation = MultiplicativeAnalysis(jnp.asarray(inflation, E0.dtype))
+        factor = jnp.asarray(inflation, E0.dtype)
+        if factor.shape not in ((), (E0.shape[1],)) or (is_concrete(factor) and not (
+                np.all(np.isfinite(factor)) and np.all(np.asarray(factor) > 0))):
+            raise ValueError(
+                "inflation as a number is the factor λ multiplying the analysis anomalies "
+                f"(1: none): a finite value > 0, scalar or of shape ({E0.shape[1]},); got "
+                f"{inflation!r}")
+        inflation = MultiplicativeAnalysis(factor)
     if not isinstance(forecast_steps, (int, np.integer)) or forecast_steps < 0:
         raise ValueError(f"forecast_steps must be a non-negative integer, got {forecast_steps!r}")
     if model_noise is not None:
