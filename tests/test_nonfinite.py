@@ -288,3 +288,29 @@ def test_bad_inflation_factor_is_refused(case, bad):
     with pytest.raises(ValueError, match="inflation as a number is the factor"):
         enkit.assimilate(_model, E0, ys, enkit.etkf, h=H, R=1.0, inflation=bad,
                          controls=_controls())
+
+
+# ---------------------------------------------------------------- per-cycle diagnostics
+
+
+def test_per_cycle_diagnostics_equal_enkit_diagnostics(case):
+    """store=("innovation_chi2", "log_likelihood", "dfs") per cycle equal the
+    diagnostics of the ensemble the scheme received (here the forecast:
+    inflation after the analysis), and absent observations drop out."""
+    E0, ys = case
+    names = ("forecast_ensemble", "innovation_chi2", "log_likelihood", "dfs")
+    mask = np.ones((K, n), bool)
+    mask[3, :2] = False
+    mask[7] = False
+    R = np.diag(np.linspace(0.5, 1.5, n))
+    r = enkit.assimilate(_model, E0, ys, enkit.etkf, h=H, R=R, controls=_controls(),
+                         inflation=1.1, mask=mask, store=names)
+    for k in (0, 3, 12):
+        Ef, p = r.forecast_ensemble[k], mask[k]
+        Hk, Rk = H[p], R[np.ix_(p, p)]
+        st = enkit.innovation_statistics(Ef, ys[k][p], Hk, Rk)
+        np.testing.assert_allclose(r.innovation_chi2[k], st.chi2 / p.sum(), rtol=1e-11)
+        np.testing.assert_allclose(r.log_likelihood[k],
+                                   enkit.log_likelihood(Ef, ys[k][p], Hk, Rk), rtol=1e-11)
+        np.testing.assert_allclose(r.dfs[k], enkit.dfs(Ef, Hk, Rk).total, rtol=1e-11)
+    assert r.innovation_chi2[7] == r.log_likelihood[7] == r.dfs[7] == 0.0

@@ -138,7 +138,7 @@ def _window_analysis(scheme, h_win, h, y, R, mask, inflation, state, keys, E, Ef
     Es, G = cycle.run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
     Em = fc(Es)
     Ea, state = inflation.after_analysis(state, k_after, Ef, Em)
-    out = cycle.statistics(outputs, Ef, Ef, Ea, *cycle.masked_problem(h, y, R, mask))
+    out = cycle.statistics(outputs, Ef, Ef, Ea, *cycle.masked_problem(h, y, R, mask), mask)
     if cycle.NONFINITE in outputs:
         out[cycle.NONFINITE] = cycle.nonfinite_code(
             (cycle.FORECAST, Ef), (cycle.INFLATION_BEFORE, Eb), (cycle.ANALYSIS, Es),

@@ -48,7 +48,12 @@ OUTPUTS = {
     "cost_J": ("CostFunctionJ",),
     "cost_Jb": ("CostFunctionJb",),
     "cost_Jo": ("CostFunctionJo",),
+    "innovation_chi2": (),
+    "log_likelihood": (),
+    "dfs": (),
 }
+# Outputs computed by ``enkit.diagnostics`` from the ensemble the scheme received.
+_DIAGNOSTICS = ("innovation_chi2", "log_likelihood", "dfs")
 DEFAULT_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread")
 # Filled by a smoother (``assimilate(smoother=...)``), not by the cycle's statistics.
 SMOOTHED_OUTPUTS = ("smoothed_mean", "smoothed_spread", "smoothed_ensemble")
@@ -156,7 +161,7 @@ def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs, *,
     Eb, infl_state = inflation.before_analysis(infl_state, k_before, Ef, ym, hm, Rm, mask)
     Es, G = run_scheme(scheme, Eb, ym, hm, Rm, k_scheme, transform)
     Ea, infl_state = inflation.after_analysis(infl_state, k_after, Eb, Es)
-    out = statistics(outputs, Ef, Eb, Ea, hm, ym, Rm)
+    out = statistics(outputs, Ef, Eb, Ea, hm, ym, Rm, mask)
     if NONFINITE in outputs:
         out[NONFINITE] = nonfinite_code((FORECAST, Ef), (INFLATION_BEFORE, Eb), (ANALYSIS, Es),
                                         (INFLATION_AFTER, Ea))
@@ -169,7 +174,7 @@ def skipped(outputs, Ef, h, y, R, mask):
     and R are not used and may be None."""
     if y.shape[0] == 0:
         h, R, mask = _no_observations, None, None
-    out = statistics(outputs, Ef, Ef, Ef, *masked_problem(h, y, R, mask))
+    out = statistics(outputs, Ef, Ef, Ef, *masked_problem(h, y, R, mask), mask)
     if NONFINITE in outputs:
         out[NONFINITE] = nonfinite_code((FORECAST, Ef))
     return out
@@ -202,8 +207,10 @@ def smoothed_statistics(names, E) -> dict:
     return {name: stats[name]() for name in names}
 
 
-def statistics(outputs, Ef, Eb, Ea, h, y, R):
-    """The requested per-time outputs (a dict name -> array)."""
+def statistics(outputs, Ef, Eb, Ea, h, y, R, mask=None):
+    """The requested per-time outputs (a dict name -> array); mask: the
+    cycle's (m,) present observations (h, y, R already neutralised by
+    ``masked_problem``) or None."""
     xf, Xf = scaled_anomalies(Ef)
     xa, Xa = scaled_anomalies(Ea)
     out = {}
@@ -255,6 +262,34 @@ def statistics(outputs, Ef, Eb, Ea, h, y, R):
         for name, value in (("cost_Jb", jb), ("cost_Jo", jo), ("cost_J", jb + jo)):
             if name in outputs:
                 out[name] = value
+    if set(_DIAGNOSTICS) & set(outputs):
+        out.update(_diagnostics(outputs, Eb, h, y, R, mask))
+    return out
+
+
+def _diagnostics(outputs, Eb, h, y, R, mask):
+    """innovation_chi2 (dᵀS⁻¹d / m over the present observations), the
+    predictive log_likelihood of y and dfs (trace HK), from the ensemble the
+    scheme received; 0 for a cycle without observations. A neutralised
+    (absent) observation adds nothing to χ² and DFS; its log N(0; 0, 1) term
+    is taken out of the log-likelihood."""
+    from enkit import diagnostics  # noqa: PLC0415  (diagnostics imports the filters)
+
+    m = y.shape[0]
+    if m == 0:
+        return {name: jnp.zeros((), Eb.dtype) for name in _DIAGNOSTICS if name in outputs}
+    present = m if mask is None else jnp.sum(mask)
+    some = present > 0
+    out = {}
+    if "innovation_chi2" in outputs:
+        chi2 = diagnostics.innovation_statistics(Eb, y, h, R).chi2
+        out["innovation_chi2"] = jnp.where(some, chi2 / jnp.maximum(present, 1), 0.0)
+    if "log_likelihood" in outputs:
+        ll = diagnostics.log_likelihood(Eb, y, h, R)
+        ll = ll + 0.5 * (m - present) * jnp.log(2.0 * jnp.pi)
+        out["log_likelihood"] = jnp.where(some, ll, 0.0)
+    if "dfs" in outputs:
+        out["dfs"] = jnp.where(some, diagnostics.dfs(Eb, h, R).total, 0.0)
     return out
 
 

@@ -153,8 +153,8 @@ def assimilate(
     on_nonfinite: what a run does when its ensemble stops being finite (a
     model that diverges, an analysis or inflation that produces NaN/inf).
     Every cycle checks its ensembles after the forecast, each inflation
-    step and the analysis (one reduction each, stored as the result's
-    ``nonfinite`` codes). "raise" (default): raise ``NonFiniteError``
+    step and the analysis (one reduction of the cycle's result when it is
+    finite; stored as the result's ``nonfinite`` codes). "raise" (default): raise ``NonFiniteError``
     naming the first such cycle, its time and the stage, with the outputs
     of the cycles before it in ``err.result``; the Python path stops at
     that cycle and a checkpointed run saves nothing from the failing

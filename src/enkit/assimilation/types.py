@@ -61,7 +61,12 @@ class AssimilationResult(NamedTuple):
     analysis mean; simulated_obs_forecast = h(x̄_f), simulated_obs_analysis
     = h(x̄_a) (K, m); cost_Jb = ½ (x̄_a − x̄_b)ᵀ P_b⁺ (x̄_a − x̄_b) (P_b the
     sample covariance of the ensemble the scheme received),
-    cost_Jo = ½ ‖y − h(x̄_a)‖²_{R⁻¹}, cost_J = Jb + Jo (K,). Entries of
+    cost_Jo = ½ ‖y − h(x̄_a)‖²_{R⁻¹}, cost_J = Jb + Jo (K,);
+    innovation_chi2 = dᵀ S⁻¹ d / m (about 1 for a consistent filter),
+    log_likelihood = log N(y; h̄, S) and dfs = trace(H K) (K,), with
+    d = y − h̄, h̄ and S = H P Hᵀ + R from the ensemble the scheme received,
+    over the present observations (0 at a time without any; see
+    ``enkit.diagnostics``). Entries of
     absent observations are 0. In the Python path with ragged observations,
     observation-space outputs are lists of (m_k,) arrays.
 
@@ -99,6 +104,9 @@ class AssimilationResult(NamedTuple):
     cost_J: Any = None
     cost_Jb: Any = None
     cost_Jo: Any = None
+    innovation_chi2: Any = None
+    log_likelihood: Any = None
+    dfs: Any = None
     smoothed_mean: Any = None
     smoothed_spread: Any = None
     smoothed_ensemble: Any = None
