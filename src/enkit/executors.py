@@ -16,22 +16,45 @@ and Dask (``dask_executor``, a ``distributed.Client``'s executor) plug in.
 retries) into one ``Executor``, so the policy travels through drivers that
 take an ``executor`` argument (``calibrate``, ``BlackBoxModel``).
 
-Timeouts, what they can and cannot stop:
+Timeouts (``timeout=T``), what holds with each executor:
 
+- enkit's process pools (``"processes"``, ``process_pool(...)``, alone or
+  in a ``MemberExecutor``): each member has T seconds of run time, counted
+  from when its call began in a worker; waiting for a free worker, a
+  worker's start-up and loading the function and input in the worker (on a
+  worker's first task, importing fn's module) do not count. A member still
+  running at T fails with ``MemberTimeout`` ("ran past T s"); its worker is
+  sent SIGTERM (raised there as ``SystemExit``, so ``finally`` blocks run
+  and an ``ExternalModel`` kills its program), SIGKILL 2 s later if still
+  alive, and a fresh worker takes its place, so the other members run as if
+  nothing had happened. A worker that dies running a member fails only that
+  member (``WorkerDied``, a ``RuntimeError``). Each worker runs one member at
+  a time, so nothing is queued behind a hung member in its worker.
+- thread pools (``"threads"``, ``thread_pool(...)``, any
+  ``ThreadPoolExecutor``): T is counted from when the member's call began in
+  a thread, too, but a thread cannot be stopped: a member still running at T
+  fails with ``MemberTimeout`` and its call runs on in the background,
+  holding its thread (and the interpreter's exit, which waits for it). In a
+  pool enkit made (``"threads"``, ``MemberExecutor("threads")``) the members
+  still waiting for a thread when one times out move to a fresh pool of the
+  same size (not counted as an attempt), so they run, and a pool left with
+  held threads is replaced before the next round of retries or the next
+  call. In a pool the caller made they cannot: once no member is running
+  within its limit and nothing has started or finished for T seconds, each
+  member that never started fails with ``MemberTimeout`` ("did not start
+  within T s"; it never ran; elapsed 0).
+- any other executor (a ``ProcessPoolExecutor``, ``mpi4py.futures``, Dask):
+  enkit can neither see when a member starts nor stop it, so T limits
+  *waiting*: results are gathered in member order and member i is given up
+  ("no result within T s") when none came T seconds after the driver began
+  waiting for it. A member thus has at least T seconds of wall time, but one
+  queued behind hung members can be given up without having run, and a hung
+  task keeps its worker busy.
+- serial evaluation cannot stop or wait on anything: a timeout is an error.
 - external programs (``enkit.external.ExternalModel(timeout=...)``): the
   model kills the program's whole process group when its time is up, in
   whichever worker it runs; the worker is free again. This is the timeout
-  to use for simulators.
-- ``evaluate_members(timeout=T)`` is a limit on *waiting* for a result: the
-  results are gathered in member order and member i is given up when no
-  result came T seconds after the driver started waiting for it (so a
-  member always gets at least T seconds of wall time; the wait includes a
-  pool's start-up, so start a pool before timing members). It cannot stop a
-  Python callable: a thread cannot be killed, and a task in someone else's
-  process pool keeps its worker busy. In a process pool that enkit created
-  (``"processes"`` or a ``MemberExecutor``) the worker processes are
-  terminated after a timeout and a fresh pool is started. Serial
-  evaluation cannot wait on anything, so a timeout there is an error.
+  to use for simulators, with every executor.
 
 Retries: a member whose failure is an instance of ``retry_on`` is submitted
 again, up to ``retries`` more times (all members due a retry are resubmitted
@@ -44,11 +67,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
+
+from enkit._workers import Overrun, ProcessPool
 
 __all__ = [
     "DaskExecutor",
@@ -56,6 +83,7 @@ __all__ = [
     "MemberFailure",
     "MemberResult",
     "MemberTimeout",
+    "ProcessPool",
     "dask_executor",
     "evaluate_members",
     "process_pool",
@@ -161,8 +189,13 @@ def thread_pool(n_workers: int | None = None) -> concurrent.futures.ThreadPoolEx
 
 
 def process_pool(n_workers: int | None = None, *,
-                 start_method: str = "forkserver") -> concurrent.futures.ProcessPoolExecutor:
+                 start_method: str = "forkserver") -> ProcessPool:
     """A process pool with ``n_workers`` processes (None: the CPU count).
+
+    An ``Executor`` (``submit``, ``map``, ``shutdown``, a context manager)
+    whose workers each run one task at a time and start when there is work.
+    Under ``evaluate_members(timeout=T)`` a member that runs past T has its
+    worker stopped and replaced (module docstring, "Timeouts").
 
     start_method: ``"forkserver"`` (default) or ``"spawn"``; ``"fork"`` is
     refused because forking a process that has started JAX's threads can
@@ -175,28 +208,25 @@ def process_pool(n_workers: int | None = None, *,
     if start_method not in multiprocessing.get_all_start_methods():
         raise ValueError(f"start_method {start_method!r} is not available on this platform "
                          f"(available: {multiprocessing.get_all_start_methods()})")
-    return concurrent.futures.ProcessPoolExecutor(
-        max_workers=_check_workers(n_workers),
-        mp_context=multiprocessing.get_context(start_method))
+    return ProcessPool(_check_workers(n_workers),
+                       mp_context=multiprocessing.get_context(start_method))
 
 
 def _make_pool(name: str) -> concurrent.futures.Executor | None:
     return {"serial": lambda: None, "threads": thread_pool, "processes": process_pool}[name]()
 
 
-def _close_pool(pool: concurrent.futures.Executor, timed_out: bool) -> None:
-    """Shut down a pool enkit created; after a timeout, stop its workers."""
-    if timed_out and isinstance(pool, concurrent.futures.ProcessPoolExecutor):
-        # Python < 3.14 has no public way to stop a busy worker; a hung task
-        # would otherwise keep its process (and interpreter exit) waiting.
-        # Nothing is cancelled first: the pool then fails its queued futures
-        # (a cancelled one would make its manager thread raise).
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False)
-        for proc in procs:
-            proc.terminate()
+def _close_pool(pool: concurrent.futures.Executor, timed_out: bool, aborted: bool) -> None:
+    """Shut down a pool enkit created for one call: a process pool waits for
+    its workers to exit (after an interruption it stops them); a thread pool
+    does not wait for threads still running members that timed out."""
+    if isinstance(pool, ProcessPool):
+        if aborted:
+            pool.terminate()
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
         return
-    pool.shutdown(wait=not timed_out, cancel_futures=True)
+    pool.shutdown(wait=not (timed_out or aborted), cancel_futures=True)
 
 
 # ------------------------------------------------------------ policy ----
@@ -235,7 +265,9 @@ class MemberExecutor(concurrent.futures.Executor):
     ``Executor`` is expected (``calibrate(executor=...)``).
 
     executor: ``"serial"``, ``"threads"``, ``"processes"`` (a pool made on
-    first use and kept until ``shutdown``) or any ``Executor``; timeout,
+    first use and kept until ``shutdown``; a thread pool whose threads are
+    held by members that timed out is let go and a fresh one made) or any
+    ``Executor``; timeout,
     retries, retry_on: as in ``evaluate_members``, which applies them
     whenever it is given this executor. ``submit``/``map`` go straight to
     the underlying executor (serial: run at once). Use it as a context
@@ -265,11 +297,12 @@ class MemberExecutor(concurrent.futures.Executor):
             self._pool = _make_pool(self.executor)
         return self._pool
 
-    def _after_timeout(self) -> None:
-        """Stop a process pool made here whose workers may be hung."""
-        if isinstance(self._pool, concurrent.futures.ProcessPoolExecutor):
-            _close_pool(self._pool, timed_out=True)
-            self._pool = None
+    def _fresh_threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        """A new thread pool in place of one made here whose threads are held
+        by members that timed out (they run on; the old pool is let go)."""
+        old, self._pool = self._pool, _make_pool("threads")
+        old.shutdown(wait=False)
+        return self._pool
 
     def submit(self, fn, /, *args, **kwargs):
         pool = self._get()
@@ -312,34 +345,166 @@ class MemberExecutor(concurrent.futures.Executor):
 # -------------------------------------------------------- evaluation ----
 
 
+def _timed_out(text: str, retry_on: tuple, elapsed: float) -> _Outcome:
+    return _Outcome(None, f"MemberTimeout: {text}", issubclass(MemberTimeout, retry_on), elapsed)
+
+
+def _from_future(f: concurrent.futures.Future, timeout: float | None,
+                 retry_on: tuple) -> _Outcome:
+    """The outcome of a finished future: the ``_Attempt``'s, or the pool's error."""
+    try:
+        return f.result()
+    except Overrun as err:
+        return _timed_out(f"ran past {timeout} s; its worker process was stopped", retry_on,
+                          err.elapsed)
+    except Exception as err:  # noqa: BLE001 - raised by the pool itself
+        return _Outcome(None, _describe(err), isinstance(err, retry_on), 0.0)
+
+
+def _submit(pool, call: Callable, i: int, outcomes: dict, futures: dict) -> None:
+    try:
+        futures[i] = call(pool, i)
+    except Exception as err:  # noqa: BLE001 - e.g. a broken or shut-down pool
+        outcomes[i] = _Outcome(None, _describe(err), False, 0.0)
+
+
 def _run_round(pool, attempt_fn: _Attempt, inputs: list, pending: list[int],
-               timeout: float | None, retry_on: tuple) -> tuple[dict[int, _Outcome], bool]:
-    """One attempt of every pending member: {member: outcome}, timed out?"""
+               timeout: float | None, retry_on: tuple,
+               fresh: Callable[[], concurrent.futures.Executor] | None = None,
+               ) -> tuple[dict[int, _Outcome], bool]:
+    """One attempt of every pending member: ({member: outcome}, whether a
+    member that timed out may still be running in a thread). fresh: None,
+    or makes a thread pool to replace ``pool`` (one enkit made)."""
     if pool is None:
         return {i: attempt_fn(inputs[i]) for i in pending}, False
     if isinstance(pool, DaskExecutor) and timeout is None:
         return dict(zip(pending, pool._run_all(attempt_fn, [inputs[i] for i in pending]))), False
-    outcomes, futures, timed_out = {}, {}, False
-    for i in pending:
-        try:
-            futures[i] = pool.submit(attempt_fn, inputs[i])
-        except Exception as err:  # noqa: BLE001 - e.g. a broken pool
-            outcomes[i] = _Outcome(None, _describe(err), False, 0.0)
-    for i, f in futures.items():
-        t0 = time.perf_counter()
-        try:
-            outcomes[i] = f.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            if not isinstance(pool, concurrent.futures.ProcessPoolExecutor):
-                f.cancel()  # (a process pool enkit made is stopped instead)
-            timed_out = True
-            outcomes[i] = _Outcome(None, f"MemberTimeout: no result within {timeout} s",
-                                   issubclass(MemberTimeout, retry_on),
-                                   time.perf_counter() - t0)
-        except Exception as err:  # noqa: BLE001 - raised by the pool itself
-            outcomes[i] = _Outcome(None, _describe(err), isinstance(err, retry_on),
-                                   time.perf_counter() - t0)
-    return outcomes, timed_out
+    if timeout is not None and isinstance(pool, concurrent.futures.ThreadPoolExecutor):
+        return _run_threads(pool, attempt_fn, inputs, pending, timeout, retry_on, fresh)
+    outcomes, futures = {}, {}
+    if isinstance(pool, ProcessPool) and timeout is not None:
+        def call(p, i):  # the pool times each member from its start and stops it
+            return p.submit_limited(attempt_fn, (inputs[i],), timeout)
+    else:
+        def call(p, i):
+            return p.submit(attempt_fn, inputs[i])
+    try:
+        for i in pending:
+            _submit(pool, call, i, outcomes, futures)
+        for i, f in futures.items():
+            if timeout is None or isinstance(pool, ProcessPool):
+                outcomes[i] = _from_future(f, timeout, retry_on)  # (the pool's limits)
+                continue
+            # an executor enkit can neither watch nor stop: a limit on waiting
+            t0 = time.perf_counter()
+            try:
+                outcomes[i] = f.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                f.cancel()
+                outcomes[i] = _timed_out(f"no result within {timeout} s", retry_on,
+                                         time.perf_counter() - t0)
+            except Exception as err:  # noqa: BLE001 - raised by the executor itself
+                outcomes[i] = _Outcome(None, _describe(err), isinstance(err, retry_on),
+                                       time.perf_counter() - t0)
+    except BaseException:
+        for f in futures.values():
+            f.cancel()
+        raise
+    return outcomes, False
+
+
+class _Starts:
+    """When each member's call began in a thread pool (the threads share
+    this process, so the call itself notes it), and a condition notified
+    whenever a call begins or ends."""
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.began: dict[int, float] = {}
+
+    def run(self, i: int, attempt_fn: _Attempt, x: Any) -> _Outcome:
+        with self.cond:
+            self.began[i] = time.monotonic()
+            self.cond.notify_all()
+        return attempt_fn(x)
+
+    def notify(self, _future=None) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+def _run_threads(pool, attempt_fn: _Attempt, inputs: list, pending: list[int],
+                 timeout: float, retry_on: tuple,
+                 fresh: Callable[[], concurrent.futures.Executor] | None,
+                 ) -> tuple[dict[int, _Outcome], bool]:
+    """``_run_round`` in a thread pool: each member timed from when its call
+    began (the module docstring says what happens to members that never
+    start)."""
+    starts, outcomes, futures = _Starts(), {}, {}
+
+    def call(p, i):
+        f = p.submit(starts.run, i, attempt_fn, inputs[i])
+        f.add_done_callback(starts.notify)
+        return f
+
+    hung, lost = False, 0  # lost: members timed out since the pool was last replaced
+    try:
+        for i in pending:
+            _submit(pool, call, i, outcomes, futures)
+        with starts.cond:
+            last, n_began = time.monotonic(), 0  # last: a call began, ended or timed out
+            while futures:
+                now = time.monotonic()
+                if len(starts.began) > n_began:
+                    last, n_began = now, len(starts.began)
+                due, waiting = math.inf, []
+                for i, f in list(futures.items()):
+                    began = starts.began.get(i)
+                    if f.done():
+                        outcomes[i], last = _from_future(f, timeout, retry_on), now
+                        del futures[i]
+                    elif began is None:
+                        if not f.running():  # (running: its call is about to note its start)
+                            waiting.append(i)
+                    elif now - began >= timeout:
+                        outcomes[i] = _timed_out(
+                            f"ran past {timeout} s (a thread cannot be stopped: its call "
+                            "runs on in the background)", retry_on, now - began)
+                        del futures[i]
+                        hung, lost, last = True, lost + 1, now
+                    else:
+                        due = min(due, began + timeout)
+                stalled = due == math.inf and now - last >= timeout  # nothing ran for T
+                if waiting and fresh is not None and (lost or stalled):
+                    # their threads are held: run the members that have not begun
+                    # in a fresh pool (one attempt still)
+                    moved = [i for i in waiting if futures[i].cancel()]
+                    if moved:
+                        pool, lost = fresh(), 0
+                        _LOG.info("members %s waited behind members that timed out: moved "
+                                  "to a fresh thread pool", moved)
+                        for i in moved:
+                            del futures[i]
+                            _submit(pool, call, i, outcomes, futures)
+                        continue
+                if waiting and due == math.inf:
+                    if stalled:  # nothing can run them: the caller's pool
+                        gone = [i for i in waiting if futures[i].cancel()]
+                        for i in gone:
+                            outcomes[i] = _timed_out(
+                                f"did not start within {timeout} s: every thread of the "
+                                "pool was busy (it never ran)", retry_on, 0.0)
+                            del futures[i]
+                        if gone:
+                            continue
+                    due = max(now, last + timeout)
+                if futures:
+                    starts.cond.wait(None if due == math.inf else max(0.0, due - now))
+    except BaseException:
+        for f in futures.values():
+            f.cancel()
+        raise
+    return outcomes, hung
 
 
 def evaluate_members(
@@ -358,9 +523,9 @@ def evaluate_members(
     array; executor: None or ``"serial"`` (here, in order), ``"threads"``,
     ``"processes"`` (a pool made for this call and shut down after it), a
     ``MemberExecutor`` (its pool and policy), or any ``Executor``.
-    timeout: None, or seconds to wait for each member's result (see the
-    module docstring for what a timeout stops; an error with serial
-    evaluation). retries: extra attempts for a member whose failure is an
+    timeout: None, or each member's time limit in seconds (the module
+    docstring says, per executor, when its clock starts and what is
+    stopped; an error with serial evaluation). retries: extra attempts for a member whose failure is an
     instance of ``retry_on`` (default: any ``Exception``, timeouts
     included). With a ``MemberExecutor`` these three come from it and must
     be left at their defaults here.
@@ -392,25 +557,29 @@ def evaluate_members(
     owned = isinstance(executor, str) and pool is not None
     attempt_fn = _Attempt(fn, retry_on)
 
+    def fresh_threads():
+        nonlocal pool
+        old, pool = pool, _make_pool("threads")
+        old.shutdown(wait=False)
+        return pool
+
+    if owner is not None:
+        fresh = owner._fresh_threads if owner.executor == "threads" else None
+    else:
+        fresh = fresh_threads if executor == "threads" else None
+
     N = len(inputs)
     last: list[_Outcome | None] = [None] * N
     spent, tries = [0.0] * N, [0] * N
     pending = list(range(N))
-    timed_out = False
+    hung, aborted = False, True
     try:
         for attempt in range(retries + 1):
             if owner is not None:
                 pool = owner._get()
-            outcomes, round_timeout = _run_round(pool, attempt_fn, inputs, pending, timeout,
-                                                 retry_on)
-            timed_out |= round_timeout
-            if round_timeout and isinstance(pool, concurrent.futures.ProcessPoolExecutor):
-                if owner is not None:  # its pool: stop the hung workers (a fresh
-                    owner._after_timeout()  # pool starts when next needed)
-                elif owned:
-                    _close_pool(pool, timed_out=True)
-                    pool = _make_pool(executor)
-                    timed_out = False
+            outcomes, round_hung = _run_round(pool, attempt_fn, inputs, pending, timeout,
+                                              retry_on, fresh)
+            hung |= round_hung
             retry = []
             for i in pending:
                 out = outcomes[i]
@@ -424,11 +593,15 @@ def evaluate_members(
                         _LOG.info("member %d failed after %d attempt(s): %s",
                                   i, tries[i], out.error)
             pending = retry
+            if round_hung and fresh is not None and (pending or owner is not None):
+                fresh()  # threads held by members that timed out: the next round or
+                # call starts with all its threads free
             if not pending:
                 break
+        aborted = False
     finally:
         if owned:
-            _close_pool(pool, timed_out)
+            _close_pool(pool, hung, aborted)
     results = [MemberResult(i, out.value, out.error, spent[i], tries[i])
                for i, out in enumerate(last)]
     _LOG.debug("evaluated %d members: %d failed", N, sum(not r.ok for r in results))
