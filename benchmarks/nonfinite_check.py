@@ -7,8 +7,8 @@ compiled scan. The model is ``Lorenz96`` plus a control added to the state
 the control is NaN for the model step into cycle 6,000.
 
 - cost: the same clean run with ``on_nonfinite="raise"`` (the check: one
-  finiteness reduction of the ensemble after the forecast, each inflation
-  step and the analysis; XLA merges the repeated ones) and with "ignore"
+  finiteness reduction per cycle, of the ensemble the cycle hands on; the
+  failing stage is found afterwards by re-running the failed cycle) and with "ignore"
   (no check), each compiled once beforehand, then alternated, 21 times
   each; the table gives the medians, the median of the paired ratios and
   the ratio of the fastest runs. Times are the process's CPU time (XLA and

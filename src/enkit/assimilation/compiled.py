@@ -14,6 +14,7 @@ per-cycle outputs are ``(statistics, smoother rows)``, and a smoother's
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -44,11 +45,30 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, *, forecast
     return AssimilationResult(ensemble=E, **outs, **finish(settings, carry, rows))
 
 
-@partial(jax.jit, static_argnames=("outputs",))
-def run_window(settings: CycleSettings, record: ObservationRecord, carry, xs, key, *, outputs):
+@partial(jax.jit, static_argnames=("outputs", "stages"))
+def run_window(settings: CycleSettings, record: ObservationRecord, carry, xs, key, *, outputs,
+               stages=False):
     """The cycles of one checkpoint window: ``xs`` is a slice of
     ``record.scan_inputs()``. Returns (carry, (statistics, smoother rows))."""
-    return scan(settings, record, carry, xs, key, outputs)
+    return scan(settings, record, carry, xs, key, outputs, stages)
+
+
+def failing_stage(settings: CycleSettings, record: ObservationRecord, E0, key, k: int) -> int:
+    """The finite-check code, with its stage, of cycle k + 1 (0-based k) of a
+    run whose scan found it not finite: the first k cycles are run again
+    (the same keys: the same ensemble) and cycle k + 1 with every stage
+    checked. ``cycle.UNKNOWN`` if the re-run finds it finite."""
+    settings = dataclasses.replace(settings, smoother=None)
+    xs = record.scan_inputs()
+    carry = init_carry(settings, E0)
+    if k:
+        carry, _ = run_window(settings, record, carry,
+                              jax.tree_util.tree_map(lambda a: a[:k], xs), key, outputs=())
+    _, (outs, _) = run_window(settings, record, carry,
+                              jax.tree_util.tree_map(lambda a: a[k:k + 1], xs), key,
+                              outputs=(cycle.NONFINITE,), stages=True)
+    code = int(outs[cycle.NONFINITE][0])
+    return code if code else cycle.UNKNOWN
 
 
 def finish(settings: CycleSettings, carry, rows) -> dict:
@@ -73,8 +93,10 @@ def final_forecast(settings: CycleSettings, record: ObservationRecord, E, key, f
 final_forecast_jit = jax.jit(final_forecast, static_argnames=("forecast_steps",))
 
 
-def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, outputs):
-    """``lax.scan`` of the cycle over ``xs`` from ``carry``."""
+def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, outputs,
+         stages=False):
+    """``lax.scan`` of the cycle over ``xs`` from ``carry`` (``stages``: the
+    finite-check names the failing stage; see ``cycle.nonfinite_code``)."""
     model, scheme, inflation = settings.model, settings.scheme, settings.inflation
     noise, smoother, window = settings.model_noise, settings.smoother, settings.window
     h, R, controls = record.h, record.R, record.controls
@@ -97,11 +119,11 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
             h_win = partial(_through_model, fc, h_k)
             run = lambda: _window_analysis(  # noqa: E731
                 scheme, h_win, h_k, x["y"], R_k, x["mask"], inflation, state, keys, E, Ef,
-                fc, outputs, transform)
+                fc, outputs, transform, stages)
         else:
             run = lambda: cycle.analyse(  # noqa: E731
                 scheme, h_k, x["y"], R_k, x["mask"], inflation, state, keys, Ef, outputs,
-                transform=transform)
+                transform=transform, stages=stages)
         skip = lambda: (Ef, state, cycle.skipped(  # noqa: E731
             outputs, Ef, h_k, x["y"], R_k, x["mask"]),
             cycle.identity_transform(Ef) if transform else None)
@@ -129,7 +151,7 @@ def _through_model(fc, h, x):
 
 
 def _window_analysis(scheme, h_win, h, y, R, mask, inflation, state, keys, E, Ef, fc, outputs,
-                     transform):
+                     transform, stages):
     """over_window: update the previous analysis with h ∘ M, then forecast it
     (G: the transform of the update of the previous analysis)."""
     k_scheme, k_before, k_after = keys
@@ -142,7 +164,7 @@ def _window_analysis(scheme, h_win, h, y, R, mask, inflation, state, keys, E, Ef
     if cycle.NONFINITE in outputs:
         out[cycle.NONFINITE] = cycle.nonfinite_code(
             (cycle.FORECAST, Ef), (cycle.INFLATION_BEFORE, Eb), (cycle.ANALYSIS, Es),
-            (cycle.FORECAST, Em), (cycle.INFLATION_AFTER, Ea))
+            (cycle.FORECAST, Em), (cycle.INFLATION_AFTER, Ea), stages=stages)
     return Ea, state, out, G
 
 

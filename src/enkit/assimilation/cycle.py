@@ -69,8 +69,10 @@ STAGES = {
     3: "analysis",
     4: "inflation after the analysis",
     5: "forecast after the last analysis",
+    9: "cycle (its stage is found by the driver, which re-runs the cycle)",
 }
 FORECAST, INFLATION_BEFORE, ANALYSIS, INFLATION_AFTER, FINAL_FORECAST = 1, 2, 3, 4, 5
+UNKNOWN = 9  # the compiled scan's code: not finite, stage not looked for
 
 
 def resolve_outputs(store) -> tuple[str, ...]:
@@ -129,32 +131,31 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key):
     return jax.lax.fori_loop(0, n_steps, one_step, E)
 
 
-def nonfinite_code(*checks):
+def nonfinite_code(*checks, stages: bool):
     """The finite-check of one cycle: ``checks`` are (stage code, ensemble)
     pairs in the order the cycle made them, the last one the ensemble the
-    cycle hands on. Returns (int8) 0 when that one is finite, else the code
-    of the first ensemble holding NaN or inf. A finite cycle costs one
-    reduction (of the last ensemble); the others are read only when it
-    failed."""
-
-    def first_failure():
-        code = jnp.int8(checks[-1][0])
-        for stage, E in reversed(checks[:-1]):
-            code = jnp.where(jnp.all(jnp.isfinite(E)), code, jnp.int8(stage))
-        return code
-
-    return jax.lax.cond(jnp.all(jnp.isfinite(checks[-1][1])),
-                        lambda: jnp.zeros((), jnp.int8), first_failure)
+    cycle hands on. Returns (int8) 0 when that one is finite, else, with
+    ``stages``, the code of the first ensemble holding NaN or inf (one
+    reduction per ensemble) and without, ``UNKNOWN`` (one reduction: what the
+    compiled scan does every cycle; a cycle that failed is re-run with
+    ``stages`` by the driver)."""
+    if not stages:
+        return jnp.where(jnp.all(jnp.isfinite(checks[-1][1])), jnp.int8(0), jnp.int8(UNKNOWN))
+    code = jnp.zeros((), jnp.int8)
+    for stage, E in reversed(checks):
+        code = jnp.where(jnp.all(jnp.isfinite(E)), code, jnp.int8(stage))
+    return code
 
 
 def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs, *,
-            transform=False):
+            transform=False, stages=False):
     """Inflation, analysis and outputs of one cycle.
 
     Returns (Ea, state, out, G): G (N, N) is the scheme's ensemble transform
     (``enkit.filters.ensemble_space``) from the ensemble it received to its
     result when ``transform`` is True, else None. With ``NONFINITE`` among
-    the outputs, ``out`` also holds the cycle's finite-check code.
+    the outputs, ``out`` also holds the cycle's finite-check code (with
+    ``stages``, the code of the failing stage; see ``nonfinite_code``).
     """
     k_scheme, k_before, k_after = keys
     hm, ym, Rm = masked_problem(h, y, R, mask)
@@ -164,7 +165,7 @@ def analyse(scheme, h, y, R, mask, inflation, infl_state, keys, Ef, outputs, *,
     out = statistics(outputs, Ef, Eb, Ea, hm, ym, Rm, mask)
     if NONFINITE in outputs:
         out[NONFINITE] = nonfinite_code((FORECAST, Ef), (INFLATION_BEFORE, Eb), (ANALYSIS, Es),
-                                        (INFLATION_AFTER, Ea))
+                                        (INFLATION_AFTER, Ea), stages=stages)
     return Ea, infl_state, out, G
 
 
@@ -176,7 +177,7 @@ def skipped(outputs, Ef, h, y, R, mask):
         h, R, mask = _no_observations, None, None
     out = statistics(outputs, Ef, Ef, Ef, *masked_problem(h, y, R, mask), mask)
     if NONFINITE in outputs:
-        out[NONFINITE] = nonfinite_code((FORECAST, Ef))
+        out[NONFINITE] = nonfinite_code((FORECAST, Ef), stages=True)
     return out
 
 

@@ -161,8 +161,9 @@ def _call_with(h, u, x):
 
 @partial(jax.jit, static_argnames=("outputs", "transform"))
 def _analyse_jit(scheme, h, y, R, mask, inflation, state, keys, Ef, outputs, transform):
+    # One call per cycle: the finite-check names the failing stage at once.
     return _cycle.analyse(scheme, h, y, R, mask, inflation, state, keys, Ef, outputs,
-                          transform=transform)
+                          transform=transform, stages=True)
 
 
 @jax.jit

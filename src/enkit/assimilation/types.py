@@ -79,8 +79,11 @@ class AssimilationResult(NamedTuple):
     (None with "ignore"): 0 where the cycle's ensembles stayed finite, else
     the code of the first stage that produced NaN or inf (``NONFINITE_STAGES``:
     1 forecast, 2 inflation before the analysis, 3 analysis, 4 inflation
-    after it). Under ``jit``/``grad`` of a whole run the driver cannot raise
-    on it: read it from the result.
+    after it). The compiled scan checks only the ensemble each cycle hands
+    on and writes 9 for a cycle that failed; ``assimilate`` then re-runs
+    that cycle to find its stage and puts the stage's code in its place.
+    Under ``jit``/``grad`` of a whole run the driver can neither re-run nor
+    raise: read the codes (9 for a failure) from the result.
     """
 
     times: Any = None
