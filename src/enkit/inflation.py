@@ -44,9 +44,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
+from enkit._checks import check_bool, check_number, user_value
 from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar, as_covariance
 from enkit.filters._common import as_key, observe
@@ -81,13 +83,36 @@ def multiplicative(E: Array, factor: ArrayLike) -> Array:
     """Multiplicative inflation of the anomalies: ``x̄ + λ (Eᵢ − x̄)``.
 
     The sample covariance is multiplied by λ² and the mean is unchanged.
-    E: (N, n); factor: λ ≥ 1 in usual use (scalar, or (n,) for a
-    per-variable factor).
+    E: (N, n); factor: λ ≥ 1 in usual use, finite and > 0 (λ < 1 deflates;
+    a scalar, or (n,) for a per-variable factor; concrete values are checked).
     Reference: Anderson & Anderson (1999), MWR 127.
     """
     E = jnp.asarray(E)
+    _check_factor("factor", factor, E)
+    return _scale_anomalies(E, factor)
+
+
+def _scale_anomalies(E: Array, factor: ArrayLike) -> Array:
+    """``x̄ + λ (Eᵢ − x̄)`` without checks (λ may be 0 where it is meant)."""
     xbar = jnp.mean(E, axis=0)
     return xbar + jnp.asarray(factor, E.dtype) * (E - xbar)
+
+
+def _n(E) -> int | None:
+    return E.shape[1] if jnp.ndim(E) == 2 else None
+
+
+def _check_factor(name, factor, E=None):
+    """A multiplicative factor: finite and > 0, a scalar or (n,)."""
+    n = None if E is None else _n(E)
+    check_number(name, factor, low=0.0, shape=(n,), what=f"a scalar or ({n or 'n'},) array")
+
+
+def _check_alpha(name, alpha, E=None):
+    """A relaxation coefficient: in [0, 1], a scalar or (n,)."""
+    n = None if E is None else _n(E)
+    check_number(name, alpha, low=0.0, high=1.0, low_open=False,
+                 shape=(n,), what=f"a scalar or ({n or 'n'},) array")
 
 
 def additive(E: Array, Q: Covariance | ArrayLike, *, key: Array | int,
@@ -107,6 +132,7 @@ def additive(E: Array, Q: Covariance | ArrayLike, *, key: Array | int,
     """
     E = jnp.asarray(E)
     key = as_key(key, "additive inflation")
+    check_bool("recentre", recentre)
     Q = as_covariance(Q, E.shape[1], name="Q").astype(E.dtype)
     eps = Q.sample(key, (E.shape[0],))
     if recentre:
@@ -132,16 +158,18 @@ def rtps(Ef: Array, Ea: Array, alpha: ArrayLike) -> Array:
     α = 0 keeps Ea, α = 1 restores the forecast spread. A variable with
     zero analysis spread is left as it is (its anomalies cannot be scaled).
 
-    Ef, Ea: (N, n); alpha: scalar or (n,). Returns (N, n).
+    Ef, Ea: (N, n); alpha: in [0, 1] (a blend), scalar or (n,).
+    Returns (N, n).
     Reference: Whitaker & Hamill (2012), MWR 140.
     """
     Ef, Ea = jnp.asarray(Ef), jnp.asarray(Ea)
     _same_shape(Ef, Ea)
+    _check_alpha("alpha", alpha, Ea)
     alpha = jnp.asarray(alpha, Ea.dtype)
     sf, _ = _std(Ef)
     sa, pos = _std(Ea)
     scale = jnp.where(pos, alpha * (sf - sa) / sa + 1.0, 1.0)
-    return multiplicative(Ea, scale)
+    return _scale_anomalies(Ea, scale)
 
 
 def rtpp(Ef: Array, Ea: Array, alpha: ArrayLike) -> Array:
@@ -154,11 +182,13 @@ def rtpp(Ef: Array, Ea: Array, alpha: ArrayLike) -> Array:
     as in every enkit scheme). The analysis mean is unchanged. α = 0 keeps
     Ea, α = 1 gives the forecast anomalies around the analysis mean.
 
-    Ef, Ea: (N, n); alpha: scalar or (n,). Returns (N, n).
+    Ef, Ea: (N, n); alpha: in [0, 1] (a blend), scalar or (n,).
+    Returns (N, n).
     Reference: Zhang, Snyder & Sun (2004), MWR 132.
     """
     Ef, Ea = jnp.asarray(Ef), jnp.asarray(Ea)
     _same_shape(Ef, Ea)
+    _check_alpha("alpha", alpha, Ea)
     alpha = jnp.asarray(alpha, Ea.dtype)
     xa = jnp.mean(Ea, axis=0)
     return xa + (1.0 - alpha) * (Ea - xa) + alpha * (Ef - jnp.mean(Ef, axis=0))
@@ -212,12 +242,15 @@ def adaptive_inflation(
 
     Ef: (N, n) forecast, before inflation; y: (m,); h: callable or (m, n)
     matrix; R: covariance operator or array; prior: (ρᵇ, vᵇ);
-    mask: (m,) booleans or None. Returns the posterior (ρᵃ, vᵃ).
+    mask: (m,) booleans or None; min_factor: finite, >= 0; max_factor: > 0
+    (inf allowed), >= min_factor. Returns the posterior (ρᵃ, vᵃ).
     References: Miyoshi (2011), MWR 139; Li, Kalnay & Miyoshi (2009),
     QJRMS 135; Desroziers et al. (2005), QJRMS 131.
     """
     Ef = jnp.asarray(Ef)
     dt = Ef.dtype
+    _check_estimate(prior.factor, prior.variance, min_factor, max_factor,
+                    names=("prior.factor", "prior.variance"))
     d, Y, p = _whitened_innovation(Ef, y, h, R, mask)
     rho_b = jnp.asarray(prior.factor, dt)
     v_b = jnp.asarray(prior.variance, dt)
@@ -232,6 +265,19 @@ def adaptive_inflation(
     v_a = jnp.where(ok, (1.0 - gain) * v_b, v_b)
     rho_a = jnp.clip(rho_a, jnp.asarray(min_factor, dt), jnp.asarray(max_factor, dt))
     return InflationEstimate(rho_a, v_a)
+
+
+def _check_estimate(factor, variance, min_factor, max_factor, *, names):
+    """ρ and v of an inflation estimate finite and > 0, and the bounds
+    0 <= min_factor <= max_factor (max_factor may be inf)."""
+    check_number(names[0], factor, low=0.0)
+    check_number(names[1], variance, low=0.0)
+    check_number("min_factor", min_factor, low=0.0, low_open=False)
+    check_number("max_factor", max_factor, low=0.0, finite=False)
+    if user_value(min_factor) and user_value(max_factor) and \
+            float(np.asarray(min_factor)) > float(np.asarray(max_factor)):
+        raise ValueError(f"min_factor must be <= max_factor, got min_factor={min_factor!r} "
+                         f"> max_factor={max_factor!r}")
 
 
 def _whitened_innovation(Ef, y, h, R, mask):
@@ -355,6 +401,9 @@ class MultiplicativeForecast(InflationStep):
 
     factor: ArrayLike = 1.0
 
+    def __post_init__(self):
+        _check_factor("factor", self.factor)
+
     def before_analysis(self, state, key, Ef, y, h, R, mask):
         return multiplicative(Ef, self.factor), state
 
@@ -371,6 +420,9 @@ class MultiplicativeAnalysis(InflationStep):
     """
 
     factor: ArrayLike = 1.0
+
+    def __post_init__(self):
+        _check_factor("factor", self.factor)
 
     def after_analysis(self, state, key, Ef, Ea):
         return multiplicative(Ea, self.factor), state
@@ -397,6 +449,9 @@ class AdditiveForecast(InflationStep):
     Q: Covariance
     recentre: bool = True
 
+    def __post_init__(self):
+        check_bool("recentre", self.recentre)
+
     def before_analysis(self, state, key, Ef, y, h, R, mask):
         key = _step_key(key, "AdditiveForecast")
         return additive(Ef, self.Q, key=key, recentre=self.recentre), state
@@ -415,6 +470,9 @@ class AdditiveAnalysis(InflationStep):
     Q: Covariance
     recentre: bool = True
 
+    def __post_init__(self):
+        check_bool("recentre", self.recentre)
+
     def after_analysis(self, state, key, Ef, Ea):
         key = _step_key(key, "AdditiveAnalysis")
         return additive(Ea, self.Q, key=key, recentre=self.recentre), state
@@ -427,11 +485,14 @@ _register(AdditiveAnalysis, ["Q"], ["recentre"])
 class RTPS(InflationStep):
     """Relaxation to prior spread after the analysis: ``rtps(Ef, Ea, alpha)``.
 
-    alpha: scalar or (n,); Whitaker & Hamill (2012, MWR 140) use α ≈ 0.9
-    with localisation in a global model.
+    alpha: in [0, 1], scalar or (n,); Whitaker & Hamill (2012, MWR 140)
+    use α ≈ 0.9 with localisation in a global model.
     """
 
     alpha: ArrayLike = 0.5
+
+    def __post_init__(self):
+        _check_alpha("alpha", self.alpha)
 
     def after_analysis(self, state, key, Ef, Ea):
         return rtps(Ef, Ea, self.alpha), state
@@ -443,10 +504,14 @@ _register(RTPS, ["alpha"])
 @dataclasses.dataclass(frozen=True)
 class RTPP(InflationStep):
     """Relaxation to prior perturbations after the analysis:
-    ``rtpp(Ef, Ea, alpha)``. Reference: Zhang, Snyder & Sun (2004), MWR 132.
+    ``rtpp(Ef, Ea, alpha)``; alpha: in [0, 1], scalar or (n,).
+    Reference: Zhang, Snyder & Sun (2004), MWR 132.
     """
 
     alpha: ArrayLike = 0.5
+
+    def __post_init__(self):
+        _check_alpha("alpha", self.alpha)
 
     def after_analysis(self, state, key, Ef, Ea):
         return rtpp(Ef, Ea, self.alpha), state
@@ -474,7 +539,10 @@ class AdaptiveMultiplicative(InflationStep):
     ρ, default 0.1² (on Lorenz-96, N=20, ETKF the smaller 0.04² often used
     with this method let some 10,000-cycle runs through short divergence
     episodes that 0.1² avoided); min_factor, max_factor: bounds on ρ
-    (the default forbids deflation). All leaves; update_variance is static.
+    (the default forbids deflation). initial, variance: finite and > 0;
+    min_factor: finite and >= 0; max_factor: > 0 (inf allowed) and
+    >= min_factor. All leaves;
+    update_variance is static.
     References: Miyoshi (2011), MWR 139; Li, Kalnay & Miyoshi (2009), QJRMS 135.
     """
 
@@ -483,6 +551,11 @@ class AdaptiveMultiplicative(InflationStep):
     min_factor: ArrayLike = 1.0
     max_factor: ArrayLike = jnp.inf
     update_variance: bool = False
+
+    def __post_init__(self):
+        _check_estimate(self.initial, self.variance, self.min_factor, self.max_factor,
+                        names=("initial", "variance"))
+        check_bool("update_variance", self.update_variance)
 
     def init(self, E0):
         dt = jnp.asarray(E0).dtype
@@ -493,7 +566,7 @@ class AdaptiveMultiplicative(InflationStep):
             variance=jnp.asarray(self.variance, state.variance.dtype))
         post = adaptive_inflation(Ef, y, h, R, prior, mask=mask,
                                   min_factor=self.min_factor, max_factor=self.max_factor)
-        return multiplicative(Ef, jnp.sqrt(post.factor)), post
+        return _scale_anomalies(Ef, jnp.sqrt(post.factor)), post
 
 
 _register(AdaptiveMultiplicative,

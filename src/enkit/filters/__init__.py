@@ -7,6 +7,12 @@ h: callable on one member ``(n,) -> (m,)`` or an (m, n) matrix; R: a
 covariance operator (``enkit.Scalar``, ``Diagonal``, ``Dense``) or an array
 that is wrapped by its shape; key: a PRNG key, required by stochastic schemes.
 
+Called on concrete arrays, every scheme refuses NaN/inf in E, y, an H
+matrix or h(E) (naming the first member and observation) and a forecast of
+identical members (zero spread); under ``jit`` these value checks are
+skipped. With no observations (y of shape (0,)) every scheme returns E
+unchanged (see ``enkit.filters._common``).
+
 ``SCHEMES`` maps each scheme's name to its function; the CLI and the tests
 iterate over it, so a new scheme is covered by adding one line here.
 ``STOCHASTIC`` names the schemes that draw random numbers.

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from enkit._checks import is_concrete
+from enkit._checks import check_bool, is_concrete
 
 State = TypeVar("State")
 
@@ -38,8 +38,16 @@ class IterationInfo(NamedTuple):
     increment: Array
 
 
-def check_iteration_options(max_iterations, tolerance) -> None:
-    """Raise ``ValueError`` for a bad ``max_iterations`` or ``tolerance``."""
+def no_iterations(dtype) -> IterationInfo:
+    """The info of an analysis that had nothing to do (no observations):
+    zero iterations and a zero increment (converged)."""
+    return IterationInfo(jnp.asarray(0), jnp.zeros((), dtype))
+
+
+def check_iteration_options(max_iterations, tolerance, return_info=False) -> None:
+    """Raise ``ValueError`` for a bad ``max_iterations`` or ``tolerance``
+    (``TypeError`` for a ``return_info`` that is not a bool)."""
+    check_bool("return_info", return_info)
     if (
         isinstance(max_iterations, bool)
         or not isinstance(max_iterations, (int, np.integer))

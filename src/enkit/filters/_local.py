@@ -26,7 +26,8 @@ class LocalProblem(NamedTuple):
     c: sqrt(N − 1); xbar: (n,) mean; X: (N, n) anomalies / sqrt(N − 1);
     S: (N, m) whitened observation anomalies ``Y R^{-1/2}``; d: (m,)
     whitened innovation ``R^{-1/2}(y − ȳ)``; state_coords: (n,) + point
-    shape; obs_coords: (m,) + point shape; radius: scalar.
+    shape; obs_coords: (m,) + point shape; radius: scalar; E: (N, n) the
+    checked forecast ensemble (returned as it is when m = 0).
     """
 
     c: Array
@@ -37,13 +38,15 @@ class LocalProblem(NamedTuple):
     state_coords: Array
     obs_coords: Array
     radius: Array
+    E: Array
 
 
 def local_problem(E, y, h, R, *, state_coords, obs_coords, radius, distance,
                   max_obs, chunk_size, who: str) -> LocalProblem:
     """Validate the inputs of an R-localised analysis and whiten (R diagonal)."""
     E, y, HE, R = prepare_analysis(E, y, h, R)
-    if not isinstance(R, (Scalar, Diagonal)):  # a wrong value of R, not a wrong type
+    # (a wrong value of R, not a wrong type; R is None when m = 0)
+    if R is not None and not isinstance(R, (Scalar, Diagonal)):
         raise ValueError(  # noqa: TRY004
             "R must be diagonal (enkit.Scalar, enkit.Diagonal, a scalar or an (m,) "
             f"vector of variances) for the {who}'s R-localisation, got {type(R).__name__}"
@@ -60,7 +63,8 @@ def local_problem(E, y, h, R, *, state_coords, obs_coords, radius, distance,
         if not float(radius) > 0:
             raise ValueError(f"radius must be positive, got {float(radius)}")
     try:
-        d_shape = jax.eval_shape(distance, state_coords[0], obs_coords[0]).shape
+        d_shape = jax.eval_shape(distance, *(jax.ShapeDtypeStruct(c.shape[1:], c.dtype)
+                                             for c in (state_coords, obs_coords))).shape
     except (ValueError, TypeError, IndexError) as err:
         d_shape = err
     if d_shape != ():
@@ -69,8 +73,10 @@ def local_problem(E, y, h, R, *, state_coords, obs_coords, radius, distance,
             f"one observation point of shape {obs_coords.shape[1:]} to a scalar, got "
             f"{d_shape!r} (coordinates hold one point per row: (n,) + point_shape)"
         )
+    # (with m = 0 nothing is selected: any positive max_obs is accepted)
     if max_obs is not None and (
-        not isinstance(max_obs, (int, np.integer)) or not 1 <= max_obs <= m
+        isinstance(max_obs, bool) or not isinstance(max_obs, (int, np.integer))
+        or max_obs < 1 or (m > 0 and max_obs > m)
     ):
         raise ValueError(f"max_obs must be None or an integer in [1, m={m}], got {max_obs!r}")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -78,8 +84,10 @@ def local_problem(E, y, h, R, *, state_coords, obs_coords, radius, distance,
     xbar, X = scaled_anomalies(E)
     ybar, Y = scaled_anomalies(HE)
     c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
+    if m == 0:  # no observations: S and d are empty, R is None
+        return LocalProblem(c, xbar, X, Y, y, state_coords, obs_coords, radius, E)
     return LocalProblem(c, xbar, X, R.whiten(Y), R.whiten(y - ybar),
-                        state_coords, obs_coords, radius)
+                        state_coords, obs_coords, radius, E)
 
 
 def weigh(taper: Callable, radius, S_loc, d_loc, dist, valid=True):

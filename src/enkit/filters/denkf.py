@@ -59,6 +59,8 @@ def denkf(
     if localization is not None:
         check_localization(localization, method)
     E, y, HE, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return E
     c = jnp.sqrt(jnp.asarray(E.shape[0] - 1, E.dtype))
     xbar, X = scaled_anomalies(E)
     ybar, Y = scaled_anomalies(HE)

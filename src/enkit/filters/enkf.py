@@ -8,6 +8,7 @@ from typing import Literal
 import jax.numpy as jnp
 from jax import Array
 
+from enkit._checks import check_bool
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
@@ -71,9 +72,12 @@ def enkf(
     (1998), MWR 126; Houtekamer & Mitchell (2001), MWR 129.
     """
     key = as_key(key, "enkf")
+    check_bool("center_perturbations", center_perturbations)
     if localization is not None:
         check_localization(localization, method)
     E, y, HE, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return E
     _, X = scaled_anomalies(E)
     _, Y = scaled_anomalies(HE)
     D = perturbed_observations(key, y, R, E.shape[0], center=center_perturbations)

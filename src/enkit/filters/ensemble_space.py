@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from enkit.filters._common import ObservationOperator
+from enkit._checks import check_spread
+from enkit.filters._common import SPREAD_ADVICE, ObservationOperator
 from enkit.filters.denkf import denkf
 from enkit.filters.enkf import enkf
 from enkit.filters.ensrf import ensrf
@@ -149,9 +150,12 @@ def analysis_transform(
     E: (N, n); y: (m,); h: callable or (m, n) matrix; R: covariance
     operator or array; key: passed to stochastic schemes (the same draws
     as the plain call: they depend on N and m, not n).
-    Returns (Eₐ (N, n), G (N, N)).
+    Returns (Eₐ (N, n), G (N, N)); with no observations (m = 0) the
+    schemes return their input, so Eₐ = E and G = I_N exactly.
     """
     N, n = np.shape(E)
+    # The augmented [E, I] always has spread: check E's own here.
+    check_spread("E", E, consequence="the analysis cannot update it", advice=SPREAD_ADVICE)
     Z = jnp.concatenate([E, jnp.eye(N, dtype=E.dtype)], axis=1)
     kwargs = {} if key is None else {"key": key}
     Za = scheme(Z, y, _augmented_h(h, n, N), R, **kwargs)

@@ -71,6 +71,8 @@ def ensrf_serial(
     if localization is not None:
         check_localization(localization)
     E, y, HE, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return E
     N, n = E.shape
     m = y.shape[0]
     if isinstance(R, (Scalar, Diagonal)):

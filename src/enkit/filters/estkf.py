@@ -66,6 +66,8 @@ def estkf(
     """
     del key
     E, y, HE, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return E
     N = E.shape[0]
     c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
     xbar, X = scaled_anomalies(E)

@@ -9,7 +9,12 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.filters._iterative import IterationInfo, check_iteration_options, iterate
+from enkit.filters._iterative import (
+    IterationInfo,
+    check_iteration_options,
+    iterate,
+    no_iterations,
+)
 from enkit.linalg import spd_solve, sym_matrix_functions
 
 __all__ = ["etkf_n", "etkf_n_dual"]
@@ -72,8 +77,11 @@ def etkf_n(
     Reference: Bocquet (2011), Nonlin. Processes Geophys. 18, 735–750.
     """
     del key
-    check_iteration_options(max_iterations, tolerance)
-    xbar, A, S, d = _ensemble_space(E, y, h, R)
+    check_iteration_options(max_iterations, tolerance, return_info)
+    a = prepare_analysis(E, y, h, R)
+    if a.y.shape[0] == 0:  # no observations: nothing to assimilate
+        return (a.E, no_iterations(a.E.dtype)) if return_info else a.E
+    xbar, A, S, d = _whitened(a)
     N = A.shape[0]
     eps = 1.0 + 1.0 / N
     lam, V, b = _eigen_problem(S, d)
@@ -140,10 +148,13 @@ def etkf_n_dual(
     22, 645–662; Bocquet (2011), Nonlin. Processes Geophys. 18, 735–750.
     """
     del key
-    check_iteration_options(max_iterations, tolerance)
+    check_iteration_options(max_iterations, tolerance, return_info)
     if isinstance(grid_points, bool) or not isinstance(grid_points, int) or grid_points < 2:
         raise ValueError(f"grid_points must be an integer >= 2, got {grid_points!r}")
-    xbar, A, S, d = _ensemble_space(E, y, h, R)
+    a = prepare_analysis(E, y, h, R)
+    if a.y.shape[0] == 0:  # no observations: nothing to assimilate
+        return (a.E, no_iterations(a.E.dtype)) if return_info else a.E
+    xbar, A, S, d = _whitened(a)
     N = A.shape[0]
     eps = 1.0 + 1.0 / N
     lam, V, b = _eigen_problem(S, d)
@@ -155,7 +166,12 @@ def etkf_n_dual(
 
 def _ensemble_space(E, y, h, R):
     """x̄, unnormalised anomalies A, whitened S = Y R^{-1/2} and d."""
-    E, y, HE, R = prepare_analysis(E, y, h, R)
+    return _whitened(prepare_analysis(E, y, h, R))
+
+
+def _whitened(analysis):
+    """``_ensemble_space`` of inputs already checked by ``prepare_analysis``."""
+    E, y, HE, R = analysis
     c = jnp.sqrt(jnp.asarray(E.shape[0] - 1, E.dtype))
     xbar, X = scaled_anomalies(E)
     ybar, Y = scaled_anomalies(HE)

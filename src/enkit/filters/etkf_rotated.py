@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from enkit.filters._common import ObservationOperator, as_key
@@ -60,6 +61,8 @@ def etkf_rotated(
     """
     key = as_key(key, "etkf_rotated")
     Ea = etkf(E, y, h, R)
+    if np.shape(y)[0] == 0:  # no observations: E unchanged, not rotated
+        return Ea
     xa = jnp.mean(Ea, axis=0)
     U = mean_preserving_rotation(key, Ea.shape[0], Ea.dtype)
     return xa + U @ (Ea - xa)

@@ -10,7 +10,12 @@ from jax import Array
 from enkit._checks import is_concrete
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, observe, prepare_analysis
-from enkit.filters._iterative import IterationInfo, check_iteration_options, iterate
+from enkit.filters._iterative import (
+    IterationInfo,
+    check_iteration_options,
+    iterate,
+    no_iterations,
+)
 from enkit.linalg import inverse_sqrt_identity_plus
 
 __all__ = ["ienkf"]
@@ -84,7 +89,7 @@ def ienkf(
     1988–2004.
     """
     del key
-    check_iteration_options(max_iterations, tolerance)
+    check_iteration_options(max_iterations, tolerance, return_info)
     if bundle_epsilon is not None and is_concrete(bundle_epsilon):
         eps_arr = np.asarray(bundle_epsilon)
         if eps_arr.ndim != 0 or not np.isfinite(eps_arr) or eps_arr <= 0:
@@ -92,6 +97,8 @@ def ienkf(
                 f"bundle_epsilon must be None or a number > 0, got {bundle_epsilon!r}"
             )
     E, y, HE, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return (E, no_iterations(E.dtype)) if return_info else E
     N = E.shape[0]
     c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
     xbar, X = scaled_anomalies(E)

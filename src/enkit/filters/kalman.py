@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_ndim
+from enkit._checks import check_bool, check_finite, check_ndim
 from enkit.covariance import as_covariance
 from enkit.ensemble import anomalies, ensemble_covariance, ensemble_mean
-from enkit.filters._common import ObservationOperator, prepare_analysis
+from enkit.filters._common import ObservationOperator, linearize, prepare_analysis
 from enkit.linalg import spd_solve
 
 __all__ = ["kalman", "kalman_update", "ensemble_with_covariance"]
@@ -36,6 +35,7 @@ def kalman_update(
 
     References: Kalman (1960); Bucy & Joseph (1968) for the Joseph form.
     """
+    check_bool("joseph", joseph)
     mean, cov, y, H = (jnp.asarray(a) for a in (mean, cov, y, H))
     check_ndim("mean", mean, 1, "(n,)")
     n = mean.shape[0]
@@ -108,14 +108,12 @@ def kalman(
     Returns (N, n).
     """
     del key
+    check_bool("joseph", joseph)
     E, y, _, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return E
     xbar = ensemble_mean(E)
     P = ensemble_covariance(E)
-    if callable(h):
-        H = jax.jacfwd(h)(xbar)
-        # Shift y so that the linear update sees y - h(x̄) as its innovation.
-        y = y - h(xbar) + H @ xbar
-    else:
-        H = jnp.asarray(h, dtype=E.dtype)
+    H, y = linearize(h, xbar, y)  # y shifted: the innovation is y - h(x̄)
     mean_a, cov_a = kalman_update(xbar, P, y, H, R, joseph=joseph)
     return ensemble_with_covariance(E, mean_a, cov_a)

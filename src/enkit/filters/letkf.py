@@ -112,6 +112,8 @@ def letkf(
     prob = local_problem(E, y, h, R, state_coords=state_coords, obs_coords=obs_coords,
                          radius=radius, distance=distance, max_obs=max_obs,
                          chunk_size=chunk_size, who="LETKF")
+    if prob.d.shape[0] == 0:  # no observations: nothing to assimilate
+        return prob.E
     n = prob.X.shape[1]
 
     def analyse_block(points_b, lists_b, xbar_b, X_b):

@@ -8,7 +8,12 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, observe, prepare_analysis
-from enkit.filters._iterative import IterationInfo, check_iteration_options, iterate
+from enkit.filters._iterative import (
+    IterationInfo,
+    check_iteration_options,
+    iterate,
+    no_iterations,
+)
 from enkit.linalg import inverse_sqrt_identity_plus
 
 __all__ = ["mlef"]
@@ -64,8 +69,10 @@ def mlef(
     Reference: Zupanski (2005), Mon. Wea. Rev. 133, 1710–1726.
     """
     del key
-    check_iteration_options(max_iterations, tolerance)
+    check_iteration_options(max_iterations, tolerance, return_info)
     E, y, _, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return (E, no_iterations(E.dtype)) if return_info else E
     N = E.shape[0]
     c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
     xbar, X = scaled_anomalies(E)

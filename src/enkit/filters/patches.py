@@ -137,6 +137,8 @@ def patch_etkf(
     per0, per1 = pair
     if not isinstance(blend, bool):
         raise TypeError(f"blend must be True or False, got {blend!r}")
+    if prob.d.shape[0] == 0:  # no observations: nothing to assimilate
+        return prob.E
 
     P0, P1 = n0 // p0, n1 // p1
     centres = _centres(prob.state_coords, (n0, n1), (p0, p1))

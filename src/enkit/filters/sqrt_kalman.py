@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import solve_triangular
@@ -11,7 +10,7 @@ from jax.typing import ArrayLike
 from enkit._checks import check_ndim
 from enkit.covariance import as_covariance
 from enkit.ensemble import scaled_anomalies
-from enkit.filters._common import ObservationOperator, prepare_analysis
+from enkit.filters._common import ObservationOperator, linearize, prepare_analysis
 from enkit.filters.kalman import check_observation, ensemble_with_covariance
 
 __all__ = ["sqrt_kalman", "sqrt_kalman_update"]
@@ -101,12 +100,9 @@ def sqrt_kalman(
     """
     del key
     E, y, _, R = prepare_analysis(E, y, h, R)
+    if y.shape[0] == 0:  # no observations: nothing to assimilate
+        return E
     xbar, X = scaled_anomalies(E)
-    if callable(h):
-        H = jax.jacfwd(h)(xbar).astype(E.dtype)
-        # Shift y so that the linear update sees y - h(x̄) as its innovation.
-        y = (y - h(xbar) + H @ xbar).astype(E.dtype)
-    else:
-        H = jnp.asarray(h, dtype=E.dtype)
+    H, y = linearize(h, xbar, y)  # y shifted: the innovation is y - h(x̄)
     mean_a, S_a = sqrt_kalman_update(xbar, X.T, y, H, R)
     return ensemble_with_covariance(E, mean_a, S_a @ S_a.T)

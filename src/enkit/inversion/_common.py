@@ -17,6 +17,7 @@ Diagnostics come back in ``info``, never inside the state.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -24,7 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from enkit._checks import check_finite, check_float, check_ndim, is_concrete
+from enkit._checks import (  # noqa: F401 - check_bool is used by the processes
+    check_bool,
+    check_finite,
+    check_float,
+    check_ndim,
+    check_spread,
+    is_concrete,
+    zero_spread_columns,
+)
 from enkit._pytree import register_dataclass
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import as_key
@@ -70,6 +79,37 @@ def check_ensemble(ensemble, name: str = "ensemble") -> Array:
     return E
 
 
+SPREAD_ADVICE = (
+    "Draw the initial ensemble from the prior, e.g. "
+    "enkit.GaussianPrior(mean, covariance).sample(key, N) (or "
+    "enkit.ParameterSpace.sample(key, N) for named, bounded parameters)"
+)
+
+
+def check_initial_spread(E, name: str = "ensemble") -> None:
+    """Refuse a concrete initial ensemble of identical members, and warn
+    about parameters with zero spread across the members.
+
+    Every ensemble Kalman update moves the members within the span of their
+    anomalies (the subspace property), so identical members never move at
+    all: an error. A single parameter with the same value in every member
+    stays at that value too (unless a prior couples it to others, as in
+    GNKI), which may be meant (a parameter held fixed): a ``UserWarning``
+    naming the parameters.
+    """
+    check_spread(name, E, consequence="the process can never update it (every update "
+                 "moves the members within the span of their anomalies)",
+                 advice=SPREAD_ADVICE)
+    cols = zero_spread_columns(E)
+    if cols.size:
+        warnings.warn(
+            f"{name}: the parameters {cols.tolist()} have zero spread (the same value in "
+            f"all {np.shape(E)[0]} members); ensemble Kalman updates move the members "
+            "within the span of their anomalies, so these parameters will typically "
+            "never change. " + SPREAD_ADVICE + ", unless you mean to hold them fixed",
+            UserWarning, stacklevel=3)
+
+
 def check_tell(G, y, noise, n_rows: int, dtype, *, what: str = "N"):
     """Validate ``G: (n_rows, d)``, ``y: (d,)`` and wrap ``noise`` (dim d).
 
@@ -101,9 +141,9 @@ def check_tell(G, y, noise, n_rows: int, dtype, *, what: str = "N"):
     return G.astype(dtype), y, noise
 
 
-def check_dt(dt, dtype, *, below_one: bool = False) -> Array:
+def check_dt(dt, dtype, *, below_one: bool = False, at_most_one: bool = False) -> Array:
     """Δt as a scalar of ``dtype``; concrete values must be finite and ≥ 0
-    (and < 1 where ``below_one``)."""
+    (and < 1 where ``below_one``, ≤ 1 where ``at_most_one``: a step length)."""
     dt = jnp.asarray(dt, dtype)
     if dt.ndim != 0:
         raise ValueError(f"dt must be a scalar, got shape {dt.shape}")
@@ -112,6 +152,8 @@ def check_dt(dt, dtype, *, below_one: bool = False) -> Array:
         if not np.isfinite(v) or v < 0 or (below_one and v >= 1):
             bound = "in [0, 1)" if below_one else "finite and >= 0"
             raise ValueError(f"dt must be {bound}, got {v}")
+        if at_most_one and v > 1:
+            raise ValueError(f"dt (the step length) must be in [0, 1], got {v}")
     return dt
 
 
@@ -126,11 +168,6 @@ def init_key(key, stochastic: bool, name: str):
 def iteration_key(state) -> Array:
     """Key of the current iteration: ``fold_in(state.key, state.iteration)``."""
     return jax.random.fold_in(state.key, state.iteration)
-
-
-def check_bool(name: str, value) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def innermost_state(state):
@@ -249,9 +286,13 @@ class EnsembleProcess:
         random numbers (``needs_key``: stored, and iteration n draws from
         ``fold_in(key, n)``),
         ignored otherwise. Returns an ``EnsembleState`` at iteration 0, time 0.
+        Concrete members that are all identical raise (zero spread: no update
+        could move them); a parameter with zero spread warns
+        (``check_initial_spread``).
         """
         E = check_ensemble(ensemble)
         self._check_ensemble(E)
+        check_initial_spread(E)
         k = init_key(key, self.needs_key, type(self).__name__)
         return EnsembleState(E, jnp.asarray(0, jnp.int32), jnp.zeros((), E.dtype), k)
 

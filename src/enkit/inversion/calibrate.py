@@ -159,8 +159,9 @@ def _setup(forward, process, scheduler, max_iterations, tau, collapse_tol, failu
     if n_steps is not None and max_iterations > n_steps:
         raise ValueError(f"max_iterations={max_iterations} exceeds the {n_steps} steps of "
                          f"the {name} schedule")
-    if tau is not None and not float(tau) > 0:
-        raise ValueError(f"tau must be positive (usually 1.1-1.5) or None, got {tau!r}")
+    if tau is not None and not (np.isfinite(float(tau)) and float(tau) > 0):
+        raise ValueError(f"tau must be positive and finite (usually 1.1-1.5) or None, "
+                         f"got {tau!r}")
     if collapse_tol is not None and not 0 < float(collapse_tol) < 1:
         raise ValueError(f"collapse_tol must be in (0, 1) or None, got {collapse_tol!r}")
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -253,7 +254,9 @@ def calibrate(
     an exception becoming a failure of that member.
     process: EKI, ETKI, TEKI, UKI, GNKI, ESMDA or a ``ConstrainedProcess``
     (then ``forward`` receives constrained parameters).
-    initial_ensemble: (N, p) initial members (UKI: or None for its prior).
+    initial_ensemble: (N, p) initial members (UKI: or None for its prior),
+    e.g. ``prior.sample(key, N)``; identical members raise (zero spread: no
+    update could move them), a parameter with zero spread warns.
     y: (d,) data, or an observation series with ``at(k) -> (y_k, Γ_k)``
     (then ``noise`` must be None; e.g. ``ObservationSeries``). If the
     series also has ``output_selection(k) -> (idx, D)`` (a series of index

@@ -102,7 +102,7 @@ class GNKI(EnsembleProcess):
         """
         U, A0 = state.ensemble, state.anchors
         G, y, noise = check_tell(G, y, noise, U.shape[0], U.dtype)
-        dt = check_dt(dt, U.dtype)
+        dt = check_dt(dt, U.dtype, at_most_one=True)
         _, X = scaled_anomalies(U)
         _, Y = scaled_anomalies(G)
         B = Y.T @ jnp.linalg.pinv(X).T  # (d, p): C^{Gu} (C^{uu})⁺

@@ -207,9 +207,7 @@ class IES(EnsembleProcess):
         """
         U = state.ensemble
         G, y, noise = check_tell(G, y, noise, U.shape[0], U.dtype)
-        step = check_dt(dt, U.dtype)
-        if is_concrete(step) and float(step) > 1:
-            raise ValueError(f"dt (the step length) must be in [0, 1], got {float(step)}")
+        step = check_dt(dt, U.dtype, at_most_one=True)
         lam = jnp.asarray(damping, U.dtype)
         if lam.ndim != 0:
             raise ValueError(f"damping must be a scalar, got shape {lam.shape}")

@@ -108,8 +108,8 @@ def _tell(process, state, G, y, noise, dt):
 def _check_s(s) -> None:
     if isinstance(s, (float, int, np.ndarray, np.number, jax.Array)) and is_concrete(s):
         v = np.asarray(s, dtype=np.float64)
-        if v.ndim != 0 or not float(v) >= 0:
-            raise ValueError(f"s must be a scalar >= 0, got {v.tolist()}")
+        if v.ndim != 0 or not (np.isfinite(float(v)) and float(v) >= 0):
+            raise ValueError(f"s must be a finite scalar >= 0, got {v.tolist()}")
 
 
 def _growth(s, dt, dtype) -> Array:
@@ -333,8 +333,8 @@ class SubspaceInflation(_AdditiveBase):
         if isinstance(self.gamma, (float, int, np.ndarray, np.number, jax.Array)) \
                 and is_concrete(self.gamma):
             v = np.asarray(self.gamma, dtype=np.float64)
-            if v.ndim != 0 or not float(v) >= 0:
-                raise ValueError(f"gamma must be a scalar >= 0, got {v.tolist()}")
+            if v.ndim != 0 or not (np.isfinite(float(v)) and float(v) >= 0):
+                raise ValueError(f"gamma must be a finite scalar >= 0, got {v.tolist()}")
 
     def tell(self, state: InflatedState, G, y, noise, *, dt=None):
         """The wrapped ``tell``, then additive inflation of strength

@@ -22,7 +22,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import is_concrete
+from enkit._checks import check_number, is_concrete
 from enkit._pytree import register_dataclass
 from enkit.covariance import as_covariance
 
@@ -31,9 +31,14 @@ __all__ = ["DataMisfitController", "EKSStableScheduler", "FixedStep"]
 
 @dataclasses.dataclass(frozen=True)
 class FixedStep:
-    """The constant step Δt = ``dt`` (a leaf, so it can be swept by vmap)."""
+    """The constant step Δt = ``dt`` (a leaf, so it can be swept by vmap):
+    finite and > 0 (a fixed zero step would never move the ensemble; the
+    process's ``tell`` checks its own upper bound, e.g. Δt < 1 for UKI)."""
 
     dt: ArrayLike = 1.0
+
+    def __post_init__(self):
+        check_number("dt", self.dt, low=0.0)
 
     def step_size(self, time, G, y, noise) -> Array:
         """Δt = ``dt`` whatever the arguments (returned in G's dtype)."""
@@ -56,8 +61,8 @@ class DataMisfitController:
     NaN). A remaining time below 8 ulp of T counts as reached, so rounding
     of the sum of steps cannot leave a sliver of a step.
 
-    terminal_time: T (default 1, where a Gaussian linear problem's tempering
-    from prior to posterior ends). A leaf. Meant for the ensemble processes
+    terminal_time: T, finite and > 0 (default 1, where a Gaussian linear
+    problem's tempering from prior to posterior ends). A leaf. Meant for the ensemble processes
     (G holds the members' outputs); UKI's sigma-point outputs are not a
     sample of the misfit distribution.
 
@@ -69,6 +74,9 @@ class DataMisfitController:
     """
 
     terminal_time: ArrayLike = 1.0
+
+    def __post_init__(self):
+        check_number("terminal_time", self.terminal_time, low=0.0)
 
     def step_size(self, time, G, y, noise) -> Array:
         """Δt from the current time and the (N, d) outputs G of the members."""

@@ -3,11 +3,13 @@ iteration (or on the outputs of the current ensemble before it)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_ndim, is_concrete
+from enkit._checks import check_ndim, check_number, is_concrete
 from enkit.covariance import as_covariance
 
 __all__ = ["data_misfit", "discrepancy_principle", "ensemble_collapsed",
@@ -44,14 +46,19 @@ def discrepancy_principle(misfit: ArrayLike, d: int, *, tau: ArrayLike = 1.2) ->
     for its use with EKI.
     """
     tau = jnp.asarray(tau)
-    if is_concrete(tau) and not float(tau) > 0:
-        raise ValueError(f"tau must be positive (usually 1.1-1.5), got {float(tau)}")
+    if is_concrete(tau) and not (np.isfinite(float(tau)) and float(tau) > 0):
+        raise ValueError(f"tau must be positive and finite (usually 1.1-1.5), got {float(tau)}")
     return jnp.asarray(misfit) <= tau * jnp.sqrt(jnp.asarray(d, jnp.result_type(float)))
 
 
 def max_iterations_reached(iteration: ArrayLike, max_iterations: int) -> Array:
     """True once ``iteration ≥ max_iterations`` (``state.iteration`` counts
     completed ``tell`` calls)."""
+    if not isinstance(max_iterations, jax.Array) or is_concrete(max_iterations):
+        v = np.asarray(max_iterations)
+        if v.ndim != 0 or not np.issubdtype(v.dtype, np.integer) or v < 0:
+            raise ValueError(
+                f"max_iterations must be an integer >= 0, got {max_iterations!r}")
     return jnp.asarray(iteration) >= max_iterations
 
 
@@ -64,8 +71,9 @@ def ensemble_collapsed(ensemble: ArrayLike, initial_ensemble: ArrayLike, *,
     ``ensemble`` (N, p) and ``initial_ensemble`` (N₀, p). An ensemble that
     has collapsed no longer explores: further ensemble Kalman steps move it
     by amounts of the order of its spread. Parameters with zero initial
-    spread are left out. Returns a boolean scalar.
+    spread are left out. tol: finite and > 0. Returns a boolean scalar.
     """
+    check_number("tol", tol, low=0.0)
     E, E0 = jnp.asarray(ensemble), jnp.asarray(initial_ensemble)
     if E.ndim != 2 or E0.ndim != 2 or E.shape[1] != E0.shape[1]:
         raise ValueError(

@@ -6,12 +6,21 @@ import dataclasses
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_ndim
+from enkit._checks import (
+    check_finite,
+    check_ndim,
+    check_number,
+    check_spread,
+    is_concrete,
+    zero_spread_columns,
+)
 from enkit.ensemble import ensemble_covariance, ensemble_mean
 from enkit.inversion._common import (
+    SPREAD_ADVICE,
     BlockDiagonal,
     InversionInfo,
     check_dt,
@@ -77,10 +86,16 @@ class UKI:
     prior: GaussianPrior
     spread: ArrayLike | None = None
 
+    def __post_init__(self):
+        if self.spread is not None:
+            check_number("spread", self.spread, low=0.0)
+
     def init(self, key: Array | None = None, ensemble=None) -> UKIState:
         """Initial Gaussian: the prior's, or the sample mean and covariance
-        (N − 1) of ``ensemble`` (N, p) when one is given. key: unused
-        (UKI is deterministic)."""
+        (N − 1) of ``ensemble`` (N, p) when one is given, which must be
+        positive definite (the sigma points need its Cholesky factor: N ≥ p + 1
+        members, no parameter with zero spread; concrete ensembles are
+        checked). key: unused (UKI is deterministic)."""
         del key
         check_prior(self.prior)
         if ensemble is None:
@@ -93,8 +108,11 @@ class UKI:
                 raise ValueError(f"ensemble must hold N >= 2 members, got shape {E.shape}")
             check_finite("ensemble", E)
             check_prior(self.prior, E.shape[1])
+            check_spread("ensemble", E, consequence="its sample covariance is 0 and UKI "
+                         "has no sigma points to spread", advice=SPREAD_ADVICE)
             m = ensemble_mean(E)
             C = ensemble_covariance(E)
+            _check_positive_definite(C, E)
         return UKIState(m, C, jnp.asarray(0, jnp.int32), jnp.zeros((), m.dtype))
 
     def _spread(self, p: int, dtype) -> Array:
@@ -141,6 +159,23 @@ class UKI:
                        state.iteration + 1, state.time + dt)
         r = noise.whiten(y - G[0])
         return new, InversionInfo(jnp.sqrt(jnp.sum(r * r)), dt)
+
+
+def _check_positive_definite(C, E) -> None:
+    """Refuse a concrete initial covariance whose Cholesky factor fails."""
+    if not is_concrete(C) or np.all(np.isfinite(np.asarray(jnp.linalg.cholesky(C)))):
+        return
+    N, p = E.shape
+    cols = zero_spread_columns(E)
+    why = (f"the parameters {cols.tolist()} have zero spread" if cols.size else
+           f"N = {N} members span at most {N - 1} < p = {p} directions" if N <= p else
+           "the members are (numerically) linearly dependent")
+    raise ValueError(
+        "ensemble's sample covariance must be positive definite for UKI's sigma points "
+        f"(its Cholesky factorisation failed): {why}. Give N >= p + 1 = {p + 1} members "
+        "with spread in every parameter, e.g. from the prior (enkit.GaussianPrior(mean, "
+        "covariance).sample(key, N)), or init(key) without an ensemble to start from the "
+        "prior")
 
 
 register(UKI, data=["prior", "spread"])

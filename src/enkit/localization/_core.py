@@ -43,6 +43,8 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
+from enkit._checks import check_number
+
 __all__ = [
     "LocalizationMatrices",
     "cartesian_distance",
@@ -75,6 +77,7 @@ def periodic_distance(a: ArrayLike, b: ArrayLike, period: ArrayLike) -> Array:
     each other); period: the ring's length (> 0). Returns the broadcast shape.
     Example: on a ring of 40 points, positions 1 and 39 are 2 apart.
     """
+    _check_length("period", period)
     a, b = jnp.asarray(a), jnp.asarray(b)
     period = jnp.asarray(period, jnp.result_type(a, b, float))
     delta = jnp.mod(jnp.abs(a - b), period)
@@ -107,6 +110,7 @@ def torus_distance(a: ArrayLike, b: ArrayLike, period: ArrayLike) -> Array:
     pass it as the ``distance`` of ``enkit.letkf`` or ``enkit.patch_etkf``.
     Returns (...).
     """
+    _check_length("period", period, shape=(None,), what="a scalar or (d,) array")
     a, b = jnp.asarray(a), jnp.asarray(b)
     dtype = jnp.result_type(a, b, float)
     period = jnp.asarray(period, dtype)
@@ -133,6 +137,7 @@ def great_circle_distance(
     and the distance is ``radius · Δσ`` (radius 1: the angle in radians;
     6371.0 for the Earth in km). Returns (...).
     """
+    _check_length("radius", radius)
     a, b = jnp.asarray(a), jnp.asarray(b)
     if a.shape[-1:] != (2,) or b.shape[-1:] != (2,):
         raise ValueError(
@@ -160,7 +165,19 @@ def great_circle_distance(
 # tapers
 
 
+def _check_length(name, value, *, shape=None, what="a real scalar"):
+    """A concrete length (scale, radius, period): finite and > 0."""
+    check_number(name, value, low=0.0, shape=shape, what=what)
+
+
 def _scaled(distance: ArrayLike, length_scale: ArrayLike) -> Array:
+    """|d| / L, with a concrete L (scalar or an array broadcast against d)
+    checked: every entry finite and > 0."""
+    if jnp.ndim(length_scale):
+        _check_length("length_scale", length_scale, shape=jnp.shape(length_scale),
+                      what="an array broadcast against the distances")
+    else:
+        _check_length("length_scale", length_scale)
     d = jnp.asarray(distance)
     d = jnp.asarray(d, jnp.result_type(d, float))
     return jnp.abs(d) / jnp.asarray(length_scale, d.dtype)

@@ -57,7 +57,8 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_ndim, is_concrete
+from enkit._checks import check_finite, check_ndim
+from enkit._checks import user_value as _user_value
 from enkit._pytree import register_dataclass
 from enkit.ensemble import scaled_anomalies
 from enkit.localization._core import gaussian
@@ -79,13 +80,6 @@ def _clip_r(r: Array) -> Array:
     must stay finite."""
     tol = max(1e8 * float(np.finfo(np.float64).eps), 4.0 * float(jnp.finfo(r.dtype).eps))
     return jnp.clip(r, -1.0 + tol, 1.0 - tol)
-
-
-def _user_value(x) -> bool:
-    """True for what a user passes (validate it); False for what JAX's pytree
-    machinery rebuilds an object with (tracers, None, sentinels)."""
-    return isinstance(x, (list, tuple, np.ndarray, np.number, float, int, jax.Array)) \
-        and is_concrete(x)
 
 
 def _scalar(name: str, x, *, low: float, high: float = np.inf,
