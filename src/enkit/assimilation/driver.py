@@ -32,7 +32,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_float, check_ndim, is_concrete
+from enkit._checks import check_finite, check_float, check_ndim, check_spread, is_concrete
 from enkit.assimilation import compiled, cycle, python_loop
 from enkit.assimilation.checkpoint import checkpoint_plan, config_fingerprints
 from enkit.assimilation.types import (
@@ -46,7 +46,7 @@ from enkit.assimilation.types import (
     over_window,
 )
 from enkit.covariance import Covariance, as_covariance
-from enkit.filters._common import ObservationOperator
+from enkit.filters._common import SPREAD_ADVICE, ObservationOperator
 from enkit.inflation import (
     AdditiveAnalysis,
     AdditiveForecast,
@@ -386,16 +386,10 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
 def _check_spread(E0, model_noise, inflation) -> None:
     """Refuse an initial ensemble of identical members when nothing in the
     run adds spread: its anomalies are zero, so no analysis can move it."""
-    if not is_concrete(E0) or model_noise is not None or _adds_spread(inflation):
+    if model_noise is not None or _adds_spread(inflation):
         return
-    E = np.asarray(E0)
-    if np.all(E == E[:1]):
-        N, n = E.shape
-        raise ValueError(
-            f"E0 has zero spread: its {N} members are identical, so every analysis would "
-            "leave it unchanged (its anomalies are zero). Draw the members around the first "
-            f"guess x0, e.g. E0 = x0 + enkit.Diagonal(b).sample(key, ({N},)) with b the ({n},) "
-            "background error variances, or give model_noise= or an additive inflation step")
+    check_spread("E0", E0, consequence="every analysis would leave it unchanged",
+                 advice=SPREAD_ADVICE + ", or give model_noise= or an additive inflation step")
 
 
 def _adds_spread(step) -> bool:
