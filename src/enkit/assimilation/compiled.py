@@ -169,8 +169,14 @@ def _window_analysis(scheme, h_win, h, y, R, mask, inflation, state, keys, E, Ef
 
 
 def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_steps,
-                outputs, plan, stop_on_nonfinite=False) -> AssimilationResult:
+                outputs, plan, stop_on_nonfinite=False, *, every=None,
+                on_window=None) -> AssimilationResult:
     """The compiled path in windows of ``plan.every`` cycles, saving after each.
+
+    plan None: no checkpoint, windows of ``every`` cycles. on_window: None or
+    a callable ``on_window(cycles)`` called after each window with the
+    number of cycles it ran (a progress bar's ``update``; first with the
+    cycles restored from a checkpoint).
 
     Each window is one call of the plain path's scan on that window's slice
     of the per-cycle inputs (one compilation for the full-size windows, one
@@ -184,12 +190,15 @@ def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, for
     carry = init_carry(settings, E0)
     k, t = 0, 0
     parts: dict = {}
-    saved = restore(plan, carry, outputs, stacklevel=4)
+    saved = None if plan is None else restore(plan, carry, outputs, stacklevel=4)
     if saved is not None:
         if saved.finished:
             return saved.result()
         carry, k, t = saved.carry, saved.completed, saved.model_step
         parts = {name: [v] for name, v in saved.outputs.items()}
+        if on_window is not None and k:
+            on_window(k)
+    every = plan.every if plan is not None else every
     xs_all = record.scan_inputs()
     steps = np.cumsum(np.asarray(record.n_steps))
 
@@ -197,7 +206,7 @@ def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, for
         return {name: np.concatenate(p) for name, p in parts.items()}
 
     while k < K:
-        end = min(k + plan.every, K)
+        end = min(k + every, K)
         xs = jax.tree_util.tree_map(lambda a: a[k:end], xs_all)  # noqa: B023
         carry, (outs, srows) = run_window(settings, record, carry, xs, key, outputs=outputs)
         named = {**outs, **{f"rows.{name}": v for name, v in srows.items()}}
@@ -206,8 +215,10 @@ def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, for
         if stop_on_nonfinite and cycle.NONFINITE in outs and np.any(outs[cycle.NONFINITE]):
             return AssimilationResult(**{n: jnp.asarray(v) for n, v in rows().items()
                                          if not n.startswith("rows.")})
+        if on_window is not None:
+            on_window(end - k)
         k, t = end, int(steps[end - 1])
-        if k < K or forecast_steps:
+        if plan is not None and (k < K or forecast_steps):
             save_run(plan, carry, rows(), k, t, False, [])
     E = carry[0]
     if forecast_steps:
@@ -216,5 +227,6 @@ def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, for
     srows = {name[5:]: jnp.asarray(final.pop(name)) for name in list(final)
              if name.startswith("rows.")}
     final.update({name: np.asarray(v) for name, v in finish_jit(settings, carry, srows).items()})
-    save_run(plan, (E, *carry[1:]), final, K, t, True, [])
+    if plan is not None:
+        save_run(plan, (E, *carry[1:]), final, K, t, True, [])
     return AssimilationResult(ensemble=E, **{n: jnp.asarray(v) for n, v in final.items()})

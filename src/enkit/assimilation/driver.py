@@ -33,6 +33,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_float, check_ndim, check_spread, is_concrete
+from enkit._progress import progress_bar
 from enkit.assimilation import compiled, cycle, python_loop
 from enkit.assimilation.checkpoint import checkpoint_plan, config_fingerprints
 from enkit.assimilation.types import (
@@ -82,6 +83,7 @@ def assimilate(
     resume: bool = True,
     smoother: Any = None,
     on_nonfinite: str = "raise",
+    progress: bool = False,
 ) -> AssimilationResult:
     """Cycle an ensemble through forecasts and analyses.
 
@@ -166,6 +168,11 @@ def assimilate(
     "ignore": no check (``nonfinite`` is None). Under ``jax.jit`` or
     ``jax.grad`` of a whole ``assimilate`` call the values are unknown
     when it returns: read ``result.nonfinite`` instead.
+
+    progress: True shows a progress bar (tqdm, on standard error, only when
+    that is a terminal): the Python path counts cycles; the compiled path
+    then runs its scan in about 100 windows (two compilations, the results
+    bit-identical to one scan; none of this under ``jit`` of the whole call).
     """
     run = prepare(model, E0, observations, scheme, h=h, R=R, key=key, inflation=inflation,
                   mask=mask, steps_per_obs=steps_per_obs, obs_times=obs_times,
@@ -173,20 +180,34 @@ def assimilate(
                   store=store, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                   resume=resume, smoother=smoother, on_nonfinite=on_nonfinite)
     stop = on_nonfinite == "raise"
-    if run.python_path:
-        result = python_loop.run(run.settings, run.record, run.E0, run.key, run.forecast_steps,
-                                 run.outputs, run.plan, stop_on_nonfinite=stop)
-    elif run.plan is not None:
-        result = compiled.run_windows(run.settings, run.record, run.E0, run.key,
-                                      run.forecast_steps, run.outputs, run.plan,
-                                      stop_on_nonfinite=stop)
-    else:
-        result = compiled.run(run.settings, run.record, run.E0, run.key,
-                              forecast_steps=run.forecast_steps, outputs=run.outputs)
     K = len(run.steps)
+    bar = progress_bar(K, desc="assimilate", enabled=bool(progress) and is_concrete(run.E0))
+    try:
+        if run.python_path:
+            result = python_loop.run(run.settings, run.record, run.E0, run.key,
+                                     run.forecast_steps, run.outputs, run.plan,
+                                     stop_on_nonfinite=stop,
+                                     on_cycle=None if bar.disable else bar.update)
+        elif run.plan is not None or (not bar.disable and K > 1):
+            result = compiled.run_windows(run.settings, run.record, run.E0, run.key,
+                                          run.forecast_steps, run.outputs, run.plan,
+                                          stop_on_nonfinite=stop, every=_progress_window(K),
+                                          on_window=None if bar.disable else bar.update)
+        else:
+            result = compiled.run(run.settings, run.record, run.E0, run.key,
+                                  forecast_steps=run.forecast_steps, outputs=run.outputs)
+    finally:
+        bar.close()
     result = result._replace(times=jnp.asarray(run.times[:_rows(result, K)]),
                              steps=jnp.asarray(run.steps[:_rows(result, K)]))
     return _check_nonfinite(result, on_nonfinite, run)
+
+
+def _progress_window(K: int) -> int:
+    """Cycles per window of a compiled run with a progress bar: about K/100,
+    a divisor of K when one is near (then one compilation, not two)."""
+    w = -(-K // 100)
+    return next((d for d in range(w, 2 * w + 1) if K % d == 0), w)
 
 
 def _rows(result: AssimilationResult, K: int) -> int:

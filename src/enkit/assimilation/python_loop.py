@@ -33,8 +33,12 @@ _OBS_SPACE = {"innovation_forecast", "innovation_analysis",
 
 
 def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_steps, outputs,
-        plan=None, stop_on_nonfinite=False) -> AssimilationResult:
+        plan=None, stop_on_nonfinite=False, on_cycle=None) -> AssimilationResult:
     """K cycles in Python, then ``forecast_steps`` model steps.
+
+    on_cycle: None or a callable ``on_cycle(1)`` called after every cycle
+    (a progress bar's ``update``); a resumed run first reports the cycles
+    already done, ``on_cycle(k0)``.
 
     With ``stop_on_nonfinite`` (and the finite-check among the outputs) the
     loop stops after the first cycle whose check fails, saves nothing more
@@ -105,6 +109,8 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
             rows.update({name: np.asarray(v) for name, v in extra.items()})
         save_run(plan, (E, state, sstate), rows, k, t, finished, ragged_names)
 
+    if on_cycle is not None and k0:
+        on_cycle(k0)
     for k in range(k0 + 1, K + 1):
         keys, k_noise = _cycle.cycle_keys(key, k)
         n = int(steps[k - 1]) - t
@@ -139,6 +145,8 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
         E = Ea
         if plan is not None and k % plan.every == 0 and (k < K or forecast_steps):
             save(k, finished=False)
+        if on_cycle is not None:
+            on_cycle(1)
     if forecast_steps:
         k_noise = None if key is None else jax.random.fold_in(key, K + 1)
         E = advance(E, forecast_steps, t, controls, noise, k_noise, cycle=K + 1)
