@@ -1,4 +1,5 @@
-"""Command-line interface: ``enkit demo`` and ``enkit calibrate CONFIG.toml``."""
+"""Command-line interface: ``enkit demo``, ``enkit run CONFIG.toml``,
+``enkit report RESULT.nc`` and ``enkit calibrate CONFIG.toml``."""
 
 from __future__ import annotations
 
@@ -22,21 +23,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from enkit.demo import format_summary, lorenz96_demo
-    from enkit.plotting import plot_twin_run
+    from enkit.demo import DEMO_MODELS, format_summary, twin_demo
+    from enkit.plotting import plot_hovmoller, plot_twin_run
 
-    out = lorenz96_demo(
+    out = twin_demo(
+        model=args.model,
         cycles=args.cycles,
         burn_in=args.burn_in,
         members=args.members,
-        inflation=args.inflation,
+        inflation=None if args.inflation == 1.0 else args.inflation,
         scheme=args.scheme,
         seed=args.seed,
+        store=("innovation_chi2",),
     )
     s = out.summary
-    print("Lorenz-96 twin experiment (n=40, F=8, obs every 0.05, R=I)")
+    print(f"{DEMO_MODELS[args.model][1]}: twin experiment")
     print(format_summary(s))
-    title = (f"Lorenz-96, {s['scheme']} N={s['N']}, inflation {s['inflation']}: "
+    title = (f"{args.model}, {s['scheme']} N={s['N']}, inflation {s['inflation']}: "
              f"analysis RMSE {s['analysis_rmse']:.3f}")
     last = slice(-min(args.cycles, 400), None)
     shown = out.result._replace(
@@ -46,6 +49,16 @@ def _run_demo(args: argparse.Namespace) -> None:
     plot_twin_run(out.twin.truth[last], out.twin.times[last], shown, args.figure,
                   title=title)
     print(f"figure written to {args.figure}")
+    stem = os.path.splitext(args.figure)[0]
+    err = out.result.analysis_mean[last] - out.twin.truth[last]
+    fig = plot_hovmoller(out.twin.times[last], err, title="analysis error (mean − truth)")
+    fig.savefig(f"{stem}-hovmoller.png", dpi=100)
+    print(f"figure written to {stem}-hovmoller.png")
+    output = f"{stem}.nc" if args.output is None else args.output
+    if output:
+        path = out.result.to_netcdf(output, truth=out.twin.truth,
+                                    observations=out.twin.observations)
+        print(f"result written to {path} (enkit report {path})")
 
 
 class _Progress:
@@ -167,26 +180,164 @@ def _add_calibrate(sub) -> None:
     cal.set_defaults(func=_calibrate)
 
 
+def _run(args: argparse.Namespace) -> int:
+    import jax
+
+    from enkit.config import ConfigError
+    from enkit.run_config import load_run_config
+
+    with jax.enable_x64(True):
+        try:
+            cfg = load_run_config(args.config)
+        except ConfigError as err:
+            print(f"enkit run: error in {args.config}: {err}", file=sys.stderr)
+            return 2
+        if cfg.checkpoint is not None and os.path.exists(cfg.checkpoint):
+            if not (args.resume or args.overwrite):
+                print(f"enkit run: checkpoint {cfg.checkpoint} exists: pass --resume to "
+                      "continue that run or --overwrite to start afresh", file=sys.stderr)
+                return 2
+        elif args.resume:
+            where = cfg.checkpoint or "(run.checkpoint is not set)"
+            print(f"enkit run: --resume: no checkpoint to resume at {where}", file=sys.stderr)
+            return 2
+        return _run_assimilation(cfg, args)
+
+
+def _run_assimilation(cfg, args: argparse.Namespace) -> int:
+    from enkit.assimilation import NonFiniteError, assimilate
+    from enkit.io import CheckpointError
+    from enkit.report import format_table, summarize
+
+    obs = cfg.observations
+    if not args.quiet:
+        K, m = obs.values.shape
+        print(f"assimilating {K} analysis times ({m} observation slots) with "
+              f"{cfg.scheme_name}, N={cfg.E0.shape[0]}, n={cfg.E0.shape[1]}"
+              + (" — resuming" if args.resume else ""), flush=True)
+    kwargs = cfg.assimilate_kwargs()
+    try:
+        result = assimilate(cfg.model, cfg.E0, resume=bool(args.resume),
+                            progress=not args.quiet, **kwargs)
+    except (NonFiniteError, CheckpointError) as err:
+        print(f"enkit run: {err}", file=sys.stderr)
+        return 1
+    ds = result.to_xarray(truth=cfg.truth, observations=obs.values, mask=obs.mask,
+                          settings=cfg.settings)
+    from enkit.results_io import write_netcdf
+
+    out = write_netcdf(ds, cfg.output)
+    if not args.quiet:
+        print(format_table(summarize(ds)))
+        print(f"result written to {out} (enkit report {out})")
+    return 0
+
+
+def _add_run(sub) -> None:
+    from enkit.run_config import run_keys_help
+
+    run = sub.add_parser(
+        "run", help="run an assimilation from a TOML configuration",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Assimilate an observation file (netCDF or CSV: enkit.read_observations) into "
+            "a model (built-in or a Python module:function) as the TOML file says, and "
+            "write the result to netCDF (read it with `enkit report`). Everything in the "
+            "file is checked before the model runs. Relative paths are relative to the "
+            "file's directory. An existing checkpoint is refused unless --resume or "
+            "--overwrite is given.", width=79),
+        epilog=run_keys_help())
+    run.add_argument("config", help="the TOML configuration file")
+    what = run.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true",
+                      help="continue the run saved at run.checkpoint")
+    what.add_argument("--overwrite", action="store_true",
+                      help="start afresh even if run.checkpoint exists")
+    run.add_argument("--quiet", "-q", action="store_true",
+                     help="no progress bar and no summary")
+    run.set_defaults(func=_run)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from enkit.report import format_table, standard_figures, summarize
+    from enkit.results_io import read_netcdf
+
+    try:
+        ds = read_netcdf(args.result)
+    except (OSError, ValueError) as err:
+        print(f"enkit report: cannot read {args.result}: {err}", file=sys.stderr)
+        return 2
+    try:
+        rows = summarize(ds, burn_in=args.burn_in)
+    except ValueError as err:
+        print(f"enkit report: {args.result}: {err}", file=sys.stderr)
+        return 2
+    print(format_table(rows))
+    if args.no_figures:
+        return 0
+    if not 0 <= args.variable < ds.sizes.get("state", 1):
+        print(f"enkit report: --variable {args.variable} is not a state index "
+              f"(0..{ds.sizes.get('state', 1) - 1})", file=sys.stderr)
+        return 2
+    folder = args.figures or os.path.dirname(os.path.abspath(args.result))
+    os.makedirs(folder, exist_ok=True)
+    stem = os.path.splitext(os.path.basename(args.result))[0]
+    for name, fig in standard_figures(ds, variable=args.variable).items():
+        path = os.path.join(folder, f"{stem}-{name}.png")
+        fig.savefig(path, dpi=args.dpi)
+        print(f"figure written to {path}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    rep = sub.add_parser(
+        "report", help="summary table and standard figures of a saved result",
+        description=textwrap.fill(
+            "Print a summary table of a result written by `enkit run`, `enkit demo`, "
+            "`enkit calibrate` or a result's .to_netcdf(), and write its standard figures "
+            "as PNG files named RESULT-NAME.png.", width=79))
+    rep.add_argument("result", help="the netCDF result file")
+    rep.add_argument("--figures", metavar="DIR", default=None,
+                     help="folder of the figures (default: the result's folder)")
+    rep.add_argument("--no-figures", action="store_true", help="the table only")
+    rep.add_argument("--burn-in", type=int, default=0,
+                     help="analysis times left out of the time means (default 0)")
+    rep.add_argument("--variable", type=int, default=0,
+                     help="state index shown in the time-series figure (default 0)")
+    rep.add_argument("--dpi", type=int, default=100, help="figure resolution (default 100)")
+    rep.set_defaults(func=_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from enkit.filters import SCHEMES
 
     parser = argparse.ArgumentParser(prog="enkit", description="Ensemble Kalman methods.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="Lorenz-96 twin experiment: table and figure")
+    from enkit.demo import DEMO_MODELS
+
+    demo = sub.add_parser("demo", help="twin experiment: table, figures and a netCDF result")
+    demo.add_argument("--model", choices=sorted(DEMO_MODELS), default="lorenz96",
+                      help="the system (default lorenz96)")
     demo.add_argument("--cycles", type=int, default=5000, help="analysis cycles (default 5000)")
     demo.add_argument("--burn-in", type=int, default=500,
                       help="cycles left out of the time means (default 500)")
     demo.add_argument("--members", "-N", type=int, default=40, help="ensemble size (default 40)")
     demo.add_argument("--inflation", type=float, default=1.02,
-                      help="multiplicative inflation (default 1.02)")
-    demo.add_argument("--scheme", choices=sorted(SCHEMES), default="etkf",
-                      help="analysis scheme (default etkf)")
+                      help="multiplicative inflation, 1 for none (default 1.02)")
+    demo.add_argument("--method", "--scheme", dest="scheme", choices=sorted(SCHEMES),
+                      default="etkf", help="analysis scheme (default etkf)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                       help="floating precision of the run (default float64)")
     demo.add_argument("--figure", default="enkit-demo.png",
-                      help="PNG file to write (default enkit-demo.png)")
+                      help="PNG file to write (default enkit-demo.png; the Hovmöller "
+                           "diagram of the analysis error goes to enkit-demo-hovmoller.png)")
+    demo.add_argument("--output", default=None,
+                      help="netCDF file of the result (default: the figure's name with .nc, "
+                           "enkit-demo.nc; '' for none)")
     demo.set_defaults(func=_demo)
+    _add_run(sub)
+    _add_report(sub)
     _add_calibrate(sub)
     return parser
 

@@ -1,4 +1,34 @@
-"""Calibration results as xarray Datasets and netCDF files.
+"""Assimilation, smoother and calibration results as xarray Datasets and
+netCDF files.
+
+``assimilation_to_xarray(result, ...)`` (``AssimilationResult.to_xarray``)
+has dimensions ``time`` (K analysis times, coordinate = ``result.times``),
+``member`` (N), ``state`` (n), ``state_b`` (n, the second axis of
+covariances) and ``obs`` (m):
+
+    steps, nonfinite (int8), forecast_spread, analysis_spread,
+        smoothed_spread, cost_J, cost_Jb, cost_Jo, innovation_chi2,
+        log_likelihood, dfs (time)
+    forecast_mean, analysis_mean, smoothed_mean, analysis_variances,
+        analysis_std, bma (time, state)
+    forecast_ensemble, analysis_ensemble, smoothed_ensemble
+        (time, member, state)
+    forecast_covariance, analysis_covariance (time, state, state_b)
+    innovation_forecast, innovation_analysis, simulated_obs_forecast,
+        simulated_obs_analysis (time, obs); ragged (lists of (m_k,) arrays,
+        the Python path) are padded with NaN to the longest m_k, and
+        ``obs_present`` (time, obs) int8 says which entries are real
+    final_ensemble (member, state): the run's final ensemble
+    truth (time, state), observations (time, obs), observation_mask
+        (time, obs) int8: when given
+
+— only the outputs the run stored — and attributes ``enkit_kind``
+("assimilation" or "smoother"), ``enkit_version``, ``method`` and
+``option_<name>`` for each of the run's options (``result.info``), plus
+the given settings. Every array keeps its dtype except booleans (int8:
+netCDF3 has no bool) and int64 (int32: netCDF3 has no 64-bit integers).
+
+Calibration results:
 
 ``calibration_to_xarray(result, ...)`` turns a ``CalibrationResult`` into an
 ``xarray.Dataset`` with dimensions ``iteration`` (I + 1 ensembles),
@@ -31,7 +61,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["calibration_to_xarray", "read_netcdf", "write_netcdf"]
+__all__ = ["assimilation_to_xarray", "calibration_to_xarray", "read_netcdf", "write_netcdf"]
+
+_TIME = ("steps", "nonfinite", "forecast_spread", "analysis_spread", "smoothed_spread",
+         "cost_J", "cost_Jb", "cost_Jo", "innovation_chi2", "log_likelihood", "dfs")
+_STATE = ("forecast_mean", "analysis_mean", "smoothed_mean", "analysis_variances",
+          "analysis_std", "bma")
+_MEMBERS = ("forecast_ensemble", "analysis_ensemble", "smoothed_ensemble")
+_COVARIANCES = ("forecast_covariance", "analysis_covariance")
+_OBS = ("innovation_forecast", "innovation_analysis", "simulated_obs_forecast",
+        "simulated_obs_analysis")
 
 
 def _xarray():
@@ -51,6 +90,95 @@ def _attr(v: Any):
             isinstance(a, (int, float)) and not isinstance(a, bool) for a in v):
         return np.asarray(v, np.float64)
     return repr(v)
+
+
+def _netcdf_array(a) -> np.ndarray:
+    """``a`` as a NumPy array netCDF3 can hold (bool → int8, int64 → int32)."""
+    a = np.asarray(a)
+    if a.dtype == bool:
+        return a.astype(np.int8)
+    if a.dtype.kind in "iu" and a.dtype.itemsize > 4:
+        if a.size and (a.max() > np.iinfo(np.int32).max or a.min() < np.iinfo(np.int32).min):
+            raise ValueError("integers beyond int32 cannot be written to netCDF3")
+        return a.astype(np.int32)
+    return a
+
+
+def _padded(rows: list) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged (m_k,) rows as (K, max m_k) padded with NaN, and the int8 mask."""
+    rows = [np.asarray(r) for r in rows]
+    m = max((r.shape[0] for r in rows), default=0)
+    out = np.full((len(rows), m), np.nan)
+    present = np.zeros((len(rows), m), np.int8)
+    for k, r in enumerate(rows):
+        out[k, :r.shape[0]] = r
+        present[k, :r.shape[0]] = 1
+    return out, present
+
+
+def assimilation_to_xarray(result, *, truth=None, observations=None, mask=None,
+                           settings: dict | None = None):
+    """The ``AssimilationResult`` ``result`` as an ``xarray.Dataset`` (layout
+    in the module docstring). truth: (K, n); observations: (K, m); mask:
+    (K, m) booleans; settings: extra attributes (name → value)."""
+    from enkit import __version__
+
+    xr = _xarray()
+    if result.times is None:
+        raise ValueError("result has no times: an AssimilationResult from assimilate or a "
+                         "smoother is needed")
+    times = np.asarray(result.times)
+    K = times.shape[0]
+    data: dict = {}
+
+    def add(name, dims, value):
+        a = _netcdf_array(value)
+        if a.shape[:1] != (K,) and dims[0] == "time":
+            raise ValueError(f"{name} has {a.shape[0] if a.ndim else 0} rows, the result "
+                             f"has K = {K} analysis times")
+        if a.ndim != len(dims):
+            raise ValueError(f"{name} must have {len(dims)} axes {dims}, got shape {a.shape}")
+        data[name] = (dims, a)
+
+    for names, dims in ((_TIME, ("time",)), (_STATE, ("time", "state")),
+                        (_MEMBERS, ("time", "member", "state")),
+                        (_COVARIANCES, ("time", "state", "state_b"))):
+        for name in names:
+            value = getattr(result, name)
+            if value is not None:
+                add(name, dims, value)
+    for name in _OBS:
+        value = getattr(result, name)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value, present = _padded(value)
+            data["obs_present"] = (("time", "obs"), present)
+        add(name, ("time", "obs"), value)
+    if result.ensemble is not None:
+        add("final_ensemble", ("member", "state"), result.ensemble)
+    if truth is not None:
+        add("truth", ("time", "state"), truth)
+    if observations is not None:
+        add("observations", ("time", "obs"), observations)
+    if mask is not None:
+        add("observation_mask", ("time", "obs"), np.asarray(mask, bool))
+    info = result.info
+    kind = getattr(info, "kind", None) or (
+        "smoother" if result.smoothed_mean is not None or result.smoothed_ensemble is not None
+        else "assimilation")
+    attrs = {"enkit_kind": kind, "enkit_version": __version__,
+             "method": getattr(info, "method", "") or "unknown"}
+    for name, text in getattr(info, "options", ()):
+        attrs[f"option_{name}"] = text
+    for k, v in (settings or {}).items():
+        attrs[k] = _attr(v)
+    ds = xr.Dataset(data, attrs=attrs)
+    coords = {"time": times}
+    for dim in ("member", "state", "state_b", "obs"):
+        if dim in ds.dims:
+            coords[dim] = np.arange(ds.sizes[dim], dtype=np.int32)
+    return ds.assign_coords(coords)
 
 
 def calibration_to_xarray(result, *, space=None, y=None, noise_variance=None,
@@ -91,7 +219,11 @@ def calibration_to_xarray(result, *, space=None, y=None, noise_variance=None,
         data["y"] = ("output", np.asarray(y, np.float64))
     if noise_variance is not None:
         data["noise_variance"] = ("output", np.asarray(noise_variance, np.float64))
-    attrs = {"stopped_by": str(result.stopped_by), "n_iterations": result.n_iterations}
+    from enkit import __version__
+
+    attrs = {"enkit_kind": "calibration", "enkit_version": __version__,
+             "stopped_by": str(result.stopped_by), "n_iterations": result.n_iterations}
+    attrs["method"] = str(dict(result.settings).get("process", "")).split("(")[0]
     for k, v in {**dict(result.settings), **(settings or {})}.items():
         attrs[k] = _attr(v)
     coords = {"iteration": np.arange(n_it), "step": np.arange(result.n_iterations),

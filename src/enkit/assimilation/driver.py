@@ -43,7 +43,9 @@ from enkit.assimilation.types import (
     NonFiniteError,
     ObservationRecord,
     PerTime,
+    RunInfo,
     as_pytree,
+    describe,
     over_window,
 )
 from enkit.covariance import Covariance, as_covariance
@@ -199,8 +201,26 @@ def assimilate(
     finally:
         bar.close()
     result = result._replace(times=jnp.asarray(run.times[:_rows(result, K)]),
-                             steps=jnp.asarray(run.steps[:_rows(result, K)]))
+                             steps=jnp.asarray(run.steps[:_rows(result, K)]),
+                             info=_run_info(scheme, smoother, model, inflation, model_noise,
+                                            run, store, on_nonfinite))
     return _check_nonfinite(result, on_nonfinite, run)
+
+
+def _run_info(scheme, smoother, model, inflation, model_noise, run, store,
+              on_nonfinite) -> RunInfo:
+    """The result's ``RunInfo``: what made it, as short texts."""
+    inner = scheme.scheme if isinstance(scheme, over_window) else scheme
+    method = describe(inner) + (" over the window" if isinstance(scheme, over_window) else "")
+    if smoother is not None:
+        method += f" + {describe(smoother)}"
+    spo = np.diff(np.concatenate([[0], np.asarray(run.steps)]))
+    steps = str(int(spo[0])) if np.all(spo == spo[0]) else "varying"
+    options = (("model", describe(model)), ("inflation", describe(inflation)),
+               ("model_noise", describe(model_noise)), ("steps_per_obs", steps),
+               ("forecast_steps", str(run.forecast_steps)),
+               ("store", ", ".join(store)), ("on_nonfinite", on_nonfinite))
+    return RunInfo("assimilation" if smoother is None else "smoother", method, options)
 
 
 def _progress_window(K: int) -> int:
@@ -271,7 +291,7 @@ def _first_cycles(result: AssimilationResult, k: int) -> AssimilationResult:
     fields = {}
     for name, value in result._asdict().items():
         drop = name == "ensemble" or name in cycle.SMOOTHED_OUTPUTS or value is None
-        fields[name] = None if drop else value[:k]
+        fields[name] = value if name == "info" else None if drop else value[:k]
     return AssimilationResult(**fields)
 
 

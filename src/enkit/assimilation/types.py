@@ -36,6 +36,7 @@ __all__ = [
     "NonFiniteError",
     "ObservationRecord",
     "PerTime",
+    "RunInfo",
     "over_window",
     "per_time",
     "stack_covariances",
@@ -84,6 +85,11 @@ class AssimilationResult(NamedTuple):
     that cycle to find its stage and puts the stage's code in its place.
     Under ``jit``/``grad`` of a whole run the driver can neither re-run nor
     raise: read the codes (9 for a failure) from the result.
+
+    info: a ``RunInfo`` (kind, method and options of the run; no array
+    leaves, so it passes through ``jit``), filled by ``assimilate`` and the
+    smoothers. ``to_xarray``/``to_netcdf`` write the result as an
+    ``xarray.Dataset``/netCDF file (``enkit.results_io``).
     """
 
     times: Any = None
@@ -114,6 +120,27 @@ class AssimilationResult(NamedTuple):
     smoothed_spread: Any = None
     smoothed_ensemble: Any = None
     nonfinite: Any = None
+    info: Any = None
+
+    def to_xarray(self, *, truth: ArrayLike | None = None,
+                  observations: ArrayLike | None = None, mask: ArrayLike | None = None,
+                  settings: dict | None = None):
+        """This result as an ``xarray.Dataset`` (dimensions time, member,
+        state, obs; layout in ``enkit.results_io``). truth: (K, n);
+        observations: (K, m); mask: (K, m) booleans (False = absent);
+        settings: extra attributes. Needs xarray (``pip install enkit[io]``)."""
+        from enkit.results_io import assimilation_to_xarray
+
+        return assimilation_to_xarray(self, truth=truth, observations=observations,
+                                      mask=mask, settings=settings)
+
+    def to_netcdf(self, path, **options) -> str:
+        """Write ``to_xarray(**options)`` to ``path`` (netCDF3, atomically: a
+        killed run never leaves half a file); returns the absolute path. The
+        file opens in plain xarray without enkit."""
+        from enkit.results_io import write_netcdf
+
+        return write_netcdf(self.to_xarray(**options), path)
 
     def rmse(self, truth: ArrayLike) -> Array:
         """Analysis RMSE per time against truth (K, n) -> (K,)."""
@@ -136,6 +163,40 @@ class AssimilationResult(NamedTuple):
         if value is None:
             raise ValueError(f"this run did not store {name!r}; pass store=(..., {name!r})")
         return value
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a result was made by: ``kind`` ("assimilation" or "smoother"),
+    ``method`` (the scheme's name, with a smoother's), ``options`` ((name,
+    text) pairs of the run's settings). Static: a pytree without leaves."""
+
+    kind: str = "assimilation"
+    method: str = ""
+    options: tuple = ()
+
+
+register_dataclass(RunInfo, data_fields=[], meta_fields=["kind", "method", "options"])
+
+
+def describe(obj) -> str:
+    """A short text naming a scheme, model or option (for ``RunInfo``)."""
+    import functools
+
+    if obj is None:
+        return "none"
+    if isinstance(obj, functools.partial):
+        kw = ", ".join(f"{k}={describe(v)}" for k, v in sorted(obj.keywords.items()))
+        return f"{describe(obj.func)}({kw})" if kw else describe(obj.func)
+    if isinstance(obj, (bool, int, float, str)):
+        return repr(obj) if isinstance(obj, str) else str(obj)
+    name = getattr(obj, "__name__", None)
+    if name is not None:
+        return name
+    if dataclasses.is_dataclass(obj):
+        return type(obj).__name__
+    text = repr(obj)
+    return text if len(text) <= 200 else type(obj).__name__
 
 
 class NonFiniteError(FloatingPointError):

@@ -98,6 +98,13 @@ class CalibrationResult:
         return calibration_to_xarray(self, space=space, y=y, noise_variance=noise_variance,
                                      settings=settings)
 
+    def to_netcdf(self, path, **options) -> str:
+        """Write ``to_xarray(**options)`` to ``path`` (netCDF3, atomically);
+        returns the absolute path. The file opens in plain xarray."""
+        from enkit.results_io import write_netcdf
+
+        return write_netcdf(self.to_xarray(**options), path)
+
     def __repr__(self) -> str:
         N, p = np.shape(self.ensembles)[1:]
         opts = ", ".join(f"{k}={v}" for k, v in self.settings.items())
