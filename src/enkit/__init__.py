@@ -232,8 +232,13 @@ from enkit.smoothers import (
     ienks,
     rts_gain_step,
 )
+from enkit import losses  # noqa: E402  (after the driver: losses builds on it)
+from enkit.observation_io import ObservationData, read_observations  # noqa: E402
 
 __all__ = [
+    "losses",
+    "ObservationData",
+    "read_observations",
     "executors",
     "external",
     "ExternalModel",

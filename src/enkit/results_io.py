@@ -258,7 +258,18 @@ def write_netcdf(dataset, path: str | os.PathLike) -> str:
 
 
 def read_netcdf(path: str | os.PathLike):
-    """The Dataset written by ``write_netcdf`` (loaded into memory)."""
+    """The Dataset written by ``write_netcdf`` (loaded into memory). A file
+    that is not netCDF3 (by its first bytes) raises ``ValueError``."""
     xr = _xarray()
-    with xr.open_dataset(os.fspath(path), engine="scipy") as ds:
-        return ds.load()
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:3] != b"CDF":
+        hint = (" (netCDF4/HDF5: enkit writes and reads netCDF3)" if head == b"\x89HDF"
+                else "")
+        raise ValueError(f"{path} is not a netCDF3 file{hint}")
+    try:
+        with xr.open_dataset(path, engine="scipy") as ds:
+            return ds.load()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read this netCDF file ({err})") from None

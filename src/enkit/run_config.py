@@ -289,13 +289,6 @@ def _observations(t, base: str, n: int):
         obs = read_observations(file, error_variance=None if std is None else std**2)
     except (ValueError, OSError) as err:
         raise ConfigError("observations.file", str(err)) from None
-    pos = np.asarray(obs.positions, float)
-    hi = n if periodic else n - 1
-    if np.any(pos[np.isfinite(pos)] < 0) or np.any(pos[np.isfinite(pos)] > hi):
-        raise ConfigError("observations.file",
-                          f"positions must lie in [0, {hi}] (a grid of n = {n} points"
-                          f"{', periodic' if periodic else ''}); found "
-                          f"[{np.nanmin(pos):g}, {np.nanmax(pos):g}]")
     try:
         inputs = obs.driver_inputs(n, periodic=periodic)
     except ValueError as err:

@@ -22,6 +22,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
@@ -190,6 +191,11 @@ def describe(obj) -> str:
         return f"{describe(obj.func)}({kw})" if kw else describe(obj.func)
     if isinstance(obj, (bool, int, float, str)):
         return repr(obj) if isinstance(obj, str) else str(obj)
+    shape = getattr(obj, "shape", None)
+    if isinstance(shape, tuple) and hasattr(obj, "dtype"):
+        if shape == ():
+            return str(np.asarray(obj).item())
+        return f"array{shape}"
     name = getattr(obj, "__name__", None)
     if name is not None:
         return name
