@@ -83,3 +83,18 @@ def test_bar_off_a_terminal_leaves_stderr_empty(case, capsys):
     enkit.assimilate(c.model, E0, twin.observations, enkit.etkf, h=c.h, R=c.R,
                      steps_per_obs=c.steps_per_obs, progress=True)
     assert capsys.readouterr().err == ""
+
+
+def test_calibrate_bar_counts_iterations_and_shows_the_misfit(monkeypatch):
+    A = np.array([[1.0, 0.5], [0.0, 2.0], [1.0, -1.0]])
+    y = A @ np.array([1.0, -0.5])
+    E0 = np.random.default_rng(0).standard_normal((12, 2))
+    args = (lambda u: A @ u, enkit.EKI(), E0, y, 0.01 * np.eye(3))
+    plain = enkit.calibrate(*args, max_iterations=5, key=0)
+    file = _Terminal()
+    monkeypatch.setattr("sys.stderr", file)
+    shown = enkit.calibrate(*args, max_iterations=5, key=0, progress=True)
+    monkeypatch.undo()
+    text = file.getvalue()
+    assert "calibrate" in text and "6/6" in text and "misfit" in text
+    np.testing.assert_array_equal(plain.ensembles, shown.ensembles)

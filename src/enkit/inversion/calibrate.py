@@ -43,6 +43,7 @@ from jax import Array
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, check_ndim
+from enkit._progress import progress_bar
 from enkit.covariance import as_covariance
 from enkit.ensemble import ensemble_covariance, ensemble_mean
 from enkit.inversion._calibrate_checkpoint import (
@@ -281,8 +282,10 @@ def calibrate(
     run when it returns True. failure: ``"raise"`` (default), ``"ignore"``,
     ``"resample"`` or a policy object (``enkit.inversion.failures``).
     callback: called with an ``IterationRecord`` after each evaluation; a
-    return value of True stops the run. progress: log each iteration's
-    line on the ``"enkit.inversion"`` logger at INFO (else DEBUG).
+    return value of True stops the run. progress: a progress bar (tqdm, on
+    standard error when it is a terminal; iterations counted against
+    ``max_iterations``, the misfit shown) and each iteration's line on the
+    ``"enkit.inversion"`` logger at INFO (else DEBUG).
 
     checkpoint: None, or a file path (conventionally ``*.npz``) where the
     run's state is saved atomically after every completed update and when
@@ -357,66 +360,73 @@ def calibrate(
         state, rec, t, k, stopped_by = restore_run(checkpoint, config, template)
         _LOG.log(level, "calibrate: resuming from %s after %d completed iterations%s",
                  checkpoint, k, f" (finished: {stopped_by})" if stopped_by else "")
-    while stopped_by is None:
-        y_k, noise_k = obs(k)
-        d = y_k.shape[0]
-        sel = select(k)
-        run_k = run if sel is None else partial(_run_selected, run, *sel)
-        U = process.ask(state)
-        t = jnp.zeros((), U.dtype) if t is None else t  # Σ Δt, the algorithmic time
-        G, failed, errors = run_k(U, d)
-        failed0 = failed.copy()
-        if failed.any():
-            if isinstance(policy, Raise):
-                raise ForwardFailure(failure_message("failure='raise'", failed, k, errors),
-                                     np.flatnonzero(failed), k, errors)
-            if isinstance(policy, Resample):
-                state, U, G, failed = _resample(policy, state, failed, G, run_k, d, k, k_fail,
-                                                E_init, process)
-            elif (~failed).sum() < policy.min_successes(failed.size):
-                raise ForwardFailure(
-                    failure_message(f"{policy} needs at least "
-                                    f"{policy.min_successes(failed.size)} successes",
-                                    failed, k, errors), np.flatnonzero(failed), k, errors)
-        ok = ~failed
-        G = jnp.asarray(G, U.dtype)
-        m = _misfit_jit(G, y_k, noise_k, central=_central(state), ok=jnp.asarray(ok))
-        for name, v in zip(rec, (U, G, m, t, failed0.mean(), failed0, errors)):
-            rec[name].append(v)
-        _LOG.log(level, "calibrate iteration %d: misfit %.6g, time %.6g, failed %d/%d",
-                 k, float(m), float(t), int(failed0.sum()), failed0.size)
-        stop = None
-        if callback is not None and callback(
-                IterationRecord(k, U, G, float(m), float(t), failed0)) is True:
-            stop = "callback"
-        if tau is not None and float(m) <= float(tau) * np.sqrt(d):
-            stop = "discrepancy"
-        elif collapse_tol is not None and k > 0 and bool(
-                ensemble_collapsed(U, rec["U"][0], tol=collapse_tol)):
-            stop = "collapse"
-        elif callable(getattr(scheduler, "finished", None)) and bool(scheduler.finished(t)):
-            stop = "scheduler"
-        elif k >= max_it:
-            stop = "max_iterations"
-        if stop is not None:
-            stopped_by = stop
+    bar = progress_bar(max_it + 1, desc="calibrate", unit="iteration", enabled=progress,
+                       initial=min(k, max_it + 1))
+    try:
+        while stopped_by is None:
+            y_k, noise_k = obs(k)
+            d = y_k.shape[0]
+            sel = select(k)
+            run_k = run if sel is None else partial(_run_selected, run, *sel)
+            U = process.ask(state)
+            t = jnp.zeros((), U.dtype) if t is None else t  # Σ Δt, the algorithmic time
+            G, failed, errors = run_k(U, d)
+            failed0 = failed.copy()
+            if failed.any():
+                if isinstance(policy, Raise):
+                    raise ForwardFailure(failure_message("failure='raise'", failed, k, errors),
+                                         np.flatnonzero(failed), k, errors)
+                if isinstance(policy, Resample):
+                    state, U, G, failed = _resample(policy, state, failed, G, run_k, d, k, k_fail,
+                                                    E_init, process)
+                elif (~failed).sum() < policy.min_successes(failed.size):
+                    raise ForwardFailure(
+                        failure_message(f"{policy} needs at least "
+                                        f"{policy.min_successes(failed.size)} successes",
+                                        failed, k, errors), np.flatnonzero(failed), k, errors)
+            ok = ~failed
+            G = jnp.asarray(G, U.dtype)
+            m = _misfit_jit(G, y_k, noise_k, central=_central(state), ok=jnp.asarray(ok))
+            for name, v in zip(rec, (U, G, m, t, failed0.mean(), failed0, errors)):
+                rec[name].append(v)
+            _LOG.log(level, "calibrate iteration %d: misfit %.6g, time %.6g, failed %d/%d",
+                     k, float(m), float(t), int(failed0.sum()), failed0.size)
+            bar.update(1)
+            bar.set_postfix_str(f"misfit {float(m):.4g}")
+            stop = None
+            if callback is not None and callback(
+                    IterationRecord(k, U, G, float(m), float(t), failed0)) is True:
+                stop = "callback"
+            if tau is not None and float(m) <= float(tau) * np.sqrt(d):
+                stop = "discrepancy"
+            elif collapse_tol is not None and k > 0 and bool(
+                    ensemble_collapsed(U, rec["U"][0], tol=collapse_tol)):
+                stop = "collapse"
+            elif callable(getattr(scheduler, "finished", None)) and bool(scheduler.finished(t)):
+                stop = "scheduler"
+            elif k >= max_it:
+                stop = "max_iterations"
+            if stop is not None:
+                stopped_by = stop
+                if checkpoint is not None:
+                    save_run(checkpoint, template, state, rec, t, k, stopped_by, config)
+                break
+            if ok.all():
+                state, info = _advance(process, scheduler, state, t, G, y_k, noise_k,
+                                       has_dt=has_dt)
+            else:  # Ignore: update the successful members, refill the failed ones
+                idx = np.flatnonzero(ok)
+                sub, info = _advance(process, scheduler, take_members(state, idx), t,
+                                     jnp.asarray(np.asarray(G)[idx]), y_k, noise_k,
+                                     has_dt=has_dt)
+                state = refill(sub, state, ok, jax.random.fold_in(jax.random.fold_in(k_fail, k), 0))
+            rec["dt"].append(info.dt)
+            t = t + info.dt
+            k += 1
             if checkpoint is not None:
-                save_run(checkpoint, template, state, rec, t, k, stopped_by, config)
-            break
-        if ok.all():
-            state, info = _advance(process, scheduler, state, t, G, y_k, noise_k,
-                                   has_dt=has_dt)
-        else:  # Ignore: update the successful members, refill the failed ones
-            idx = np.flatnonzero(ok)
-            sub, info = _advance(process, scheduler, take_members(state, idx), t,
-                                 jnp.asarray(np.asarray(G)[idx]), y_k, noise_k,
-                                 has_dt=has_dt)
-            state = refill(sub, state, ok, jax.random.fold_in(jax.random.fold_in(k_fail, k), 0))
-        rec["dt"].append(info.dt)
-        t = t + info.dt
-        k += 1
-        if checkpoint is not None:
-            save_run(checkpoint, template, state, rec, t, k, None, config)
+                save_run(checkpoint, template, state, rec, t, k, None, config)
+    finally:
+        bar.close()
     mean, cov = _final(state)
     return CalibrationResult(
         ensembles=jnp.stack(rec["U"]), forward_outputs=_stack(rec["G"]),
