@@ -29,3 +29,16 @@ def test_lorenz96_localized_eki_quick():
     res = _load("lorenz96_localized_eki").main(n=40, n_iter=10, spinup=2000)
     assert res["SECNice"][1] < 0.9 * res["none"][1]
     assert res["SEC(1)"][1] < 0.9 * res["none"][1]
+
+
+def test_gallery_writes_every_figure_and_its_index(tmp_path):
+    gallery = _load("gallery")
+    paths = gallery.main(str(tmp_path / "gallery"), cycles=60, dpi=30)
+    assert [pathlib.Path(p).stem for p in paths] == list(gallery.CAPTIONS)
+    for p in paths:
+        data = pathlib.Path(p).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    index = (tmp_path / "gallery.md").read_text()
+    assert all(f"gallery/{name}.png" in index for name in gallery.CAPTIONS)
+    committed = ROOT / "docs" / "gallery"
+    assert sorted(p.stem for p in committed.glob("*.png")) == sorted(gallery.CAPTIONS)
