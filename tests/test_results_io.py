@@ -133,3 +133,16 @@ def test_mismatched_extras_are_refused(setting):
         res.to_xarray(truth=twin.truth[:5])
     with pytest.raises(ValueError, match="no times"):
         enkit.AssimilationResult().to_xarray()
+
+
+def test_describe_names_arrays_by_shape_and_scalars_by_value():
+    import jax
+    import jax.numpy as jnp
+
+    from enkit.assimilation.types import describe
+
+    assert describe(jnp.ones((20,))) == "array(20,)"
+    assert describe(np.float64(1.5)) == "1.5"
+    seen = []
+    jax.jit(lambda x: seen.append(describe(x)) or x)(jnp.float32(2.0))
+    assert seen == ["array()"]

@@ -93,29 +93,40 @@ def _open_executor(spec):
     return dask_executor(value)
 
 
-def _calibrate(args: argparse.Namespace) -> int:
+def _configured(command: str, args: argparse.Namespace, load, key: str, go) -> int:
+    """Load the config of ``enkit COMMAND`` with ``load``, settle what an
+    existing checkpoint (config key ``key``) means with --resume/--overwrite,
+    then run ``go(cfg, args)``; float64 within, scoped (the library never
+    changes JAX's global configuration)."""
     import jax
 
-    from enkit.config import ConfigError, load_config
+    from enkit.config import ConfigError
 
-    # Scoped precision: the library never changes JAX's global configuration.
     with jax.enable_x64(True):
         try:
-            cfg = load_config(args.config)
+            cfg = load(args.config)
         except ConfigError as err:
-            print(f"enkit calibrate: error in {args.config}: {err}", file=sys.stderr)
+            print(f"enkit {command}: error in {args.config}: {err}", file=sys.stderr)
             return 2
         if cfg.checkpoint is not None and os.path.exists(cfg.checkpoint):
             if not (args.resume or args.overwrite):
-                print(f"enkit calibrate: checkpoint {cfg.checkpoint} exists: pass --resume to "
+                print(f"enkit {command}: checkpoint {cfg.checkpoint} exists: pass --resume to "
                       "continue that run or --overwrite to start afresh", file=sys.stderr)
                 return 2
         elif args.resume:
-            where = cfg.checkpoint or "(calibration.checkpoint is not set)"
-            print(f"enkit calibrate: --resume: no checkpoint to resume at {where}",
+            print(f"enkit {command}: --resume: no checkpoint to resume at ({key} is not set)"
+                  if cfg.checkpoint is None else
+                  f"enkit {command}: --resume: no checkpoint to resume at {cfg.checkpoint}",
                   file=sys.stderr)
             return 2
-        return _run_calibration(cfg, args)
+        return go(cfg, args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from enkit.config import load_config
+
+    return _configured("calibrate", args, load_config, "calibration.checkpoint",
+                       _run_calibration)
 
 
 def _run_calibration(cfg, args: argparse.Namespace) -> int:
@@ -181,27 +192,9 @@ def _add_calibrate(sub) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import jax
-
-    from enkit.config import ConfigError
     from enkit.run_config import load_run_config
 
-    with jax.enable_x64(True):
-        try:
-            cfg = load_run_config(args.config)
-        except ConfigError as err:
-            print(f"enkit run: error in {args.config}: {err}", file=sys.stderr)
-            return 2
-        if cfg.checkpoint is not None and os.path.exists(cfg.checkpoint):
-            if not (args.resume or args.overwrite):
-                print(f"enkit run: checkpoint {cfg.checkpoint} exists: pass --resume to "
-                      "continue that run or --overwrite to start afresh", file=sys.stderr)
-                return 2
-        elif args.resume:
-            where = cfg.checkpoint or "(run.checkpoint is not set)"
-            print(f"enkit run: --resume: no checkpoint to resume at {where}", file=sys.stderr)
-            return 2
-        return _run_assimilation(cfg, args)
+    return _configured("run", args, load_run_config, "run.checkpoint", _run_assimilation)
 
 
 def _run_assimilation(cfg, args: argparse.Namespace) -> int:

@@ -110,16 +110,20 @@ class ConfigError(ValueError):
         self.key = key
 
 
-def keys_help() -> str:
-    """Every key, its type, default and meaning: the text ``--help`` prints."""
-    w = max(len(k) for k, *_ in KEYS)
-    lines = [f"  {k:<{w}}  {t}; default {d}\n  {'':<{w}}  {m}" for k, t, d, m in KEYS]
+def keys_help(keys=None) -> str:
+    """Every key of ``keys`` (default ``KEYS``), its type, default and
+    meaning: the text ``--help`` prints."""
+    keys = KEYS if keys is None else keys
+    w = max(len(k) for k, *_ in keys)
+    lines = [f"  {k:<{w}}  {t}; default {d}\n  {'':<{w}}  {m}" for k, t, d, m in keys]
     return "configuration keys (TOML):\n" + "\n".join(lines)
 
 
-def _allowed(table: str) -> list[str]:
+def _allowed(table: str, keys=None) -> list[str]:
+    """The keys a table may hold, from ``keys`` (default ``KEYS``)."""
     pre = table + "."
-    return sorted({k[len(pre):].split(".")[0] for k, *_ in KEYS if k.startswith(pre)})
+    keys = KEYS if keys is None else keys
+    return sorted({k[len(pre):].split(".")[0] for k, *_ in keys if k.startswith(pre)})
 
 
 def _check_keys(where: str, table: Any, allowed: list[str]) -> dict:

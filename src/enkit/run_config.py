@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from enkit.config import ConfigError, _check_keys, _flatten, _get, _positive
+from enkit.config import ConfigError, _check_keys, _flatten, _get, _positive, keys_help
+from enkit.config import _allowed as _allowed_in
 
 __all__ = ["RUN_KEYS", "RunConfig", "load_run_config", "run_keys_help"]
 
@@ -78,14 +79,11 @@ _DEFAULT_STORE = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis
 
 def run_keys_help() -> str:
     """Every key, its type, default and meaning: the text ``--help`` prints."""
-    w = max(len(k) for k, *_ in RUN_KEYS)
-    lines = [f"  {k:<{w}}  {t}; default {d}\n  {'':<{w}}  {m}" for k, t, d, m in RUN_KEYS]
-    return "configuration keys (TOML):\n" + "\n".join(lines)
+    return keys_help(RUN_KEYS)
 
 
 def _allowed(table: str) -> list[str]:
-    pre = table + "."
-    return sorted({k[len(pre):].split(".")[0] for k, *_ in RUN_KEYS if k.startswith(pre)})
+    return _allowed_in(table, RUN_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)

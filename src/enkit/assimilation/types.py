@@ -193,9 +193,9 @@ def describe(obj) -> str:
         return repr(obj) if isinstance(obj, str) else str(obj)
     shape = getattr(obj, "shape", None)
     if isinstance(shape, tuple) and hasattr(obj, "dtype"):
-        if shape == ():
+        if shape == () and not isinstance(obj, jax.core.Tracer):
             return str(np.asarray(obj).item())
-        return f"array{shape}"
+        return f"array{shape}"  # shapes only: a traced value has no number to show
     name = getattr(obj, "__name__", None)
     if name is not None:
         return name
