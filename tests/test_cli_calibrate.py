@@ -5,6 +5,7 @@ middle of a run continued with --resume to the uninterrupted result."""
 import dataclasses
 import os
 import shutil
+import pickle
 import signal
 import subprocess
 import sys
@@ -102,6 +103,18 @@ BAD = {
                         "model.command"),
     "missing script": ({"{config_dir}/model.py": "{config_dir}/nomodel.py"},
                        "model.command"),
+    "parameter name with a slash": ({"[parameters.rate]": '[parameters."ra/te"]'},
+                                    "parameters.'ra/te'"),
+    "parameter name with shell characters": ({"[parameters.rate]": '[parameters."$(rm)"]'},
+                                             "parameters.'$(rm)'"),
+    "environment variable name": ({"[model]": '[model]\nenv = { "A B" = "1" }'},
+                                  "model.env.'A B'"),
+    "observation file that is a pickle": (
+        {"values = [2.3069, 1.6571, 1.2053, 0.8763, 0.7219, 0.5796, 0.4707, 0.4332]":
+         'file = "obs.nc"'}, "observations.file"),
+    "observation file that is binary": (
+        {"values = [2.3069, 1.6571, 1.2053, 0.8763, 0.7219, 0.5796, 0.4707, 0.4332]":
+         'file = "obs_binary.csv"'}, "observations.file"),
     "observation file with NaN": (
         {"values = [2.3069, 1.6571, 1.2053, 0.8763, 0.7219, 0.5796, 0.4707, 0.4332]":
          'file = "obs_nan.csv"'}, "observations.file"),
@@ -117,6 +130,8 @@ def test_bad_config_stops_before_any_model_run(case, tmp_path, monkeypatch, caps
     d = _copy(tmp_path, **edits)
     (d / "obs_nan.csv").write_text("y\n1.0\nnan\n0.5\n")
     (d / "obs_short.csv").write_text("y\n1.0\n0.9\n0.5\n")
+    (d / "obs.nc").write_bytes(pickle.dumps([1.0, 2.0]))
+    (d / "obs_binary.csv").write_bytes(bytes(range(256)))
     log = tmp_path / "runs.log"
     monkeypatch.setenv("EXAMPLE_RUN_LOG", str(log))
     assert main(["calibrate", str(d / "config.toml")]) == 2
@@ -234,3 +249,62 @@ def test_calibration_to_xarray_round_trips_through_netcdf(tmp_path):
     with pytest.raises(TypeError, match="tuple"):
         calibration_to_xarray(dataclasses.replace(res, forward_outputs=tuple(
             res.forward_outputs)))
+
+
+def test_a_config_folder_with_braces_in_its_name_runs(tmp_path, capsys):
+    odd = tmp_path / "cfg{odd}name{input}"
+    odd.mkdir()
+    d = _copy(odd, max_iterations=1, **{"members = 20": "members = 4"})
+    assert main(["calibrate", str(d / "config.toml"), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    assert (d / "result.nc").exists()
+
+
+def test_placeholders_are_substituted_once_and_literal_braces_kept():
+    from enkit.config import _substitute
+
+    values = {"python": "/bin/py", "config_dir": "/x/{output}/y"}
+    assert _substitute("{config_dir}/m.py", values, escape=False) == "/x/{output}/y/m.py"
+    assert _substitute("{config_dir}/m.py", values, escape=True) == "/x/{{output}}/y/m.py"
+    assert _substitute("{{config_dir}} {python} {input}", values, escape=True) == \
+        "{{config_dir}} /bin/py {input}"
+
+
+def _tamper(src: Path, dst: Path, *, drop_array=None, drop_meta=None):
+    """A copy of the checkpoint ``src`` at ``dst`` without one array or one
+    metadata entry (written as the checkpoint format does: npz + JSON record)."""
+    import json
+
+    with np.load(src, allow_pickle=False) as z:
+        raw = {k: z[k] for k in z.files}
+    info = json.loads(bytes(raw["__checkpoint__"]).decode())
+    if drop_array is not None:
+        raw.pop(drop_array)
+    if drop_meta is not None:
+        info["metadata"].pop(drop_meta)
+    raw["__checkpoint__"] = np.frombuffer(json.dumps(info).encode(), np.uint8)
+    with open(dst, "wb") as f:
+        np.savez(f, **raw)
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ({"drop_array": "misfits"}, "lacks 'misfits'"),
+    ({"drop_meta": "evaluated"}, "lacks 'evaluated'"),
+    ({"drop_meta": "config"}, "lacks 'config'"),
+])
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_entry(
+        reference, tmp_path, capsys, damage, expect):
+    d0, _, _ = reference
+    d = _copy(tmp_path)
+    _tamper(d0 / "checkpoint.npz", d / "checkpoint.npz", **damage)
+    code = main(["calibrate", str(d / "config.toml"), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint.npz" in err and expect in err and "--overwrite" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_directory_at_the_checkpoint_path_is_a_config_error(tmp_path, capsys):
+    d = _copy(tmp_path)
+    (d / "checkpoint.npz").mkdir()
+    assert main(["calibrate", str(d / "config.toml"), "--resume"]) == 2
+    assert "calibration.checkpoint:" in capsys.readouterr().err

@@ -189,7 +189,7 @@ def test_other_files_are_recognised_by_their_bytes_and_never_unpickled(tmp_path)
 
     p = tmp_path / "obs.nc"  # a netCDF name on pickle bytes
     p.write_bytes(pickle.dumps(Boom()))
-    with pytest.raises(ValueError, match="not a netCDF file"):
+    with pytest.raises(ValueError, match="found a pickle"):
         read_observations(p)
     with pytest.raises(ValueError, match="no such file"):
         read_observations(tmp_path / "absent.csv")

@@ -146,3 +146,18 @@ def test_describe_names_arrays_by_shape_and_scalars_by_value():
     seen = []
     jax.jit(lambda x: seen.append(describe(x)) or x)(jnp.float32(2.0))
     assert seen == ["array()"]
+
+
+def test_file_format_reads_only_the_first_bytes(tmp_path):
+    import pickle
+
+    from enkit.results_io import file_format
+
+    cases = {"a.nc": b"CDF\x01rest", "b.nc": b"\x89HDF\r\n\x1a\nrest",
+             "c.pkl": pickle.dumps({"x": 1}), "d.npz": b"PK\x03\x04rest",
+             "e.csv": "time,value\n1,2\n".encode(), "f.bin": bytes(range(256))}
+    want = ["netCDF3", "netCDF4/HDF5", "a pickle", "a zip archive (e.g. .npz)", "text",
+            "binary data"]
+    for (name, data), expected in zip(cases.items(), want):
+        (tmp_path / name).write_bytes(data)
+        assert file_format(tmp_path / name) == expected, name

@@ -147,7 +147,10 @@ def _run_calibration(cfg, args: argparse.Namespace) -> int:
             tau=cfg.tau, collapse_tol=cfg.collapse_tol, failure=cfg.failure,
             executor=executor, black_box=True, callback=_Progress(args.quiet),
             checkpoint=cfg.checkpoint, resume=bool(args.resume))
-    except (ForwardFailure, CheckpointError) as err:
+    except CheckpointError as err:  # found before any model run: an input problem
+        print(f"enkit calibrate: error in the checkpoint: {err}", file=sys.stderr)
+        return 2
+    except ForwardFailure as err:
         print(f"enkit calibrate: {err}", file=sys.stderr)
         return 1
     finally:
@@ -212,7 +215,10 @@ def _run_assimilation(cfg, args: argparse.Namespace) -> int:
     try:
         result = assimilate(cfg.model, cfg.E0, resume=bool(args.resume),
                             progress=not args.quiet, **kwargs)
-    except (NonFiniteError, CheckpointError) as err:
+    except CheckpointError as err:  # found before any model run: an input problem
+        print(f"enkit run: error in the checkpoint: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError as err:
         print(f"enkit run: {err}", file=sys.stderr)
         return 1
     ds = result.to_xarray(truth=cfg.truth, observations=obs.values, mask=obs.mask,

@@ -25,6 +25,7 @@ import difflib
 import importlib
 import math
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable
@@ -271,6 +272,8 @@ def load_config(path: str | os.PathLike) -> CalibrationConfig:
     ckpt = None if ckpt is None else os.path.join(base, ckpt)
     if ckpt is not None and not os.path.isdir(os.path.dirname(ckpt)):
         raise ConfigError("calibration.checkpoint", f"directory of {ckpt} does not exist")
+    if ckpt is not None and os.path.isdir(ckpt):
+        raise ConfigError("calibration.checkpoint", f"{ckpt} is a directory, not a file")
     out = os.path.join(base, _get(cal, "calibration", "output", "path",
                                   os.path.splitext(os.path.basename(path))[0] + ".nc"))
     if not os.path.isdir(os.path.dirname(out)):
@@ -302,6 +305,11 @@ def _parameters(raw) -> ParameterSpace:
     params = []
     for name, t in raw.items():
         where = f"parameters.{name}"
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"parameters.{name!r}", "a parameter name must start with a "
+                              "letter or '_' and hold only letters, digits, '_' and '-' (it "
+                              "names the model's input and the netCDF coordinates and "
+                              "attributes of the results)")
         _check_keys(where, t, _allowed("parameters.<name>"))
         lo, up = -math.inf, math.inf
         if "bounds" in t:
@@ -342,22 +350,29 @@ def _numbers(path: str, v) -> np.ndarray:
 
 def _read_file(path: str, file: str, column: str | None) -> np.ndarray:
     """One column of a CSV file (header row) or one variable of a netCDF file."""
+    from enkit.results_io import file_format, read_netcdf
+
     if not os.path.isfile(file):
         raise ConfigError(path, f"file {file} does not exist")
-    if file.lower().endswith((".nc", ".nc4", ".cdf")):
+    found = file_format(file)  # by the first bytes: nothing is unpickled
+    if found == "netCDF3":
         try:
-            import xarray as xr
-        except ImportError:
-            raise ConfigError(path, "reading netCDF needs xarray: pip install "
-                              "'enkit[io]'") from None
-        with xr.open_dataset(file, engine="scipy") as ds:
-            names = list(ds.data_vars)
-            col = column if column is not None else ("y" if "y" in names else None)
-            if col not in names:
-                raise ConfigError(path, f"{file} has no variable {col!r}; variables: {names}")
-            return np.asarray(ds[col].values, np.float64).ravel()
-    with open(file, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            ds = read_netcdf(file)
+        except ValueError as err:
+            raise ConfigError(path, str(err)) from None
+        names = list(ds.data_vars)
+        col = column if column is not None else ("y" if "y" in names else None)
+        if col not in names:
+            raise ConfigError(path, f"{file} has no variable {col!r}; variables: {names}")
+        return np.asarray(ds[col].values, np.float64).ravel()
+    if found != "text" or file.lower().endswith((".nc", ".nc4", ".cdf")):
+        raise ConfigError(path, f"{file}: expected a netCDF3 file or a CSV text file, found "
+                          f"{found}")
+    try:
+        with open(file, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(path, f"{file}: not a CSV text file ({err})") from None
     if len(rows) < 2:
         raise ConfigError(path, f"{file} must hold a header row and at least one data row")
     head = [h.strip() for h in rows[0]]
@@ -483,13 +498,21 @@ def _model(t, space: ParameterSpace, base: str) -> Callable:
         raise ConfigError("model.command", f"must be a non-empty list of strings, got {cmd!r}")
     args = []
     for i, a in enumerate(cmd):
-        b = a.replace("{python}", sys.executable).replace("{config_dir}", base)
-        if "{config_dir}" in a and not os.path.exists(b):
+        values = {"python": sys.executable, "config_dir": base}
+        b = _substitute(a, values, escape=False)
+        uses_dir = any(m.group(1) == "config_dir" for m in _CONFIG_PLACEHOLDER.finditer(a))
+        if uses_dir and not os.path.exists(b):
             raise ConfigError("model.command", f"argument {i} {a!r}: {b} does not exist")
-        args.append(b)
+        # Arguments after the program are templates of ExternalModel ({input}, ...):
+        # substituted text goes in with its braces escaped, never expanded again.
+        args.append(b if i == 0 else _substitute(a, values, escape=True))
     env = t.get("env", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise ConfigError("model.env", f"must be a table of strings, got {env!r}")
+    for k in env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise ConfigError(f"model.env.{k!r}", "an environment variable name holds only "
+                              "letters, digits and '_' and does not start with a digit")
     work = _get(t, "model", "work_dir", "path")
     timeout = _positive("model.timeout", _get(t, "model", "timeout", "float"))
     try:
@@ -503,6 +526,22 @@ def _model(t, space: ParameterSpace, base: str) -> Callable:
         key = ("model.output_file" if "output_f" in msg else
                "model.keep" if msg.startswith("keep") else "model.command")
         raise ConfigError(key, msg) from None
+
+
+# A parameter name: also a netCDF name (coordinate value, attribute key part).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+_CONFIG_PLACEHOLDER = re.compile(r"(?<!\{)\{(python|config_dir)\}(?!\})")
+
+
+def _substitute(arg: str, values: dict[str, str], *, escape: bool) -> str:
+    """``{python}`` and ``{config_dir}`` of ``arg`` replaced in one pass (the
+    inserted text is never expanded again); ``escape`` doubles its braces
+    for a later ``str.format``; ``{{...}}`` is left as it is."""
+    def put(m):
+        v = values[m.group(1)]
+        return v.replace("{", "{{").replace("}", "}}") if escape else v
+
+    return _CONFIG_PLACEHOLDER.sub(put, arg)
 
 
 def _executor(t) -> tuple[str, Any]:

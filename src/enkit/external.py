@@ -121,7 +121,9 @@ class ExternalModel:
                             f"got {cmd!r}")
         if not all(isinstance(a, str) for a in cmd):
             raise TypeError(f"command entries must be strings, got {cmd!r}")
-        if _fields(cmd[0]):
+        # The program is taken literally (never formatted: a path may hold
+        # braces); only the placeholders a user might expect expanded are refused.
+        if any("{" + p + "}" in cmd[0] for p in PLACEHOLDERS):
             raise ValueError(f"command[0] is the program and cannot hold placeholders, "
                              f"got {cmd[0]!r}")
         for arg in cmd[1:]:

@@ -224,8 +224,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         got = info.get("format") if isinstance(info, dict) else None
         raise CheckpointError(f"{path!r} has checkpoint format {got!r}; this enkit reads "
                               f"format {FORMAT}")
-    arrays = {name: _decode(name, a, info["keys"], info["dtypes"]) for name, a in raw.items()}
-    return arrays, info["metadata"]
+    with reading_entries(path):
+        arrays = {name: _decode(name, a, info["keys"], info["dtypes"])
+                  for name, a in raw.items()}
+        return arrays, info["metadata"]
 
 
 # ------------------------------------------------------------ pytrees ----
@@ -359,6 +361,26 @@ def save_run_checkpoint(path: str, kind: str, config: dict[str, str],
                                    "config_hash": digest, "config": config, **metadata})
 
 
+_CANNOT_RESUME = ("it cannot be resumed; resume=False (the CLI's --overwrite) starts the run "
+                  "afresh and replaces it")
+
+
+@contextlib.contextmanager
+def reading_entries(path: str):
+    """Within: reading a run checkpoint's arrays and metadata. A missing
+    entry (``KeyError``) or one of the wrong kind raises ``CheckpointError``
+    naming the file and the entry, with what ``resume=False`` (the CLI's
+    ``--overwrite``) would do."""
+    try:
+        yield
+    except KeyError as err:
+        raise CheckpointError(f"checkpoint {path!r} is incomplete or damaged: it lacks "
+                              f"{err.args[0]!r}; {_CANNOT_RESUME}") from None
+    except (TypeError, ValueError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {path!r} is damaged: {type(err).__name__}: {err}; "
+                              f"{_CANNOT_RESUME}") from None
+
+
 def load_run_checkpoint(path: str, kind: str, config: dict[str, str], *, what: str,
                         stacklevel: int = 2) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load a run checkpoint written by ``save_run_checkpoint`` and check it
@@ -371,10 +393,16 @@ def load_run_checkpoint(path: str, kind: str, config: dict[str, str], *, what: s
     import enkit
 
     arrays, meta = load_checkpoint(path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path!r} is damaged: its metadata is not a record")
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path!r} is not an {kind!r} checkpoint "
                               f"(kind {meta.get('kind')!r})")
-    saved = meta.get("config", {})
+    absent = [e for e in ("enkit_version", "config") if e not in meta]
+    if absent:
+        raise CheckpointError(f"checkpoint {path!r} is incomplete or damaged: it lacks "
+                              f"{absent[0]!r}; {_CANNOT_RESUME}")
+    saved = meta["config"]
     differ = [p for p in config if saved.get(p) != config[p]]
     differ += [p for p in saved if p not in config]
     if differ:

@@ -29,8 +29,9 @@ integer position selects its point), ``R`` (``Diagonal``, or
 ``stack_covariances`` of one per time when the variances change) and
 ``obs_times``.
 
-Files are recognised by their first bytes (netCDF3 ``CDF``, netCDF4/HDF5)
-or a ``.csv`` name; nothing is unpickled or evaluated. Every problem
+Files are recognised by their first bytes (``enkit.results_io.file_format``:
+netCDF3, netCDF4/HDF5, or text with a ``.csv`` name); nothing is unpickled
+or evaluated. Every problem
 raises ``ValueError`` naming the file and what is wrong.
 """
 
@@ -160,24 +161,25 @@ def read_observations(source, *, error_variance=None, variable: str | None = Non
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such file")
-        with open(path, "rb") as f:
-            head = f.read(8)
-        if head[:3] == b"CDF" or head[:8] == b"\x89HDF\r\n\x1a\n":
-            return _from_dataset(_open_netcdf(path, head), error_variance, variable, path)
-        if path.lower().endswith(".csv"):
+        from enkit.results_io import file_format
+
+        found = file_format(path)  # by the first bytes: nothing is unpickled
+        if found in ("netCDF3", "netCDF4/HDF5"):
+            return _from_dataset(_open_netcdf(path, found), error_variance, variable, path)
+        if found == "text" and path.lower().endswith(".csv"):
             return _from_csv(path, error_variance)
-        raise ValueError(f"{path}: not a netCDF file (by its first bytes) nor a .csv file")
+        raise ValueError(f"{path}: expected a netCDF file or a .csv text file, found {found}")
     if hasattr(source, "data_vars") and hasattr(source, "dims"):
         return _from_dataset(source, error_variance, variable, "<dataset>")
     raise TypeError("read_observations takes an xarray.Dataset or a file path, got "
                     f"{type(source).__name__}")
 
 
-def _open_netcdf(path: str, head: bytes):
+def _open_netcdf(path: str, found: str):
     from enkit.results_io import _xarray
 
     xr = _xarray()
-    engine = "scipy" if head[:3] == b"CDF" else None
+    engine = "scipy" if found == "netCDF3" else None  # netCDF4 needs netCDF4 or h5netcdf
     try:
         with xr.open_dataset(path, engine=engine, decode_times=False) as ds:
             return ds.load()

@@ -61,7 +61,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["assimilation_to_xarray", "calibration_to_xarray", "read_netcdf", "write_netcdf"]
+__all__ = ["assimilation_to_xarray", "calibration_to_xarray", "file_format", "read_netcdf",
+           "write_netcdf"]
 
 _TIME = ("steps", "nonfinite", "forecast_spread", "analysis_spread", "smoothed_spread",
          "cost_J", "cost_Jb", "cost_Jo", "innovation_chi2", "log_likelihood", "dfs")
@@ -257,17 +258,39 @@ def write_netcdf(dataset, path: str | os.PathLike) -> str:
     return path
 
 
+_SIGNATURES = ((b"CDF\x01", "netCDF3"), (b"CDF\x02", "netCDF3"), (b"CDF\x05", "netCDF3"),
+               (b"\x89HDF\r\n\x1a\n", "netCDF4/HDF5"), (b"PK\x03\x04", "a zip archive (e.g. .npz)"),
+               (b"\x93NUMPY", "a NumPy .npy file"), (b"\x1f\x8b", "a gzip file"))
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """What a file holds, from its first bytes (nothing is parsed or run):
+    "netCDF3", "netCDF4/HDF5", "a pickle", "a zip archive (e.g. .npz)", ...,
+    "text" (UTF-8 in its first 4 KiB) or "binary data"."""
+    with open(os.fspath(path), "rb") as f:
+        head = f.read(4096)
+    for sig, name in _SIGNATURES:
+        if head.startswith(sig):
+            return name
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:  # not just a character cut at 4 KiB
+            return "binary data"
+    return "text" if b"\x00" not in head else "binary data"
+
+
 def read_netcdf(path: str | os.PathLike):
     """The Dataset written by ``write_netcdf`` (loaded into memory). A file
     that is not netCDF3 (by its first bytes) raises ``ValueError``."""
     xr = _xarray()
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:3] != b"CDF":
-        hint = (" (netCDF4/HDF5: enkit writes and reads netCDF3)" if head == b"\x89HDF"
-                else "")
-        raise ValueError(f"{path} is not a netCDF3 file{hint}")
+    found = file_format(path)
+    if found != "netCDF3":
+        hint = " (enkit writes and reads netCDF3)" if found == "netCDF4/HDF5" else ""
+        raise ValueError(f"{path} is not a netCDF3 file: it holds {found}{hint}")
     try:
         with xr.open_dataset(path, engine="scipy") as ds:
             return ds.load()

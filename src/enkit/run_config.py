@@ -330,17 +330,17 @@ def _truth(t, base: str, n: int, obs):
 def _read_truth(file: str) -> tuple[np.ndarray, np.ndarray]:
     """(times (K,), truth (K, n)) from a netCDF file (variable ``truth`` on
     (time, state)) or a CSV file (header ``time,x0,x1,…``)."""
-    with open(file, "rb") as f:
-        head = f.read(8)
-    if head[:3] == b"CDF" or head[:4] == b"\x89HDF":
-        from enkit.results_io import read_netcdf
+    from enkit.results_io import file_format, read_netcdf
 
+    found = file_format(file)
+    if found == "netCDF3":
         ds = read_netcdf(file)
         if "truth" not in ds or ds["truth"].dims != ("time", "state"):
             raise ConfigError("truth.file", f"{file}: needs a variable truth (time, state)")
         return np.asarray(ds["time"].values, float), np.asarray(ds["truth"].values, float)
-    if not file.lower().endswith(".csv"):
-        raise ConfigError("truth.file", f"{file}: expected a netCDF file or a .csv file")
+    if found != "text" or not file.lower().endswith(".csv"):
+        raise ConfigError("truth.file", f"{file}: expected a netCDF3 file or a .csv text "
+                          f"file, found {found}")
     try:
         with open(file, encoding="utf-8") as f:
             header = f.readline().strip().split(",")

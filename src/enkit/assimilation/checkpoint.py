@@ -24,6 +24,7 @@ from enkit.assimilation.types import AssimilationResult, BlackBoxModel
 from enkit.io import (
     fingerprint,
     load_run_checkpoint,
+    reading_entries,
     run_checkpoint_path,
     save_run_checkpoint,
     tree_from_arrays,
@@ -126,6 +127,11 @@ def restore(plan, template, outputs, *, stacklevel) -> SavedRun | None:
         return None
     arrays, meta = load_run_checkpoint(plan.path, _KIND, plan.config, what="assimilation",
                                        stacklevel=stacklevel + 1)
+    with reading_entries(plan.path):
+        return _restore(arrays, meta, template, outputs, plan.path)
+
+
+def _restore(arrays, meta, template, outputs, path) -> SavedRun:
     k = meta["completed_cycles"]
     ragged_names = meta.get("ragged_outputs", [])
     carry = tree_from_arrays(template, arrays, "carry")
@@ -135,6 +141,6 @@ def restore(plan, template, outputs, *, stacklevel) -> SavedRun | None:
             saved_outputs[name] = [jnp.asarray(arrays[f"outputs.{name}[{i}]"]) for i in range(k)]
         else:
             saved_outputs[name] = arrays[f"outputs.{name}"]
-    _LOG.info("assimilate: resuming from %s after %d completed cycles%s", plan.path, k,
+    _LOG.info("assimilate: resuming from %s after %d completed cycles%s", path, k,
               " (finished)" if meta["finished"] else "")
     return SavedRun(carry, saved_outputs, k, meta["model_step"], meta["finished"])

@@ -11,6 +11,7 @@ from enkit.io import (
     CheckpointError,
     fingerprint,
     load_run_checkpoint,
+    reading_entries,
     save_run_checkpoint,
     tree_from_arrays,
     tree_to_arrays,
@@ -67,6 +68,11 @@ def restore_run(path, config, template):
     """(state, records, time, k, stopped_by) from the checkpoint at ``path``."""
     arrays, meta = load_run_checkpoint(path, _KIND, config, what="calibration",
                                        stacklevel=3)
+    with reading_entries(path):
+        return _restore(arrays, meta, template)
+
+
+def _restore(arrays, meta, template):
     n = meta["evaluated"]
     rec = {"U": [jnp.asarray(arrays[f"ensembles[{i}]"]) for i in range(n)],
            "G": [jnp.asarray(arrays[f"outputs[{i}]"]) for i in range(n)],
