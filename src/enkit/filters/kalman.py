@@ -10,7 +10,7 @@ from enkit._checks import check_bool, check_finite, check_ndim
 from enkit.covariance import as_covariance
 from enkit.ensemble import anomalies, ensemble_covariance, ensemble_mean
 from enkit.filters._common import ObservationOperator, linearize, prepare_analysis
-from enkit.linalg import spd_solve
+from enkit.linalg import spd_solve, sym_matrix_functions
 
 __all__ = ["kalman", "kalman_update", "ensemble_with_covariance"]
 
@@ -68,21 +68,55 @@ def check_observation(y: Array, H: Array, n: int) -> int:
 def ensemble_with_covariance(E: Array, mean: Array, cov: Array) -> Array:
     """An ensemble with exactly the sample mean ``mean`` and covariance ``cov``.
 
-    The new anomalies live in the span of E's anomalies ``X = U Σ Vᵀ``:
-    ``Xₐ = sqrt(N − 1) U_r (V_rᵀ cov V_r)^{1/2} V_rᵀ`` over the r non-zero
-    singular directions, which is exact whenever the range of ``cov`` lies in
+    The new anomalies live in the span of E's anomalies X (N × n): with the
+    Gram matrix ``G = X Xᵀ`` and ``M = G^{+1/2} X cov Xᵀ G^{+1/2}``,
+
+        Xₐ = sqrt(N − 1) · M^{1/2} G^{+1/2} X,
+
+    so that ``Xₐᵀ Xₐ / (N − 1) = cov`` whenever the range of ``cov`` lies in
     that span (true for any Kalman update of E's own sample covariance).
+    Both matrix functions act on N × N symmetric matrices through
+    ``enkit.linalg.sym_matrix_functions``: ``G^{+1/2}`` is the
+    pseudo-inverse square root (eigenvalues below 64 ε of the trace count as
+    zero), and the square roots take zero for a zero eigenvalue with a zero
+    derivative there. The gradient is therefore finite for a zero-spread
+    ensemble, for repeated singular values and for N − 1 ≥ n (where the SVD
+    this replaces gave NaN).
 
     E: (N, n); mean: (n,); cov: (n, n). Returns (N, n).
     """
     N = E.shape[0]
-    U, s, Vt = jnp.linalg.svd(anomalies(E), full_matrices=False)
-    tol = max(E.shape) * jnp.finfo(E.dtype).eps * s[0]
-    keep = (s > tol).astype(E.dtype)
-    A = (Vt @ cov @ Vt.T) * keep[:, None] * keep[None, :]
-    lam, V = jnp.linalg.eigh(0.5 * (A + A.T))
-    sqrtA = (V * jnp.sqrt(jnp.clip(lam, 0.0))) @ V.T
-    return mean + jnp.sqrt(N - 1.0) * ((U * keep) @ sqrtA @ Vt)
+    X = anomalies(E)
+    G_rsqrt = _normalised(_pinv_rsqrt, X @ X.T, power=-0.5)
+    XG = G_rsqrt @ X  # (N, n): orthonormal rows on the span, scaled back
+    M_sqrt = _normalised(_psd_sqrt, XG @ cov @ XG.T, power=0.5)
+    return mean + jnp.sqrt(N - 1.0) * (M_sqrt @ XG)
+
+
+def _rank_tol(lam):
+    return 64.0 * jnp.finfo(lam.dtype).eps
+
+
+def _pinv_rsqrt(lam):
+    """λ^{-1/2} on the eigenvalues above the rank tolerance, 0 below."""
+    keep = lam > _rank_tol(lam)
+    return jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+
+
+def _psd_sqrt(lam):
+    """λ^{1/2} above the rank tolerance, 0 (with derivative 0) below."""
+    keep = lam > _rank_tol(lam)
+    return jnp.where(keep, jnp.sqrt(jnp.where(keep, lam, 1.0)), 0.0)
+
+
+def _normalised(f, A: Array, *, power: float) -> Array:
+    """``f(A)`` for a symmetric PSD ``A`` and an f homogeneous of degree
+    ``power``, applied to ``A / trace(A)`` so the rank tolerance is relative
+    (a zero A gives f(0) = 0)."""
+    tr = jnp.trace(A)
+    scale = jnp.where(tr > 0, tr, 1.0)
+    (out,) = sym_matrix_functions(0.5 * (A + A.T) / scale, (f,))
+    return out * scale**power
 
 
 def kalman(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 from jax.scipy.linalg import solve_triangular
@@ -11,7 +12,7 @@ from enkit._checks import check_ndim
 from enkit.covariance import as_covariance
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, linearize, prepare_analysis
-from enkit.filters.kalman import check_observation, ensemble_with_covariance
+from enkit.filters.kalman import check_observation, ensemble_with_covariance, kalman_update
 
 __all__ = ["sqrt_kalman", "sqrt_kalman_update"]
 
@@ -104,5 +105,23 @@ def sqrt_kalman(
         return E
     xbar, X = scaled_anomalies(E)
     H, y = linearize(h, xbar, y)  # y shifted: the innovation is y - h(x̄)
-    mean_a, S_a = sqrt_kalman_update(xbar, X.T, y, H, R)
-    return ensemble_with_covariance(E, mean_a, S_a @ S_a.T)
+    mean_a, cov_a = _analysis_moments(xbar, X.T, y, H, R)
+    return ensemble_with_covariance(E, mean_a, cov_a)
+
+
+@jax.custom_jvp
+def _analysis_moments(mean, S, y, H, R):
+    """(x̄ₐ, Pₐ) by the square-root path. Its derivative is that of the same
+    function written with P = S Sᵀ (``kalman_update``): the QR's own
+    derivative is undefined when the pre-array loses rank (zero spread)."""
+    mean_a, S_a = sqrt_kalman_update(mean, S, y, H, R)
+    return mean_a, S_a @ S_a.T
+
+
+@_analysis_moments.defjvp
+def _analysis_moments_jvp(primals, tangents):
+    def moments(mean, S, y, H, R):
+        return kalman_update(mean, S @ S.T, y, H, R, joseph=False)
+
+    _, d_out = jax.jvp(moments, primals, tangents)
+    return _analysis_moments(*primals), d_out

@@ -1,0 +1,78 @@
+"""Reverse-mode gradients of the analyses: finite at degenerate ensembles
+(zero spread, repeated singular values, N = 2 with H = I, N > n) and equal
+to central finite differences away from them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import enkit
+
+
+N_STATE = 3
+
+
+def _enkf(E, y, h, R):
+    return enkit.enkf(E, y, h, R, key=0)
+
+
+SCHEMES = {"kalman": enkit.kalman, "sqrt_kalman": enkit.sqrt_kalman, "etkf": enkit.etkf,
+           "ensrf": enkit.ensrf, "enkf": _enkf}
+
+DEGENERATE = {
+    "zero spread": np.ones((5, N_STATE)),
+    "repeated singular values": np.vstack([np.eye(N_STATE), -np.eye(N_STATE)]),
+    "N = 2": np.array([[0.0, 1.0, 2.0], [1.0, 0.0, -1.0]]),
+}
+
+
+def _loss(scheme, E, r, H):
+    y = jnp.array([0.5, -1.0, 2.0])
+    Ea = scheme(E, y, H, enkit.Diagonal(r * jnp.arange(1.0, 4.0)))
+    w = jnp.linspace(0.3, 1.7, Ea.size).reshape(Ea.shape)
+    return jnp.sum(w * Ea) + 0.1 * jnp.sum(Ea**2)
+
+
+@pytest.mark.parametrize("case", sorted(DEGENERATE))
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_gradients_are_finite_at_degenerate_ensembles(name, case):
+    gE, gr = jax.grad(_loss, argnums=(1, 2))(SCHEMES[name], jnp.asarray(DEGENERATE[case]),
+                                             1.0, jnp.eye(N_STATE))
+    assert np.all(np.isfinite(gE)) and np.isfinite(gr)
+
+
+def _central(f, x, eps=1e-6):
+    x = np.asarray(x, float)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        d = np.zeros_like(x)
+        d[i] = eps
+        g[i] = (f(x + d) - f(x - d)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("members", [3, 6])  # N − 1 < n and N − 1 > n
+@pytest.mark.parametrize("name", ["kalman", "sqrt_kalman"])
+def test_gradients_equal_finite_differences_away_from_degenerate_points(name, members):
+    rng = np.random.default_rng(members)
+    E = rng.standard_normal((members, N_STATE))
+    H = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 1.0]])
+    scheme = SCHEMES[name]
+    f = jax.jit(lambda E, r: _loss(scheme, E, r, H))
+    gE, gr = jax.grad(f, argnums=(0, 1))(jnp.asarray(E), 0.7)
+    np.testing.assert_allclose(gE, _central(lambda e: float(f(e, 0.7)), E), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(gr, _central(lambda r: float(f(E, r)), np.array(0.7)),
+                               rtol=1e-5)
+
+
+def test_ensemble_with_covariance_is_exact_and_keeps_the_span():
+    rng = np.random.default_rng(0)
+    E = rng.standard_normal((4, 6))
+    X = E - E.mean(0)
+    W = rng.standard_normal((4, 4))
+    cov = X.T @ (W @ W.T) @ X / 3.0  # in the span of the anomalies
+    Ea = enkit.ensemble_with_covariance(jnp.asarray(E), jnp.zeros(6), jnp.asarray(cov))
+    np.testing.assert_allclose(np.cov(np.asarray(Ea), rowvar=False), cov, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(Ea).mean(0), 0.0, atol=1e-12)
