@@ -17,14 +17,24 @@ def _enkf(E, y, h, R):
     return enkit.enkf(E, y, h, R, key=0)
 
 
+def _mlef_fixed(E, y, h, R):
+    return enkit.mlef(E, y, h, R, tolerance=None, max_iterations=5)
+
+
 SCHEMES = {"kalman": enkit.kalman, "sqrt_kalman": enkit.sqrt_kalman, "etkf": enkit.etkf,
-           "ensrf": enkit.ensrf, "enkf": _enkf}
+           "ensrf": enkit.ensrf, "enkf": _enkf, "ienkf": enkit.ienkf, "mlef": enkit.mlef,
+           "mlef(tolerance=None)": _mlef_fixed}
 
 DEGENERATE = {
     "zero spread": np.ones((5, N_STATE)),
     "repeated singular values": np.vstack([np.eye(N_STATE), -np.eye(N_STATE)]),
     "N = 2": np.array([[0.0, 1.0, 2.0], [1.0, 0.0, -1.0]]),
 }
+
+
+def _quadratic(x):
+    """A nonlinear observation of one member (for the iterative schemes)."""
+    return jnp.array([x[0] + 0.1 * x[1] ** 2, x[1], x[2] - 0.05 * x[0] * x[2]])
 
 
 def _loss(scheme, E, r, H):
@@ -52,12 +62,22 @@ def _central(f, x, eps=1e-6):
     return g
 
 
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_gradients_are_finite_for_a_zero_observation_operator(name):
+    E = jnp.asarray(np.random.default_rng(1).standard_normal((4, N_STATE)))
+    gE, gr = jax.grad(_loss, argnums=(1, 2))(SCHEMES[name], E, 1.0, jnp.zeros((3, N_STATE)))
+    assert np.all(np.isfinite(gE)) and np.isfinite(gr)
+
+
 @pytest.mark.parametrize("members", [3, 6])  # N − 1 < n and N − 1 > n
-@pytest.mark.parametrize("name", ["kalman", "sqrt_kalman"])
+@pytest.mark.parametrize("name", ["kalman", "sqrt_kalman", "ienkf", "mlef",
+                                  "mlef(tolerance=None)"])
 def test_gradients_equal_finite_differences_away_from_degenerate_points(name, members):
     rng = np.random.default_rng(members)
     E = rng.standard_normal((members, N_STATE))
-    H = np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 1.0]])
+    iterative = name.startswith(("ienkf", "mlef"))
+    H = _quadratic if iterative else np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0],
+                                               [0.2, 0.0, 1.0]])
     scheme = SCHEMES[name]
     f = jax.jit(lambda E, r: _loss(scheme, E, r, H))
     gE, gr = jax.grad(f, argnums=(0, 1))(jnp.asarray(E), 0.7)

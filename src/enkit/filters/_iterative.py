@@ -2,14 +2,19 @@
 
 ``iterate`` runs a step function until its increment falls below a tolerance
 (``lax.while_loop``) or, with ``tolerance=None``, exactly ``max_iterations``
-times (``lax.fori_loop`` with static bounds, which JAX differentiates in
-reverse mode). Diagnostics come back beside the state as ``IterationInfo``.
+times (``lax.fori_loop`` with static bounds). Both are differentiable in
+forward and reverse mode: the converging loop's derivative is taken through
+the same iterations unrolled in a ``scan`` (steps after convergence are a
+``cond`` that keeps the state), so a gradient is that of the iterate
+reached — exact for it, not an implicit derivative of the exact optimum.
+Diagnostics come back beside the state as ``IterationInfo``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple, TypeVar
 
 import jax
@@ -79,7 +84,9 @@ def iterate(
     after ``max_iterations`` iterations in all, counting the ``done``
     iterations already taken before the call (whose last increment is
     ``increment``). With ``tolerance=None`` exactly ``max_iterations - done``
-    steps run in a ``fori_loop``, reverse-mode differentiable. A step whose
+    steps run in a ``fori_loop``; with a tolerance a ``while_loop``, whose
+    derivative (forward or reverse) is that of the same steps unrolled in
+    a ``scan`` of ``max_iterations - done`` (see the module). A step whose
     new state or increment is not finite is discarded: the state stays as it
     was and the increment becomes NaN, which ends the ``while_loop`` (and
     leaves the ``fori_loop`` state fixed).
@@ -98,14 +105,22 @@ def iterate(
         return state, IterationInfo(jnp.asarray(max(max_iterations, done)), increment)
 
     tol = jnp.asarray(tolerance, dtype)
+    # The step's closed-over arrays (E, y, R, ...) become explicit arguments,
+    # so derivatives with respect to them flow through the custom rule.
+    converted, consts = jax.closure_convert(step, state)
+    return _converge(converted, max_iterations, done, tol, state, increment, tuple(consts))
 
+
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def _converge(step, max_iterations, done, tol, state, increment, consts):
+    """The ``while_loop`` to convergence (no derivative of its own)."""
     def cond(carry):
         i, _, inc = carry
         return (i < max_iterations) & (inc > tol)
 
     def body(carry):
         i, s, _ = carry
-        s, inc = step(s)
+        s, inc = step(s, *consts)
         return i + 1, s, inc
 
     i, state, increment = jax.lax.while_loop(
@@ -114,11 +129,36 @@ def iterate(
     return state, IterationInfo(i, increment)
 
 
+@_converge.defjvp
+def _converge_jvp(step, max_iterations, done, primals, tangents):
+    """Derivative of the iterate that was reached: the same iterations in a
+    ``scan`` of ``max_iterations − done`` steps, each past convergence a
+    ``cond`` that keeps the state (so reverse mode works and a converged
+    state's derivative is not touched by steps that did not run)."""
+    return jax.jvp(partial(_converge_unrolled, step, max_iterations, done), primals, tangents)
+
+
+def _converge_unrolled(step, max_iterations, done, tol, state, increment, consts):
+    def body(carry, _):
+        i, s, inc = carry
+        active = (i < max_iterations) & (inc > tol)
+        s, inc = jax.lax.cond(active, lambda: step(s, *consts), lambda: (s, inc))
+        return (i + active.astype(i.dtype), s, inc), None
+
+    (i, state, increment), _ = jax.lax.scan(
+        body, (jnp.asarray(done), state, increment), None,
+        length=max(max_iterations - done, 0))
+    return state, IterationInfo(i, increment)
+
+
 def _discard_non_finite(step):
     """Wrap ``step`` so that a non-finite result keeps the old state, with a NaN increment."""
 
     def guarded(state):
         new, inc = step(state)
+        # The increment steers the loop; it has no derivative to carry (a
+        # norm at zero would put NaN into a gradient).
+        inc = jax.lax.stop_gradient(inc)
         ok = jnp.isfinite(inc)
         for leaf in jax.tree_util.tree_leaves(new):
             ok = ok & jnp.all(jnp.isfinite(leaf))

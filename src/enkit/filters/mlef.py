@@ -94,12 +94,18 @@ def mlef(
         zeta, g, p, Z = state
         v = Q @ p
         curvature = v @ v + jnp.sum((v @ Z) ** 2)  # pᵀ Q (I + C) Q p
-        alpha = jnp.where(curvature > tiny, -(g @ p) / jnp.maximum(curvature, tiny), 0.0)
+        # Guarded divisions (safe denominators inside jnp.where): a zero
+        # curvature (zero spread, H = 0, converged) gives a zero step and a
+        # finite derivative.
+        curved = curvature > tiny
+        alpha = jnp.where(curved, -(g @ p) / jnp.where(curved, curvature, 1.0), 0.0)
         zeta = zeta + alpha * p
         Z, d = sensitivities(xbar + (Q @ zeta) @ X)
         g_new = gradient(zeta, Z, d)
         gg = g @ g
-        beta = jnp.where(gg > tiny, jnp.maximum(g_new @ (g_new - g) / jnp.maximum(gg, tiny), 0.0), 0.0)
+        moved = gg > tiny
+        beta = jnp.where(moved, jnp.maximum(g_new @ (g_new - g) / jnp.where(moved, gg, 1.0),
+                                            0.0), 0.0)
         return (zeta, g_new, beta * p - g_new, Z), jnp.abs(alpha) * jnp.linalg.norm(p)
 
     zeta0 = jnp.zeros(N, E.dtype)
