@@ -115,6 +115,9 @@ BAD = {
     "observation file that is binary": (
         {"values = [2.3069, 1.6571, 1.2053, 0.8763, 0.7219, 0.5796, 0.4707, 0.4332]":
          'file = "obs_binary.csv"'}, "observations.file"),
+    "observation file that is a corrupt netCDF": (
+        {"values = [2.3069, 1.6571, 1.2053, 0.8763, 0.7219, 0.5796, 0.4707, 0.4332]":
+         'file = "obs_corrupt.nc"'}, "observations.file"),
     "observation file with NaN": (
         {"values = [2.3069, 1.6571, 1.2053, 0.8763, 0.7219, 0.5796, 0.4707, 0.4332]":
          'file = "obs_nan.csv"'}, "observations.file"),
@@ -132,6 +135,7 @@ def test_bad_config_stops_before_any_model_run(case, tmp_path, monkeypatch, caps
     (d / "obs_short.csv").write_text("y\n1.0\n0.9\n0.5\n")
     (d / "obs.nc").write_bytes(pickle.dumps([1.0, 2.0]))
     (d / "obs_binary.csv").write_bytes(bytes(range(256)))
+    (d / "obs_corrupt.nc").write_bytes(b"CDF\x01" + bytes(range(200)))
     log = tmp_path / "runs.log"
     monkeypatch.setenv("EXAMPLE_RUN_LOG", str(log))
     assert main(["calibrate", str(d / "config.toml")]) == 2

@@ -148,7 +148,7 @@ def _run_calibration(cfg, args: argparse.Namespace) -> int:
             executor=executor, black_box=True, callback=_Progress(args.quiet),
             checkpoint=cfg.checkpoint, resume=bool(args.resume))
     except CheckpointError as err:  # found before any model run: an input problem
-        print(f"enkit calibrate: error in the checkpoint: {err}", file=sys.stderr)
+        print(f"enkit calibrate: error in {cfg.checkpoint}: {err}", file=sys.stderr)
         return 2
     except ForwardFailure as err:
         print(f"enkit calibrate: {err}", file=sys.stderr)
@@ -216,7 +216,7 @@ def _run_assimilation(cfg, args: argparse.Namespace) -> int:
         result = assimilate(cfg.model, cfg.E0, resume=bool(args.resume),
                             progress=not args.quiet, **kwargs)
     except CheckpointError as err:  # found before any model run: an input problem
-        print(f"enkit run: error in the checkpoint: {err}", file=sys.stderr)
+        print(f"enkit run: error in {cfg.checkpoint}: {err}", file=sys.stderr)
         return 2
     except NonFiniteError as err:
         print(f"enkit run: {err}", file=sys.stderr)
