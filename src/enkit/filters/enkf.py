@@ -54,7 +54,9 @@ def enkf(
     E: (N, n) forecast ensemble; y: (m,) observation; h: callable on one
     member or (m, n) matrix; R: covariance operator or array (scalar, (m,)
     variances, or (m, m)); key: PRNG key (required); center_perturbations:
-    remove the sample mean of the perturbations so the mean update is exact;
+    remove the sample mean of the perturbations so the mean update is exact
+    (default False, the perturbed-observation EnKF of Burgers et al. 1998;
+    DAPPER's ``EnKF("PertObs")`` centres them: pass True to match it);
     method: innovation solve, see ``enkit.linalg.kalman_solve``;
     localization: None, or B-localisation tapers (``enkit.GainLocalization``
     from ``enkit.gain_localization``, or ``enkit.AdaptiveLocalization``),

@@ -99,7 +99,9 @@ def letkf(
     ``(d,)`` with ``cartesian_distance`` (the default), ``(2,)`` with
     ``great_circle_distance``. radius: the taper's length scale, a scalar
     array leaf (a sweep over radii is a ``vmap``; for ``gaspari_cohn`` the
-    support is 2·radius). taper: ``taper(distance, radius) -> weight`` in
+    support is 2·radius, so radius is half the support). Coming from
+    DAPPER: its ``loc_rad`` scales the Gaspari–Cohn function by 1.82, so the
+    same taper is ``radius = 1.82 · loc_rad``. taper: ``taper(distance, radius) -> weight`` in
     [0, 1] (``enkit.localization``). distance: function of two points →
     scalar. max_obs: None (all observations) or k ≥ 1 (the k nearest per
     grid point). chunk_size: grid points per chunk. key: unused

@@ -33,12 +33,13 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   ``BoundedAbove``, ``Bounded``, and ``ConstrainedProcess`` (any process
   asked in the constrained space).
 
-Seams for what is not here yet: constrained/named priors wrap
-``GaussianPrior`` (processes work in its unconstrained space); failure
-policies replace the finiteness check of ``_common.check_tell``; new
-processes follow ``EnsembleProcess``;
-step rules implement ``step_size(time, G, y, noise)``; ``calibrate()``
-drives ask/tell.
+Every ``tell`` takes ``dt`` by keyword (ES-MDA only ``dt=None``: its steps
+are 1/αₖ of its schedule). Failure policies for crashed members
+(``Raise``, ``Ignore``, ``Resample``) and forward evaluation through
+executors are in ``enkit.inversion.failures``; ``calibrate()`` drives
+ask/tell (checkpoints, stopping rules, progress), ``calibrate_scan`` runs a
+JAX forward map in one compiled loop. New processes follow
+``EnsembleProcess``; step rules implement ``step_size(time, G, y, noise)``.
 """
 
 from enkit.inversion._common import EnsembleState, InversionInfo

@@ -145,13 +145,13 @@ def _setup(forward, process, scheduler, max_iterations, tau, collapse_tol, failu
     if scheduler is None and takes_dt and dt0 is not None:
         scheduler = FixedStep(dt0)
     has_dt = scheduler is not None  # else tell gets no dt: the process's own default
-    if has_dt and not takes_dt:
-        raise ValueError(f"{name} sets its own steps (its tell takes no dt); scheduler "
-                         "must be None")
+    n_steps = getattr(_inner(process), "n_steps", None)  # a fixed schedule (ES-MDA)
+    if has_dt and (not takes_dt or n_steps is not None):
+        raise ValueError(f"{name} sets its own steps (a fixed schedule, or a tell without "
+                         "dt); scheduler must be None")
     if has_dt and not callable(getattr(scheduler, "step_size", None)):
         raise TypeError("scheduler must have step_size(time, G, y, noise) (e.g. FixedStep, "
                         f"DataMisfitController), got {type(scheduler).__name__}")
-    n_steps = getattr(_inner(process), "n_steps", None) if not takes_dt else None
     if max_iterations is None:
         max_iterations = n_steps if n_steps is not None else DEFAULT_MAX_ITERATIONS
     if (isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer))

@@ -145,16 +145,22 @@ class ESMDA(EnsembleProcess):
         """K, the number of ``tell`` calls of the schedule."""
         return int(jnp.shape(self.alpha)[0])
 
-    def tell(self, state: EnsembleState, G, y, noise
+    def tell(self, state: EnsembleState, G, y, noise, *, dt=None
              ) -> tuple[EnsembleState, InversionInfo]:
         """One ES-MDA analysis (step k = ``state.iteration``) from the
         forward outputs of ``ask(state)``.
 
         G: (N, d) outputs of the asked members; y: (d,) data; noise: Γ, the
         un-inflated data-error covariance, an operator of dimension d or an
-        array (``as_covariance``). Returns ``(state, InversionInfo)``:
+        array (``as_covariance``). dt: None, the one value accepted (the
+        step signature of every process; ES-MDA's steps are 1/αₖ of its
+        schedule: set ``alpha``). Returns ``(state, InversionInfo)``:
         ``info.dt = 1/αₖ``, ``info.misfit`` is ‖Γ^{-1/2}(y − Ḡ)‖ (Γ, not αₖΓ).
         """
+        if dt is not None:
+            raise ValueError("ES-MDA's steps are 1/alpha_k of its schedule: pass dt=None "
+                             "(or leave it out) and set the steps with alpha "
+                             "(esmda_constant_alpha, esmda_geometric_alpha)")
         U = state.ensemble
         G, y, noise = check_tell(G, y, noise, U.shape[0], U.dtype)
         K = self.n_steps

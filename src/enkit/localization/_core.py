@@ -29,8 +29,10 @@ axis, ``(n,) + point_shape``, where ``point_shape`` is what the distance
 function takes: ``()`` for ``periodic_distance``, ``(d,)`` for
 ``cartesian_distance``, ``(2,)`` for ``great_circle_distance``.
 
-Adaptive localisation from ensemble correlations (Anderson 2012, sampling
-error correction) is not implemented here yet.
+Adaptive localisation from ensemble correlations (Anderson 2012's
+sampling error correction) builds on these in ``enkit.localization``
+(``sampling_error_table``, ``AdaptiveLocalization``), and the SEC
+localisers of inversion (``SEC``, ``SECFisher``, ``SECNice``, ...) beside it.
 """
 
 from __future__ import annotations
