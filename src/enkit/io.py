@@ -373,6 +373,8 @@ def reading_entries(path: str):
     ``--overwrite``) would do."""
     try:
         yield
+    except CheckpointError:
+        raise
     except KeyError as err:
         raise CheckpointError(f"checkpoint {path!r} is incomplete or damaged: it lacks "
                               f"{err.args[0]!r}; {_CANNOT_RESUME}") from None
