@@ -122,6 +122,16 @@ def _configured(command: str, args: argparse.Namespace, load, key: str, go) -> i
         return go(cfg, args)
 
 
+def _config_arguments(parser: argparse.ArgumentParser, key: str) -> None:
+    """The arguments ``_configured`` reads: the config file and --resume or
+    --overwrite for the checkpoint at config key ``key``."""
+    parser.add_argument("config", help="the TOML configuration file")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help=f"continue the run saved at {key}")
+    what.add_argument("--overwrite", action="store_true",
+                      help=f"start afresh even if {key} exists")
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from enkit.config import load_config
 
@@ -182,12 +192,7 @@ def _add_calibrate(sub) -> None:
                     "d numbers to {output}. An existing checkpoint is refused unless --resume or "
                     "--overwrite is given.", width=79),
         epilog=keys_help())
-    cal.add_argument("config", help="the TOML configuration file")
-    what = cal.add_mutually_exclusive_group()
-    what.add_argument("--resume", action="store_true",
-                      help="continue the run saved at calibration.checkpoint")
-    what.add_argument("--overwrite", action="store_true",
-                      help="start afresh even if calibration.checkpoint exists")
+    _config_arguments(cal, "calibration.checkpoint")
     cal.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     cal.add_argument("--log-level", choices=["WARNING", "INFO", "DEBUG"], default=None,
                      help="show enkit's log records at this level (default: none)")
@@ -246,12 +251,7 @@ def _add_run(sub) -> None:
             "file's directory. An existing checkpoint is refused unless --resume or "
             "--overwrite is given.", width=79),
         epilog=run_keys_help())
-    run.add_argument("config", help="the TOML configuration file")
-    what = run.add_mutually_exclusive_group()
-    what.add_argument("--resume", action="store_true",
-                      help="continue the run saved at run.checkpoint")
-    what.add_argument("--overwrite", action="store_true",
-                      help="start afresh even if run.checkpoint exists")
+    _config_arguments(run, "run.checkpoint")
     run.add_argument("--quiet", "-q", action="store_true",
                      help="no progress bar and no summary")
     run.set_defaults(func=_run)
