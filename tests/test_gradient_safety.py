@@ -9,7 +9,6 @@ import pytest
 
 import enkit
 
-
 N_STATE = 3
 
 
@@ -24,6 +23,8 @@ def _mlef_fixed(E, y, h, R):
 SCHEMES = {"kalman": enkit.kalman, "sqrt_kalman": enkit.sqrt_kalman, "etkf": enkit.etkf,
            "ensrf": enkit.ensrf, "enkf": _enkf, "ienkf": enkit.ienkf, "mlef": enkit.mlef,
            "mlef(tolerance=None)": _mlef_fixed}
+# Iterative too (Newton on the EnKF-N cost); checked against finite differences only.
+FD_ONLY = {"etkf_n": enkit.etkf_n, "etkf_n_dual": enkit.etkf_n_dual}
 
 DEGENERATE = {
     "zero spread": np.ones((5, N_STATE)),
@@ -71,14 +72,14 @@ def test_gradients_are_finite_for_a_zero_observation_operator(name):
 
 @pytest.mark.parametrize("members", [3, 6])  # N − 1 < n and N − 1 > n
 @pytest.mark.parametrize("name", ["kalman", "sqrt_kalman", "ienkf", "mlef",
-                                  "mlef(tolerance=None)"])
+                                  "mlef(tolerance=None)", "etkf_n", "etkf_n_dual"])
 def test_gradients_equal_finite_differences_away_from_degenerate_points(name, members):
     rng = np.random.default_rng(members)
     E = rng.standard_normal((members, N_STATE))
     iterative = name.startswith(("ienkf", "mlef"))
     H = _quadratic if iterative else np.array([[1.0, 0.5, 0.0], [0.0, 1.0, 0.0],
                                                [0.2, 0.0, 1.0]])
-    scheme = SCHEMES[name]
+    scheme = {**SCHEMES, **FD_ONLY}[name]
     f = jax.jit(lambda E, r: _loss(scheme, E, r, H))
     gE, gr = jax.grad(f, argnums=(0, 1))(jnp.asarray(E), 0.7)
     np.testing.assert_allclose(gE, _central(lambda e: float(f(e, 0.7)), E), rtol=1e-5,
