@@ -103,7 +103,13 @@ from enkit.inversion.stopping import (
     ensemble_collapsed,
     max_iterations_reached,
 )
-from enkit.inversion.sparse_eki import SparseEKI, analysis_variances, soft_threshold
+from enkit.inversion.sparse_eki import (
+    SparseEKI,
+    analysis_factor,
+    analysis_variances,
+    metric_l1_prox,
+    soft_threshold,
+)
 from enkit.inversion.teki import TEKI
 from enkit.inversion.uki import UKI, UKIState
 from enkit.inversion.update_groups import UpdateGroups
@@ -147,7 +153,9 @@ __all__ = [
     "EKSStableScheduler",
     "SparseEKI",
     "aldi_update",
+    "analysis_factor",
     "analysis_variances",
+    "metric_l1_prox",
     "eks_update",
     "soft_threshold",
     "EKI",
