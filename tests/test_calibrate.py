@@ -263,9 +263,17 @@ def test_float32_smoke_and_processes_that_need_a_scheduler():
     bb = calibrate(lambda u: A.astype(np.float32) @ u, EKI(stochastic=False), U32, y32,
                    GAMMA.astype(np.float32), max_iterations=4, black_box=True)
     np.testing.assert_allclose(bb.ensembles, res.ensembles, rtol=1e-4, atol=1e-5)
+    # A (user's) process whose tell requires dt needs a scheduler; EKS
+    # takes its adaptive step without one.
+    class NeedsDt(EKI):
+        def tell(self, state, G, y, noise, *, dt):
+            return super().tell(state, G, y, noise, dt=dt)
+
+    with pytest.raises(ValueError, match="NeedsDt.tell needs dt"):
+        calibrate(G, NeedsDt(), U0, Y, GAMMA, key=0)
     prior = GaussianPrior(np.zeros(P), np.eye(P))
-    with pytest.raises(ValueError, match="EKS.tell needs dt"):
-        calibrate(G, enkit.inversion.EKS(prior), U0, Y, GAMMA, key=0)
+    res = calibrate(G, enkit.inversion.EKS(prior), U0, Y, GAMMA, key=0, max_iterations=3)
+    assert res.dts.shape == (3,) and np.all(np.asarray(res.dts) > 0)
 
 
 def test_result_to_xarray_lines_up_with_the_records():

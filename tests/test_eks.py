@@ -20,8 +20,10 @@ from enkit.inversion import (
     EKS,
     EKSStableScheduler,
     GaussianPrior,
+    NonFiniteEnsemble,
     aldi_update,
     eks_update,
+    stable_step,
 )
 
 
@@ -268,8 +270,8 @@ def test_invalid_options_raise():
     s = EKS(prob.prior).init(0, U)
     with pytest.raises(ValueError, match="dt"):
         EKS(prob.prior).tell(s, U @ prob.A.T, prob.y, prob.Gamma, dt=-0.1)
-    with pytest.raises(TypeError, match="dt"):
-        EKS(prob.prior).tell(s, U @ prob.A.T, prob.y, prob.Gamma)  # no default Δt
+    with pytest.raises(TypeError, match="cap_dt"):
+        EKS(prob.prior, cap_dt=1)
     for bad in [{"numerator": -1.0}, {"numerator": 0.0}, {"nugget": -1e-3},
                 {"nugget": float("nan")}]:
         with pytest.raises(ValueError):
@@ -288,3 +290,78 @@ def test_float32_smoke():
         dt = EKSStableScheduler().step_size(s.time, G, np.float32(prob.y), np.float32(prob.Gamma))
         s, _ = proc.tell(s, G, np.float32(prob.y), np.float32(prob.Gamma), dt=dt)
     assert s.ensemble.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(s.ensemble)))
+
+
+def _stiff(u):
+    """A stiff nonlinear 2-D forward map (Γ = 0.01 I): from an N(0, I)
+    prior the data drift is ~10⁴ times the prior's."""
+    return jnp.array([jnp.exp(1.5 * u[0]), u[1] ** 3 + 2 * u[0] * u[1]])
+
+
+STIFF_Y, STIFF_NOISE = np.array([2.0, 1.0]), 0.01 * np.eye(2)
+# Posterior mean by quadrature on a 1601² grid over [-4, 4]²; standard
+# deviations 0.033 and 0.046.
+STIFF_MEAN = np.array([0.4597, 0.6999])
+
+
+@pytest.mark.parametrize("cls", [EKS, ALDI])
+def test_fixed_steps_on_a_stiff_problem_are_capped_and_stay_finite(cls):
+    prior = GaussianPrior(np.zeros(2), np.eye(2))
+    U0 = prior.sample(jax.random.key(0), 20)
+    for dt in [0.005, 0.01]:
+        r = enkit.calibrate_scan(_stiff, cls(prior), U0, STIFF_Y, STIFF_NOISE, key=1,
+                                 n_iterations=200, scheduler=enkit.FixedStep(dt))
+        assert np.all(np.isfinite(np.asarray(r.ensembles)))
+        dts = np.asarray(r.dts)
+        assert dts[0] < dt / 10 and dts[-1] == dt  # capped while the drift is strong
+        np.testing.assert_allclose(np.asarray(r.mean), STIFF_MEAN, atol=0.05)
+    # Without the cap the first steps blow the ensemble up and the forward
+    # map overflows at iteration 2, in the compiled and the Python loop.
+    for run, kw in [(enkit.calibrate_scan, {"n_iterations": 20}),
+                    (enkit.calibrate, {"max_iterations": 20})]:
+        with pytest.raises(enkit.inversion.ForwardFailure, match="iteration 2") as e:
+            run(_stiff, cls(prior, cap_dt=False), U0, STIFF_Y, STIFF_NOISE, key=1,
+                scheduler=enkit.FixedStep(0.01), **kw)
+        assert e.value.iteration == 2
+
+
+def test_the_adaptive_step_is_the_default():
+    prior = GaussianPrior(np.zeros(2), np.eye(2))
+    U0 = prior.sample(jax.random.key(0), 20)
+    r = enkit.calibrate(_stiff, EKS(prior), U0, STIFF_Y, STIFF_NOISE, key=1, max_iterations=5)
+    assert r.settings["scheduler"].startswith("None")
+    for k in range(5):
+        want = stable_step(r.forward_outputs[k], STIFF_Y, STIFF_NOISE)
+        np.testing.assert_allclose(r.dts[k], want, rtol=1e-12)
+    s = EKS(prior).init(0, U0)
+    G = jax.vmap(_stiff)(s.ensemble)
+    _, info = EKS(prior).tell(s, G, STIFF_Y, STIFF_NOISE)
+    _, info_big = EKS(prior).tell(s, G, STIFF_Y, STIFF_NOISE, dt=1.0)  # capped
+    _, info_off = EKS(prior, cap_dt=False).tell(s, G, STIFF_Y, STIFF_NOISE, dt=1.0)
+    assert float(info.dt) == float(info_big.dt) == float(stable_step(G, STIFF_Y, STIFF_NOISE))
+    assert float(info_off.dt) == 1.0
+
+
+class _Poisoned(EKS):
+    """EKS whose update of iteration 2 sets member 3 to NaN: a fault injected
+    to check that the drivers stop there and say so."""
+
+    def tell(self, state, G, y, noise, *, dt=None):
+        new, info = super().tell(state, G, y, noise, dt=dt)
+        E = jnp.where(state.iteration == 2, new.ensemble.at[3].set(jnp.nan), new.ensemble)
+        return new._replace(ensemble=E), info
+
+
+enkit.inversion._common.register(_Poisoned, data=["prior"], meta=["cap_dt"])
+
+
+def test_a_non_finite_update_stops_the_run_with_its_iteration():
+    prior = GaussianPrior(np.zeros(2), np.eye(2))
+    U0 = prior.sample(jax.random.key(0), 20)
+    for run, kw in [(enkit.calibrate_scan, {"n_iterations": 10}),
+                    (enkit.calibrate, {"max_iterations": 10}),
+                    (enkit.calibrate, {"max_iterations": 10, "failure": "ignore"})]:
+        with pytest.raises(NonFiniteEnsemble, match="update of iteration 2 with") as e:
+            run(_stiff, _Poisoned(prior), U0, STIFF_Y, STIFF_NOISE, key=1,
+                scheduler=enkit.FixedStep(0.005), **kw)
+        assert e.value.iteration == 2 and e.value.members == [3] and e.value.dt == 0.005

@@ -66,6 +66,7 @@ from enkit.inversion.etki import ETKI, etki_update
 from enkit.inversion.failures import (
     ForwardFailure,
     Ignore,
+    NonFiniteEnsemble,
     Raise,
     Resample,
     evaluate,
@@ -96,6 +97,7 @@ from enkit.inversion.schedulers import (
     DataMisfitController,
     EKSStableScheduler,
     FixedStep,
+    stable_step,
 )
 from enkit.inversion.stopping import (
     data_misfit,
@@ -140,6 +142,7 @@ __all__ = [
     "subspace_residual_fraction",
     "CalibrationResult",
     "ForwardFailure",
+    "NonFiniteEnsemble",
     "Ignore",
     "IterationRecord",
     "Raise",
@@ -151,6 +154,7 @@ __all__ = [
     "ALDI",
     "EKS",
     "EKSStableScheduler",
+    "stable_step",
     "SparseEKI",
     "aldi_update",
     "analysis_factor",

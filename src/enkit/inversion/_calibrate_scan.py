@@ -16,6 +16,7 @@ from jax.typing import ArrayLike
 from enkit.inversion.calibrate import (
     _advance_impl,
     _central,
+    _check_finite_update,
     _check_obs,
     _final,
     _misfit,
@@ -51,7 +52,8 @@ def _scan_run(forward, process, scheduler, state0, y, noise, tau, *, n, has_dt, 
         U = process.ask(state)
         G = jax.vmap(forward)(U)
         m = _misfit(G, y, noise, central)
-        stop = stopped | stop_rule(t, m)
+        # A non-finite member here comes from the previous update: stop.
+        stop = stopped | stop_rule(t, m) | ~jnp.all(jnp.isfinite(U))
         new, info = _advance_impl(process, scheduler, state, t, G, y, noise, has_dt)
         state = jax.lax.cond(stop, lambda a, b: a, lambda a, b: b, state, new)
         t_next = jnp.where(stop, t, t + info.dt)
@@ -88,7 +90,10 @@ def calibrate_scan(
     the records are cut at the stop); otherwise it runs ``n_iterations``
     updates. Only ``failure="raise"`` is possible inside a compiled loop:
     non-finite outputs are found after the scan and raise
-    ``ForwardFailure`` naming the first failing iteration and its members.
+    ``ForwardFailure`` naming the first failing iteration and its members;
+    an update that leaves a non-finite member stops the scan there and
+    raises ``NonFiniteEnsemble`` naming that iteration (as ``calibrate``
+    does).
     """
     if not isinstance(as_policy(failure), Raise):
         raise ValueError("calibrate_scan supports failure='raise' only; use calibrate for "  # noqa: TRY004
@@ -115,8 +120,11 @@ def calibrate_scan(
     m = jnp.concatenate([r[2][:I], last[2][None]]) if I == n else r[2][:I + 1]
     t = jnp.concatenate([r[3][:I], last[3][None]]) if I == n else r[3][:I + 1]
     failed = ~np.all(np.isfinite(np.asarray(G)), axis=2)
+    k_g = int(np.argmax(failed.any(axis=1))) if failed.any() else len(failed)
+    for k, Uk in enumerate(np.asarray(U)[1:k_g + 1], start=1):  # updates with finite G
+        _check_finite_update(process, Uk, k - 1, r[4][k - 1])
     if failed.any():
-        k = int(np.argmax(failed.any(axis=1)))
+        k = k_g
         raise ForwardFailure(failure_message("failure='raise'", failed[k], k, {}),
                              np.flatnonzero(failed[k]), k)
     final_stop = bool(last[4]) if I == n else True

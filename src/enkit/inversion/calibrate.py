@@ -56,6 +56,7 @@ from enkit.inversion.calibration_result import CalibrationResult, IterationRecor
 from enkit.inversion.failures import (
     ForwardFailure,
     Ignore,
+    NonFiniteEnsemble,
     Raise,
     Resample,
     as_policy,
@@ -92,6 +93,15 @@ def _advance_impl(process, scheduler, state, time, G, y, noise, has_dt):
 
 
 _advance = jax.jit(_advance_impl, static_argnames=("has_dt",))
+
+
+def _check_finite_update(process, U, iteration: int, dt) -> None:
+    """Raise ``NonFiniteEnsemble`` if the update of ``iteration`` (with step
+    dt) left a non-finite row in the asked parameters U."""
+    bad = ~np.all(np.isfinite(np.asarray(U)), axis=1)
+    if bad.any():
+        raise NonFiniteEnsemble(type(_inner(process)).__name__, iteration,
+                                np.flatnonzero(bad), dt)
 
 
 def _misfit(G, y, noise, central: bool, ok=None) -> Array:
@@ -272,16 +282,18 @@ def calibrate(
     ``jax.random.split(key)[0]``, policies draw from ``split(key)[1]``.
     scheduler: None → ``FixedStep(Δt)`` with the process's own default Δt
     (1 for EKI/ETKI/TEKI/GNKI, 1/2 for UKI); for a wrapper whose default is
-    None, tell gets no dt (the wrapped process's default); a process whose
-    tell requires dt (EKS) needs one; must be None for ESMDA, whose steps
-    are its α schedule. max_iterations: None → 20 (ESMDA: its K).
+    None, tell gets no dt (the wrapped process's default: EKS/ALDI take
+    their adaptive step); must be None for ESMDA, whose steps are its α
+    schedule. max_iterations: None → 20 (ESMDA: its K).
     tau: None, or stop at the first ensemble with misfit ≤ τ√d (discrepancy
     principle, Iglesias 2016). collapse_tol: None, or stop when
     ``ensemble_collapsed(ensembles[k], ensembles[0], tol=collapse_tol)``.
     A scheduler with ``finished(time)`` (``DataMisfitController``) stops the
     run when it returns True. failure: ``"raise"`` (default), ``"ignore"``,
-    ``"resample"`` or a policy object (``enkit.inversion.failures``).
-    callback: called with an ``IterationRecord`` after each evaluation; a
+    ``"resample"`` or a policy object (``enkit.inversion.failures``). An
+    update that leaves NaN or inf in the ensemble (finite forward outputs,
+    too long a step) stops the run with ``NonFiniteEnsemble`` naming the
+    iteration, its members and Δt, whatever the policy. callback: called with an ``IterationRecord`` after each evaluation; a
     return value of True stops the run. progress: a progress bar (tqdm, on
     standard error when it is a terminal; iterations counted against
     ``max_iterations``, the misfit shown) and each iteration's line on the
@@ -369,6 +381,8 @@ def calibrate(
             sel = select(k)
             run_k = run if sel is None else partial(_run_selected, run, *sel)
             U = process.ask(state)
+            if rec["dt"]:
+                _check_finite_update(process, U, k - 1, rec["dt"][-1])
             t = jnp.zeros((), U.dtype) if t is None else t  # Σ Δt, the algorithmic time
             G, failed, errors = run_k(U, d)
             failed0 = failed.copy()

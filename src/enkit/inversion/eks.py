@@ -27,6 +27,7 @@ from enkit.inversion._common import (
     EnsembleProcess,
     EnsembleState,
     InversionInfo,
+    check_bool,
     check_dt,
     check_tell,
     iteration_key,
@@ -35,6 +36,7 @@ from enkit.inversion._common import (
     register,
 )
 from enkit.inversion.prior import GaussianPrior, check_prior
+from enkit.inversion.schedulers import stable_step
 from enkit.linalg import kalman_solve
 
 __all__ = ["ALDI", "EKS", "aldi_update", "eks_update"]
@@ -128,16 +130,31 @@ class EKS(EnsembleProcess):
     Δt (or ``EKSStableScheduler``) and average over iterations after a
     burn-in.
 
-    prior: ``GaussianPrior`` (m₀, C₀), required (a pytree leaf). The process
-    is stochastic: ``init`` needs a key, iteration n draws ξ from
+    The step: ``tell(..., dt=None)`` (the default, and what ``calibrate``
+    uses without a scheduler) takes the adaptive step of Garbuno-Iñigo et
+    al. (2020), Δt = 1 / (‖D‖_F + δ) (``stable_step``, the
+    ``EKSStableScheduler`` rule): short while the data drift is strong,
+    longer as the ensemble settles. A given Δt (a fixed step or another
+    scheduler's) is capped by that bound when ``cap_dt`` (default True):
+    the explicit data drift maps the ensemble by I − Δt D, which diverges
+    once Δt ρ(D) > 2, and from a broad prior on a stiff problem a fixed
+    Δt = 0.005 already does. ``info.dt`` is the step taken. Drivers stop
+    with ``NonFiniteEnsemble`` (naming the iteration) if an update still
+    leaves a non-finite member.
+
+    prior: ``GaussianPrior`` (m₀, C₀), required (a pytree leaf); cap_dt:
+    cap a given Δt by the stability bound (static). The process is
+    stochastic: ``init`` needs a key, iteration n draws ξ from
     ``fold_in(key, n)``.
     """
 
     prior: GaussianPrior
+    cap_dt: bool = True
     stochastic = True
     _correction = False
 
     def __post_init__(self):
+        check_bool("cap_dt", self.cap_dt)
         if self.prior is None:
             raise TypeError(
                 f"{type(self).__name__} needs prior=GaussianPrior(mean, covariance): "
@@ -147,20 +164,26 @@ class EKS(EnsembleProcess):
     def _check_ensemble(self, E):
         check_prior(self.prior, E.shape[1])
 
-    def tell(self, state: EnsembleState, G, y, noise, *, dt
+    def tell(self, state: EnsembleState, G, y, noise, *, dt=None
              ) -> tuple[EnsembleState, InversionInfo]:
         """One step from the forward outputs of ``ask(state)``.
 
         G: (N, d) outputs of the asked members; y: (d,) data; noise: Γ, a
         covariance operator of dimension d or an array (``as_covariance``);
-        dt: Δt ≥ 0, required (e.g. from ``EKSStableScheduler``; Δt = 0
-        leaves the ensemble unchanged). Returns ``(state, InversionInfo)``;
-        ``info.misfit`` is the data misfit of G (no prior term).
+        dt: None (the adaptive step ``stable_step``) or Δt ≥ 0, capped by
+        that bound when ``cap_dt`` (Δt = 0 leaves the ensemble unchanged).
+        Returns ``(state, InversionInfo)``; ``info.misfit`` is the data
+        misfit of G (no prior term), ``info.dt`` the step taken.
         """
         U = state.ensemble
         check_prior(self.prior, U.shape[1])
         G, y, noise = check_tell(G, y, noise, U.shape[0], U.dtype)
-        dt = check_dt(dt, U.dtype)
+        if dt is None:
+            dt = stable_step(G, y, noise)
+        else:
+            dt = check_dt(dt, U.dtype)
+            if self.cap_dt:
+                dt = jnp.minimum(dt, stable_step(G, y, noise))
         N = U.shape[0]
         xi = jax.random.normal(iteration_key(state), (N, N), U.dtype)
         new = _langevin_update(U, G, y, noise, self.prior, dt, xi, self._correction)
@@ -201,5 +224,5 @@ class ALDI(EKS):
             )
 
 
-register(EKS, data=["prior"])
-register(ALDI, data=["prior"])
+register(EKS, data=["prior"], meta=["cap_dt"])
+register(ALDI, data=["prior"], meta=["cap_dt"])

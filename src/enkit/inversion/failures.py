@@ -48,6 +48,7 @@ from enkit.inversion.gnki import GNKIState
 
 __all__ = [
     "ForwardFailure",
+    "NonFiniteEnsemble",
     "Ignore",
     "Raise",
     "Resample",
@@ -71,6 +72,32 @@ class ForwardFailure(FloatingPointError):
         self.members = [int(i) for i in members]
         self.iteration = int(iteration)
         self.errors = dict(errors or {})
+
+
+class NonFiniteEnsemble(FloatingPointError):
+    """An update left NaN or inf in the ensemble although the forward
+    outputs it was given were finite (a step too long for the dynamics, an
+    ill-posed solve). iteration: the calibration iteration whose update
+    failed; members: sorted indices of the non-finite members; dt: the step
+    that was applied (None for processes without one).
+    """
+
+    def __init__(self, process: str, iteration: int, members, dt=None):
+        self.iteration = int(iteration)
+        self.members = [int(i) for i in members]
+        self.dt = None if dt is None else float(dt)
+        step = "" if dt is None else f" with Δt = {self.dt:.6g}"
+        hint = ("; take shorter steps: a smaller fixed Δt, an adaptive scheduler "
+                "(EKSStableScheduler, DataMisfitController), or dt=None for EKS/ALDI's "
+                "adaptive step" if dt is not None else "")
+        super().__init__(
+            f"the {process} update of iteration {self.iteration}{step} gave NaN or inf "
+            f"for members {_members(self.members)} although the forward outputs it was "
+            f"given were finite{hint}")
+
+
+def _members(members) -> str:
+    return str(members) if len(members) <= 20 else f"{members[:20]} ... ({len(members)} in all)"
 
 
 def failure_message(what: str, failed: np.ndarray, iteration: int, errors: dict) -> str:

@@ -26,7 +26,7 @@ from enkit._checks import check_number, is_concrete
 from enkit._pytree import register_dataclass
 from enkit.covariance import as_covariance
 
-__all__ = ["DataMisfitController", "EKSStableScheduler", "FixedStep"]
+__all__ = ["DataMisfitController", "EKSStableScheduler", "FixedStep", "stable_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +140,28 @@ class EKSStableScheduler:
 
     def step_size(self, time, G, y, noise) -> Array:
         """Δt from the (N, d) outputs G of the members (``time`` unused)."""
-        G = jnp.asarray(G)
-        N, d = G.shape
-        noise = as_covariance(noise, d, name="noise").astype(G.dtype)
-        y = jnp.asarray(y, G.dtype)
-        A = noise.whiten(G - jnp.mean(G, axis=0))  # Γ^{-1/2}(G(uᵢ) − Ḡ)
-        R = noise.whiten(G - y)  # Γ^{-1/2}(G(uⱼ) − y)
-        D = (A @ R.T) / (N - 1)
-        norm = jnp.sqrt(jnp.sum(D * D))
-        h = jnp.asarray(self.numerator, G.dtype)
-        return h / (norm + jnp.asarray(self.nugget, G.dtype))
+        return stable_step(G, y, noise, self.numerator, self.nugget)
+
+
+def stable_step(G, y, noise, numerator: ArrayLike = 1.0,
+                nugget: ArrayLike = 2.220446049250313e-16) -> Array:
+    """The step bound of ``EKSStableScheduler``: h / (‖D‖_F + δ),
+    Dᵢⱼ = ⟨G(uᵢ) − Ḡ, Γ⁻¹(G(uⱼ) − y)⟩ / (N − 1).
+
+    The explicit data drift maps the ensemble by I − Δt D (Kovachki &
+    Stuart 2019), stable while Δt ρ(D) < 2; ρ(D) ≤ ‖D‖_F, so h = 1 keeps a
+    factor 2 in hand. G: (N, d); y: (d,); noise: Γ; numerator: h > 0;
+    nugget: δ > 0. Returns a scalar of G's dtype.
+    """
+    G = jnp.asarray(G)
+    N, d = G.shape
+    noise = as_covariance(noise, d, name="noise").astype(G.dtype)
+    y = jnp.asarray(y, G.dtype)
+    A = noise.whiten(G - jnp.mean(G, axis=0))  # Γ^{-1/2}(G(uᵢ) − Ḡ)
+    R = noise.whiten(G - y)  # Γ^{-1/2}(G(uⱼ) − y)
+    D = (A @ R.T) / (N - 1)
+    norm = jnp.sqrt(jnp.sum(D * D))
+    return jnp.asarray(numerator, G.dtype) / (norm + jnp.asarray(nugget, G.dtype))
 
 
 register_dataclass(EKSStableScheduler, data_fields=["numerator", "nugget"],
