@@ -152,6 +152,7 @@ from enkit.inversion import (
     ies_step_lengths,
     max_iterations_reached,
 )
+from enkit.rotation import MeanPreservingRotation, rotate
 from enkit.linalg import (
     kalman_solve,
     kalman_solve_ensemble_space,
@@ -402,6 +403,8 @@ __all__ = [
     "linalg",
     "models",
     "multiplicative_inflation",
+    "MeanPreservingRotation",
+    "rotate",
     "additive_inflation",
     "adaptive_inflation",
     "ledoit_wolf",

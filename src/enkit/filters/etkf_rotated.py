@@ -12,7 +12,7 @@ from enkit.filters._common import ObservationOperator, as_key
 from enkit.filters.estkf import error_subspace_projection
 from enkit.filters.etkf import etkf
 
-__all__ = ["etkf_rotated", "mean_preserving_rotation"]
+__all__ = ["etkf_rotated", "mean_preserving_rotation", "rotate"]
 
 
 def mean_preserving_rotation(key: Array, N: int, dtype=jnp.float64) -> Array:
@@ -27,6 +27,23 @@ def mean_preserving_rotation(key: Array, N: int, dtype=jnp.float64) -> Array:
     Omega = error_subspace_projection(N, dtype)
     Q = jax.random.orthogonal(key, N - 1, dtype=dtype)
     return Omega @ Q @ Omega.T + jnp.full((N, N), 1.0 / N, dtype)
+
+
+def rotate(E: Array, *, key: Array | int | None = None) -> Array:
+    """A random mean-preserving rotation of the ensemble's anomalies,
+
+        E' = x̄ + U (E − x̄),   U orthogonal, U 1 = 1 (``mean_preserving_rotation``),
+
+    which keeps the ensemble mean and sample covariance to round-off and
+    redistributes the members (Sakov & Oke 2008). Composes with any
+    analysis: ``rotate(ensrf(E, y, h, R), key=k)``; in ``assimilate`` the
+    step is ``enkit.MeanPreservingRotation``. E: (N, n); key: PRNG key or
+    integer seed (required). Returns (N, n).
+    """
+    key = as_key(key, "rotate")
+    x = jnp.mean(E, axis=0)
+    U = mean_preserving_rotation(key, E.shape[0], E.dtype)
+    return x + U @ (E - x)
 
 
 def etkf_rotated(
@@ -63,6 +80,4 @@ def etkf_rotated(
     Ea = etkf(E, y, h, R)
     if np.shape(y)[0] == 0:  # no observations: E unchanged, not rotated
         return Ea
-    xa = jnp.mean(Ea, axis=0)
-    U = mean_preserving_rotation(key, Ea.shape[0], Ea.dtype)
-    return xa + U @ (Ea - xa)
+    return rotate(Ea, key=key)
