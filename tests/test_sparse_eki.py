@@ -24,16 +24,18 @@ from enkit.inversion import (
 
 
 class Sparse:
-    """y = A u† + ε: p = 50 parameters, 5 non-zeros of size 1–2, d = 100."""
+    """y = A u† + ε: by default p = 50 parameters, 5 non-zeros of size 1–2
+    (random signs), d = 100, σ = 0.1; ``values`` fixes the non-zeros."""
 
-    def __init__(self, seed=0):
+    def __init__(self, seed=0, p=50, d=100, k=5, sigma=0.1, values=None):
         rng = np.random.default_rng(seed)
-        self.p, self.d = 50, 100
+        self.p, self.d = p, d
         self.A = rng.normal(size=(self.d, self.p))
-        self.support = np.sort(rng.choice(self.p, 5, replace=False))
+        self.support = np.sort(rng.choice(self.p, k, replace=False))
         self.u = np.zeros(self.p)
-        self.u[self.support] = rng.choice([-1, 1], 5) * rng.uniform(1, 2, 5)
-        self.sigma = 0.1
+        self.u[self.support] = (rng.choice([-1, 1], k) * rng.uniform(1, 2, k)
+                                if values is None else values)
+        self.sigma = sigma
         self.y = self.A @ self.u + self.sigma * rng.normal(size=self.d)
         self.noise = enkit.Scalar(self.sigma**2, self.d)
         # The universal-threshold scale: |∂Φ/∂uₖ| at u† is about √d/σ for
@@ -101,15 +103,7 @@ class Underdetermined(Sparse):
     at the prior's; a threshold Δt λ (Cₐ)ₖₖ then exceeded every member."""
 
     def __init__(self, seed=0):
-        rng = np.random.default_rng(seed)
-        self.p, self.d = 40, 20
-        self.A = rng.normal(size=(self.d, self.p))
-        self.support = np.sort(rng.choice(self.p, 3, replace=False))
-        self.u = np.zeros(self.p)
-        self.u[self.support] = [1.5, -1.0, 2.0]
-        self.sigma = 0.05
-        self.y = self.A @ self.u + self.sigma * rng.normal(size=self.d)
-        self.noise = enkit.Scalar(self.sigma**2, self.d)
+        super().__init__(seed, p=40, d=20, k=3, sigma=0.05, values=[1.5, -1.0, 2.0])
 
 
 @jax.jit
