@@ -113,7 +113,8 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
             h_k = partial(_call_with, h_k, u)
         n_k = x["n"] if settings.uniform_steps is None else settings.uniform_steps
         fc = partial(cycle.forecast, model, n_steps=n_k, t0=x["t0"],
-                     controls=controls, noise=noise, key=k_noise)
+                     controls=controls, noise=noise, key=k_noise,
+                     max_steps=settings.max_steps)
         Ef = fc(E)
         if window:
             h_win = partial(_through_model, fc, h_k)
@@ -138,7 +139,40 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
             sstate, rows = smoother.step(sstate, Ef, Ea, G)
         return (Ea, state, sstate), (out, rows)
 
-    return jax.lax.scan(body, carry, xs)
+    return remat_scan(body, carry, xs, settings.remat)
+
+
+def remat_scan(body, carry, xs, remat):
+    """``lax.scan(body, carry, xs)`` with what reverse mode stores chosen by
+    ``remat`` (see ``assimilate``): None stores every cycle's intermediate
+    values; "cycle" wraps the body in ``jax.checkpoint`` (the carry of every
+    cycle is kept, each cycle recomputed once on the way back); an int L
+    runs the first ⌊K/L⌋·L cycles as a scan over segments of L cycles, each
+    segment checkpointed and its cycles too (kept: the carry at every
+    segment's start, and during the backward pass of one segment its L
+    carries: memory O(K/L + L) carries, O(√K) for L ≈ √K; each cycle
+    recomputed twice), and the remaining cycles as a "cycle" scan. The
+    values and derivatives are those of the plain scan."""
+    if remat is None:
+        return jax.lax.scan(body, carry, xs)
+    body = jax.checkpoint(body, prevent_cse=False)
+    K = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if remat == "cycle" or remat >= K:
+        return jax.lax.scan(body, carry, xs)
+    L = int(remat)
+    S = K // L
+
+    @partial(jax.checkpoint, prevent_cse=False)
+    def segment(c, xs_seg):
+        return jax.lax.scan(body, c, xs_seg)
+
+    head = jax.tree_util.tree_map(lambda a: a[:S * L].reshape(S, L, *a.shape[1:]), xs)
+    carry, ys = jax.lax.scan(segment, carry, head)
+    ys = jax.tree_util.tree_map(lambda a: a.reshape(S * L, *a.shape[2:]), ys)
+    if S * L == K:
+        return carry, ys
+    carry, tail = jax.lax.scan(body, carry, jax.tree_util.tree_map(lambda a: a[S * L:], xs))
+    return carry, jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys, tail)
 
 
 def _call_with(h, u, x):

@@ -17,8 +17,11 @@ effect, whatever placeholder values they held (NaN included).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar
 from enkit.ensemble import ensemble_mean, ensemble_spread, scaled_anomalies
@@ -110,12 +113,14 @@ def masked_problem(h, y, R: Covariance, mask):
     return h_masked, y, R
 
 
-def forecast(model, E, n_steps, *, t0, controls, noise, key):
+def forecast(model, E, n_steps, *, t0, controls, noise, key, max_steps=None):
     """Advance every member ``n_steps`` model steps from global step ``t0``.
 
     model(x) or model(x, u) with u = controls at the step's start time;
     noise: covariance operator Q of additive model error drawn after every
-    step (key required), or None. ``n_steps`` may be traced.
+    step (key required), or None. ``n_steps`` may be traced; then
+    ``max_steps`` (a static bound on it, or None) makes the loop
+    differentiable in reverse mode (``bounded_loop``).
     """
 
     def one_step(j, E):
@@ -128,7 +133,43 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key):
             E = E + noise.sample(jax.random.fold_in(key, j), (E.shape[0],))
         return E
 
-    return jax.lax.fori_loop(0, n_steps, one_step, E)
+    if max_steps is None or isinstance(n_steps, (int, np.integer)):
+        return jax.lax.fori_loop(0, n_steps, one_step, E)
+    return bounded_loop(one_step, n_steps, E, max_steps)
+
+
+def bounded_loop(step, n, x, max_steps: int):
+    """``fori_loop(0, n, step, x)`` for a traced ``n ≤ max_steps`` (static),
+    differentiable in forward and reverse mode.
+
+    The loop itself is the dynamic ``fori_loop`` (a ``while_loop``: n steps,
+    no more); its derivative is taken through the same steps in a ``scan``
+    of ``max_steps``, where step j ≥ n is a ``cond`` that keeps the state,
+    so reverse mode, which needs static bounds, works, and a run that is not
+    differentiated pays nothing for the bound. Closed-over arrays (the
+    model's parameters, keys, controls) are made explicit arguments
+    (``jax.closure_convert``), so derivatives with respect to them flow
+    through the rule.
+    """
+    converted, consts = jax.closure_convert(step, jnp.zeros((), jnp.asarray(n).dtype), x)
+    return _dynamic_loop(converted, max_steps, jnp.asarray(n), x, tuple(consts))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _dynamic_loop(step, max_steps, n, x, consts):
+    return jax.lax.fori_loop(0, n, lambda j, x: step(j, x, *consts), x)
+
+
+@_dynamic_loop.defjvp
+def _dynamic_loop_jvp(step, max_steps, primals, tangents):
+    return jax.jvp(partial(_masked_loop, step, max_steps), primals, tangents)
+
+
+def _masked_loop(step, max_steps, n, x, consts):
+    def body(x, j):
+        return jax.lax.cond(j < n, lambda: step(j, x, *consts), lambda: x), None
+
+    return jax.lax.scan(body, x, jnp.arange(max_steps, dtype=n.dtype))[0]
 
 
 def nonfinite_code(*checks, stages: bool):

@@ -86,6 +86,7 @@ def assimilate(
     smoother: Any = None,
     on_nonfinite: str = "raise",
     progress: bool = False,
+    remat: str | int | None = None,
 ) -> AssimilationResult:
     """Cycle an ensemble through forecasts and analyses.
 
@@ -175,12 +176,24 @@ def assimilate(
     that is a terminal): the Python path counts cycles; the compiled path
     then runs its scan in about 100 windows (two compilations, the results
     bit-identical to one scan; none of this under ``jit`` of the whole call).
+
+    remat: what reverse-mode differentiation (``jax.grad`` of a loss of the
+    run) keeps in memory, compiled path only; the values and derivatives
+    are the same for every choice (``jax.checkpoint``). None (default):
+    every cycle's intermediate values (every model step's, every
+    analysis's): memory grows with K times a cycle's work. "cycle": only
+    the carry (ensemble, inflation and smoother state) of every cycle, each
+    cycle computed once more on the way back. An int L: the carry at every
+    L-th cycle, and inside the segment being differentiated at each of its
+    L cycles (memory O(K/L + L) carries; L ≈ √K gives O(√K); each cycle
+    computed twice more). Measured on a 1,000-cycle Lorenz-96 ETKF run in
+    benchmarks/remat_memory.py. The stored outputs are kept whatever remat.
     """
     run = prepare(model, E0, observations, scheme, h=h, R=R, key=key, inflation=inflation,
                   mask=mask, steps_per_obs=steps_per_obs, obs_times=obs_times,
                   controls=controls, model_noise=model_noise, forecast_steps=forecast_steps,
                   store=store, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                  resume=resume, smoother=smoother, on_nonfinite=on_nonfinite)
+                  resume=resume, smoother=smoother, on_nonfinite=on_nonfinite, remat=remat)
     stop = on_nonfinite == "raise"
     K = len(run.steps)
     bar = progress_bar(K, desc="assimilate", enabled=bool(progress) and is_concrete(run.E0))
@@ -321,12 +334,13 @@ class PreparedRun(NamedTuple):
 def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, mask=None,
             steps_per_obs=1, obs_times=None, controls=None, model_noise=None, forecast_steps=0,
             store=cycle.DEFAULT_OUTPUTS, checkpoint=None, checkpoint_every=None, resume=True,
-            smoother=None, on_nonfinite="raise") -> PreparedRun:
+            smoother=None, on_nonfinite="raise", remat=None) -> PreparedRun:
     """Validate ``assimilate``'s arguments (same meaning) and build the run's
     pytrees, without running anything: every error a run can raise about
     its inputs is raised here, before any model step."""
     if on_nonfinite not in ("raise", "warn", "ignore"):
         raise ValueError(f"on_nonfinite must be 'raise', 'warn' or 'ignore', got {on_nonfinite!r}")
+    _check_remat(remat)
     outputs = cycle.resolve_outputs(store)
     smoothed = tuple(name for name in outputs if name in cycle.SMOOTHED_OUTPUTS)
     outputs = tuple(name for name in outputs if name not in cycle.SMOOTHED_OUTPUTS)
@@ -397,6 +411,10 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     if smoother is not None:
         smoother.check(K=K, scheme=inner)
     python_path = isinstance(model, BlackBoxModel) or ragged
+    if python_path and remat is not None:
+        raise ValueError("remat applies to the compiled path (a JAX model and a (K, m) "
+                         "observation array); a black-box model or ragged observations "
+                         "run in a Python loop")
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
     plan = None
@@ -412,7 +430,8 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     uniform = int(n_steps[0]) if np.all(n_steps == n_steps[0]) else None
     settings = CycleSettings(model=model, scheme=inner, inflation=inflation,
                              model_noise=model_noise, smoother=smoother, window=window,
-                             uniform_steps=uniform)
+                             uniform_steps=uniform, max_steps=int(np.max(n_steps)),
+                             remat=remat)
     if python_path:
         record = ObservationRecord(values=observations, mask=mask, h=h, R=R, n_steps=n_steps,
                                    controls=controls)
@@ -422,6 +441,15 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     times = steps * (float(dt) if dt is not None else 1)
     return PreparedRun(settings, record, E0, key, outputs, steps, times, int(forecast_steps),
                        plan, python_path)
+
+
+def _check_remat(remat) -> None:
+    if remat is None or remat == "cycle":
+        return
+    if isinstance(remat, (bool, np.bool_)) or not isinstance(remat, (int, np.integer)) \
+            or remat < 1:
+        raise ValueError(f"remat must be None, 'cycle' or a positive int (cycles per "
+                         f"checkpointed segment), got {remat!r}")
 
 
 def _check_spread(E0, model_noise, inflation) -> None:

@@ -332,8 +332,13 @@ class CycleSettings:
     None for a filter; window (static): True for ``over_window`` cycles;
     uniform_steps (static): the number of model steps of every forecast
     when it is the same for all cycles (the forecast loop then has static
-    bounds, which reverse-mode differentiation needs), else None (read per
-    cycle from the record's ``n_steps``).
+    bounds), else None (read per cycle from the record's ``n_steps``);
+    max_steps (static): the largest number of model steps of a forecast
+    (the bound that makes a varying forecast loop differentiable in reverse
+    mode, ``cycle.bounded_loop``); remat (static): what reverse mode keeps
+    of the scan (``assimilate``'s ``remat``): None (everything), "cycle"
+    (the carry of every cycle) or an int L (the carry at every L-th cycle
+    and, inside the segment being differentiated, of its cycles).
     """
 
     model: Any
@@ -343,12 +348,14 @@ class CycleSettings:
     smoother: Any = None
     window: bool = False
     uniform_steps: int | None = None
+    max_steps: int | None = None
+    remat: str | int | None = None
 
 
 register_dataclass(
     CycleSettings,
     data_fields=["model", "scheme", "inflation", "model_noise", "smoother"],
-    meta_fields=["window", "uniform_steps"],
+    meta_fields=["window", "uniform_steps", "max_steps", "remat"],
 )
 
 
