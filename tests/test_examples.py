@@ -42,3 +42,9 @@ def test_gallery_writes_every_figure_and_its_index(tmp_path):
     assert all(f"gallery/{name}.png" in index for name in gallery.CAPTIONS)
     committed = ROOT / "docs" / "gallery"
     assert sorted(p.stem for p in committed.glob("*.png")) == sorted(gallery.CAPTIONS)
+
+
+def test_lorenz96_forcing_is_learned_within_one_percent():
+    res = _load("learn_lorenz96_forcing").main(cycles=100, steps=12, verbose=False)
+    assert res["history"][0][0] == 6.0
+    assert abs(res["F"] - 8.0) < 0.08

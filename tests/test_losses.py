@@ -111,3 +111,56 @@ def test_a_missing_output_is_named(problem):
         losses.negative_log_likelihood(res)
     with pytest.raises(ValueError, match="stage"):
         losses.crps_loss(res, jnp.zeros((K, n)), stage="smoothed")
+
+
+def _segment(lam, E, y, key):
+    r = enkit.assimilate(_model, E, y, enkit.enkf, h=H, R=R, inflation=lam, key=key,
+                         store=("log_likelihood",), on_nonfinite="ignore")
+    return losses.negative_log_likelihood(r), r.ensemble
+
+
+def test_truncated_gradient_is_exact_for_one_window_and_sums_windows(problem):
+    ys, E0 = problem
+    key = jax.random.key(5)
+    # one window: the run's loss and its exact gradient
+    v, g, E = losses.truncated_value_and_grad(_segment, 1.1, E0, ys, window=K, key=key)
+    v0, g0 = jax.value_and_grad(lambda lam: _segment(lam, E0, ys, jax.random.fold_in(key, 0))[0])(
+        1.1)
+    np.testing.assert_allclose([v, g], [v0, g0], rtol=1e-12)
+    # windows of 4 (K = 6: one of 4, one of 2): each differentiated from its start
+    v, g, E = losses.truncated_value_and_grad(_segment, 1.1, E0, ys, window=4, key=key)
+    k0, k1 = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+    (v1, E1), g1 = jax.value_and_grad(_segment, has_aux=True)(1.1, E0, ys[:4], k0)
+    (v2, E2), g2 = jax.value_and_grad(_segment, has_aux=True)(1.1, E1, ys[4:], k1)
+    np.testing.assert_allclose([v, g], [v1 + v2, g1 + g2], rtol=1e-12)
+    np.testing.assert_allclose(E, E2, rtol=1e-12)
+    assert abs(g - g0) > 1e-8 * abs(g0)  # truncated: not the exact gradient
+
+
+def test_truncated_gradient_memory_does_not_grow_with_the_cycles(problem):
+    ys, E0 = problem
+
+    def temp(reps, truncated):
+        y = jnp.tile(ys, (reps, 1))
+        if truncated:
+            def f(lam):
+                return losses.truncated_value_and_grad(_segment, lam, E0, y, window=3,
+                                                       key=1)[1]
+        else:
+            f = jax.grad(lambda lam: _segment(lam, E0, y, jax.random.key(1))[0])
+        analysis = jax.jit(f).lower(1.1).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("this backend gives no memory analysis")
+        return analysis.temp_size_in_bytes
+
+    assert temp(40, True) <= 1.05 * temp(5, True)
+    assert temp(40, False) > 4 * temp(5, False)
+
+
+def test_truncated_gradient_inputs_are_checked(problem):
+    ys, E0 = problem
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="window must be a positive int"):
+            losses.truncated_value_and_grad(_segment, 1.1, E0, ys, window=bad)
+    with pytest.raises(ValueError, match="same leading axis"):
+        losses.truncated_value_and_grad(_segment, 1.1, E0, (ys, ys[:3]), window=2)
