@@ -48,3 +48,10 @@ def test_lorenz96_forcing_is_learned_within_one_percent():
     res = _load("learn_lorenz96_forcing").main(cycles=100, steps=12, verbose=False)
     assert res["history"][0][0] == 6.0
     assert abs(res["F"] - 8.0) < 0.08
+
+
+def test_learned_model_correction_improves_on_the_wrong_model():
+    res = _load("learn_model_correction").main(steps=30, test_cycles=100, verbose=False)
+    assert res["history"][-1] < 0.7 * res["history"][0]
+    rmse = res["rmse"]
+    assert rmse["wrong model + learned correction"] < 0.75 * rmse["wrong model (F = 6)"]
