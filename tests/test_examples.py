@@ -51,7 +51,7 @@ def test_lorenz96_forcing_is_learned_within_one_percent():
 
 
 def test_learned_model_correction_improves_on_the_wrong_model():
-    res = _load("learn_model_correction").main(steps=30, test_cycles=100, verbose=False)
+    res = _load("learn_model_correction").main(steps=20, test_cycles=100, verbose=False)
     assert res["history"][-1] < 0.7 * res["history"][0]
     rmse = res["rmse"]
     assert rmse["wrong model + learned correction"] < 0.75 * rmse["wrong model (F = 6)"]

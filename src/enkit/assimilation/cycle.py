@@ -122,42 +122,49 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key, max_steps=None):
     ``max_steps`` (a static bound on it, or None) makes the loop
     differentiable in reverse mode (``bounded_loop``).
     """
-
-    def one_step(j, E):
-        if controls is None:
-            E = jax.vmap(model)(E)
-        else:
-            u = jax.tree_util.tree_map(lambda a: a[t0 + j], controls)
-            E = jax.vmap(lambda x: model(x, u))(E)
-        if noise is not None:
-            E = E + noise.sample(jax.random.fold_in(key, j), (E.shape[0],))
-        return E
-
+    args = (model, controls, noise, key, t0)
     if max_steps is None or isinstance(n_steps, (int, np.integer)):
-        return jax.lax.fori_loop(0, n_steps, one_step, E)
-    return bounded_loop(one_step, n_steps, E, max_steps)
+        return jax.lax.fori_loop(0, n_steps, partial(_model_step, args=args), E)
+    return bounded_loop(_model_step, n_steps, E, max_steps, args)
 
 
-def bounded_loop(step, n, x, max_steps: int):
-    """``fori_loop(0, n, step, x)`` for a traced ``n ≤ max_steps`` (static),
-    differentiable in forward and reverse mode.
+def _model_step(j, E, args):
+    """Model step j of the forecast (args: model, controls, noise, key, t0)."""
+    model, controls, noise, key, t0 = args
+    if controls is None:
+        E = jax.vmap(model)(E)
+    else:
+        u = jax.tree_util.tree_map(lambda a: a[t0 + j], controls)
+        E = jax.vmap(lambda x: model(x, u))(E)
+    if noise is not None:
+        E = E + noise.sample(jax.random.fold_in(key, j), (E.shape[0],))
+    return E
+
+
+def bounded_loop(step, n, x, max_steps: int, args=()):
+    """``fori_loop(0, n, lambda j, x: step(j, x, args=args), x)`` for a
+    traced ``n ≤ max_steps`` (static), differentiable in forward and
+    reverse mode.
 
     The loop itself is the dynamic ``fori_loop`` (a ``while_loop``: n steps,
     no more); its derivative is taken through the same steps in a ``scan``
     of ``max_steps``, where step j ≥ n is a ``cond`` that keeps the state,
     so reverse mode, which needs static bounds, works, and a run that is not
-    differentiated pays nothing for the bound. Closed-over arrays (the
-    model's parameters, keys, controls) are made explicit arguments
-    (``jax.closure_convert``), so derivatives with respect to them flow
-    through the rule.
+    differentiated pays nothing for the bound. ``args`` (a pytree: the
+    model, keys, step counters, controls) is passed explicitly, and arrays
+    that ``step`` closes over (e.g. a parameter captured by a model written
+    as a lambda) are made explicit too (``jax.closure_convert``), so
+    derivatives with respect to both flow through the rule.
     """
-    converted, consts = jax.closure_convert(step, jnp.zeros((), jnp.asarray(n).dtype), x)
-    return _dynamic_loop(converted, max_steps, jnp.asarray(n), x, tuple(consts))
+    n = jnp.asarray(n)
+    converted, consts = jax.closure_convert(lambda j, x, a: step(j, x, args=a),
+                                            jnp.zeros((), n.dtype), x, args)
+    return _dynamic_loop(converted, max_steps, n, x, args, tuple(consts))
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0, 1))
-def _dynamic_loop(step, max_steps, n, x, consts):
-    return jax.lax.fori_loop(0, n, lambda j, x: step(j, x, *consts), x)
+def _dynamic_loop(step, max_steps, n, x, args, consts):
+    return jax.lax.fori_loop(0, n, lambda j, x: step(j, x, args, *consts), x)
 
 
 @_dynamic_loop.defjvp
@@ -165,9 +172,9 @@ def _dynamic_loop_jvp(step, max_steps, primals, tangents):
     return jax.jvp(partial(_masked_loop, step, max_steps), primals, tangents)
 
 
-def _masked_loop(step, max_steps, n, x, consts):
+def _masked_loop(step, max_steps, n, x, args, consts):
     def body(x, j):
-        return jax.lax.cond(j < n, lambda: step(j, x, *consts), lambda: x), None
+        return jax.lax.cond(j < n, lambda: step(j, x, args, *consts), lambda: x), None
 
     return jax.lax.scan(body, x, jnp.arange(max_steps, dtype=n.dtype))[0]
 
