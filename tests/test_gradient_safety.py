@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.finite_differences import central_differences
 
 import enkit
 
@@ -53,16 +54,6 @@ def test_gradients_are_finite_at_degenerate_ensembles(name, case):
     assert np.all(np.isfinite(gE)) and np.isfinite(gr)
 
 
-def _central(f, x, eps=1e-6):
-    x = np.asarray(x, float)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        d = np.zeros_like(x)
-        d[i] = eps
-        g[i] = (f(x + d) - f(x - d)) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("name", sorted(SCHEMES))
 def test_gradients_are_finite_for_a_zero_observation_operator(name):
     E = jnp.asarray(np.random.default_rng(1).standard_normal((4, N_STATE)))
@@ -82,9 +73,9 @@ def test_gradients_equal_finite_differences_away_from_degenerate_points(name, me
     scheme = {**SCHEMES, **FD_ONLY}[name]
     f = jax.jit(lambda E, r: _loss(scheme, E, r, H))
     gE, gr = jax.grad(f, argnums=(0, 1))(jnp.asarray(E), 0.7)
-    np.testing.assert_allclose(gE, _central(lambda e: float(f(e, 0.7)), E), rtol=1e-5,
+    np.testing.assert_allclose(gE, central_differences(lambda e: float(f(e, 0.7)), E), rtol=1e-5,
                                atol=1e-7)
-    np.testing.assert_allclose(gr, _central(lambda r: float(f(E, r)), np.array(0.7)),
+    np.testing.assert_allclose(gr, central_differences(lambda r: float(f(E, r)), np.array(0.7)),
                                rtol=1e-5)
 
 
