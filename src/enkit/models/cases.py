@@ -142,7 +142,12 @@ def sakov2008_lorenz96(*, cycles: int = 10_000, burn_in: int = 1_000) -> Case:
     Published time-mean analysis RMSEs (Sakov & Oke 2008; Bocquet 2011; as
     listed by DAPPER's ``Lorenz96/sakov2008.py``): ETKF N≈24–40 with
     inflation ≈1.02 ≈ 0.18; DEnKF N=40 inflation 1.01 ≈ 0.18; stochastic
-    EnKF N=40 inflation 1.06 ≈ 0.22; ETKF-N N=40, no inflation ≈ 0.18–0.20.
+    EnKF N=40 inflation 1.06 ≈ 0.22; ETKF-N N=40, no inflation ≈ 0.18–0.20;
+    the EnKF-N with the mode-corrected hyperprior and approximate Hessian
+    (``etkf_n(..., mode_correction=True, hessian="approximate")``), N=24
+    with random rotations ≈ 0.21 (xN = 1) and ≈ 0.18 (xN = 2); the same
+    without rotations, N=20 ≈ 0.24 and ≈ 0.19 (Bocquet, Raanes & Hannart
+    2015, Fig. 3). benchmarks/published.py runs them.
     """
     n = 40
     return Case(
@@ -161,6 +166,11 @@ def sakov2008_lorenz96(*, cycles: int = 10_000, burn_in: int = 1_000) -> Case:
             "denkf N=40 inflation 1.01": 0.18,
             "enkf N=40 inflation 1.06": 0.22,
             "etkf_n N=40": 0.19,
+            "enkf_n N=24 rotation": 0.21,
+            "enkf_n N=24 rotation xN=2": 0.18,
+            "enkf_n N=20": 0.24,
+            "enkf_n N=20 xN=2": 0.19,
         },
-        reference="Sakov & Oke (2008), MWR 136 and Tellus 60A; Bocquet (2011), NPG 18",
+        reference=("Sakov & Oke (2008), MWR 136 and Tellus 60A; Bocquet (2011), NPG 18; "
+                   "Bocquet, Raanes & Hannart (2015), NPG 22"),
     )
