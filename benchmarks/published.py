@@ -6,9 +6,12 @@ published value and its source. Thread settings: XLA limited to one thread.
 Writes benchmarks/results/published.txt. Rows marked * are the EnKF-N
 figures DAPPER lists for the Sakov & Oke (2008) setting (its
 mods/Lorenz96/sakov2008.py); the N=20 EnKF-N rows are Fig. 3 of Bocquet,
-Raanes & Hannart (2015).
+Raanes & Hannart (2015). The KS rows are the Kuramoto–Sivashinsky case of
+Bocquet, Brajard, Carrassi & Bertino (2019), Fig. 4 (as DAPPER's
+mods/KS/bocquet2019.py lists it); "1.02r" is inflation 1.02 of the analysis
+anomalies followed by a random rotation.
 
-Run:  ./dev python benchmarks/published.py [--cycles 10000] [--seeds 0 1]
+Run:  ./dev python benchmarks/published.py [--cycles 10000] [--seeds 0 1] [--only KS]
 """
 
 import os
@@ -25,13 +28,32 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)  # the script's own choice
 
 import enkit  # noqa: E402
-from enkit.models.cases import sakov2008_lorenz96, sakov2012_lorenz63  # noqa: E402
+from enkit.models.cases import (  # noqa: E402
+    bocquet2019_kuramoto_sivashinsky,
+    ring_letkf,
+    sakov2008_lorenz96,
+    sakov2012_lorenz63,
+)
 
 # The EnKF-N as the literature's tables run it: mode-corrected hyperprior,
 # approximate Hessian (Bocquet, Raanes & Hannart 2015; DAPPER's EnKF_N).
 enkf_n = partial(enkit.etkf_n_dual, mode_correction=True, hessian="approximate")
 enkf_n_xn2 = partial(enkf_n, xN=2.0)
 ROTATION = enkit.MeanPreservingRotation()
+
+
+class Rotated:
+    """Inflation of the analysis anomalies by ``factor``, then a rotation
+    (DAPPER's ``infl=factor, rot=True``)."""
+
+    def __init__(self, factor):
+        self.factor = factor
+        self.step = enkit.inflation.chain(enkit.MultiplicativeAnalysis(factor), ROTATION)
+
+
+def ks_letkf(radius):
+    return ring_letkf(128, radius)
+
 
 # (case, label, scheme, N, inflation (factor or step), published RMSE, source)
 RUNS = [
@@ -52,6 +74,13 @@ RUNS = [
     ("L96", "ETKF, no inflation, N=20", enkit.etkf, 20, None, "diverges", "(baseline)"),
     ("L63", "ETKF + rotation", enkit.etkf_rotated, 10, 1.02, "0.60", "Sakov et al. 2012"),
     ("L63", "IEnKF (over_window)", "ienkf", 10, 1.02, "0.31", "Sakov et al. 2012"),
+    ("KS", "LETKF r=51 + rotation", ks_letkf(51.0), 16, Rotated(1.02), "0.11",
+     "Bocquet et al. 2019"),
+    ("KS", "LETKF r=25 + rotation", ks_letkf(25.0), 6, Rotated(1.06), "0.14",
+     "Bocquet et al. 2019"),
+    ("KS", "LETKF r=15 + rotation", ks_letkf(15.0), 4, Rotated(1.11), "0.18",
+     "Bocquet et al. 2019"),
+    ("KS", "ETKF + rotation", enkit.etkf, 20, Rotated(1.03), "0.115", "Bocquet et al. 2019"),
 ]
 
 
@@ -60,10 +89,13 @@ def main():
     parser.add_argument("--cycles", type=int, default=10_000)
     parser.add_argument("--burn-in", type=int, default=1_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--only", nargs="+", choices=["L96", "L63", "KS"],
+                        help="run these cases only (the results file is not written)")
     args = parser.parse_args()
     cases = {
         "L96": sakov2008_lorenz96(cycles=args.cycles, burn_in=args.burn_in),
         "L63": sakov2012_lorenz63(cycles=args.cycles, burn_in=args.burn_in),
+        "KS": bocquet2019_kuramoto_sivashinsky(cycles=args.cycles, burn_in=args.burn_in),
     }
     header = f"{'case':<5}{'method':<28}{'N':>4}{'infl':>7}" + "".join(
         f"{'seed ' + str(s):>9}" for s in args.seeds) + f"{'published':>11}  source"
@@ -72,6 +104,8 @@ def main():
         header,
     ]
     for case_name, label, scheme, N, infl, published, source in RUNS:
+        if args.only and case_name not in args.only:
+            continue
         if isinstance(scheme, str):
             if scheme not in enkit.SCHEMES:
                 lines.append(f"{case_name:<5}{label:<28} (not available)")
@@ -80,10 +114,12 @@ def main():
             if label.startswith("IEnKF"):
                 scheme = enkit.over_window(scheme)
         t0 = time.perf_counter()
-        rmses = [cases[case_name].run(scheme, N, seed=s, inflation=infl).rmse
+        step = infl.step if isinstance(infl, Rotated) else infl
+        rmses = [cases[case_name].run(scheme, N, seed=s, inflation=step).rmse
                  for s in args.seeds]
         elapsed = time.perf_counter() - t0
         infl_text = (f"{infl:.2f}" if isinstance(infl, float) else "-" if infl is None
+                     else f"{infl.factor:.2f}r" if isinstance(infl, Rotated)
                      else "rot" if isinstance(infl, enkit.MeanPreservingRotation) else "step")
         row = (f"{case_name:<5}{label:<28}{N:>4}{infl_text:>7}"
                + "".join(f"{r:>9.3f}" for r in rmses)
@@ -92,6 +128,8 @@ def main():
         lines.append(row)
     text = "\n".join(lines)
     print(text)
+    if args.only:
+        return
     out = pathlib.Path(__file__).parent / "results" / "published.txt"
     out.write_text(text + "\n")
 

@@ -189,6 +189,7 @@ from enkit.localization import (
 )
 from enkit.models import (
     AdvectionDiffusion2D,
+    KuramotoSivashinsky,
     Lorenz63,
     Lorenz96,
     Lorenz96TwoScale,
@@ -276,6 +277,7 @@ __all__ = [
     "Lorenz63",
     "Lorenz96",
     "Lorenz96TwoScale",
+    "KuramotoSivashinsky",
     "SCHEMES",
     "STOCHASTIC",
     "Scalar",

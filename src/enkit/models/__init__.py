@@ -1,6 +1,7 @@
 """Toy and benchmark dynamical systems in JAX, and twin-experiment helpers."""
 
 from enkit.models.advection_diffusion import AdvectionDiffusion2D, torus_distance
+from enkit.models.kuramoto_sivashinsky import KuramotoSivashinsky
 from enkit.models.lorenz import Lorenz63, Lorenz96
 from enkit.models.lorenz96_two_scale import Lorenz96TwoScale
 from enkit.models.twin import TwinExperiment, integrate, twin_experiment
@@ -8,6 +9,7 @@ from enkit.models import cases
 
 __all__ = [
     "AdvectionDiffusion2D",
+    "KuramotoSivashinsky",
     "Lorenz63",
     "Lorenz96",
     "Lorenz96TwoScale",
