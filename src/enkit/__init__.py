@@ -190,6 +190,7 @@ from enkit.localization import (
 from enkit.models import (
     AdvectionDiffusion2D,
     KuramotoSivashinsky,
+    Lorenz05,
     Lorenz63,
     Lorenz96,
     Lorenz96TwoScale,
@@ -278,6 +279,7 @@ __all__ = [
     "Lorenz96",
     "Lorenz96TwoScale",
     "KuramotoSivashinsky",
+    "Lorenz05",
     "SCHEMES",
     "STOCHASTIC",
     "Scalar",

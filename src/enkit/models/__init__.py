@@ -3,6 +3,7 @@
 from enkit.models.advection_diffusion import AdvectionDiffusion2D, torus_distance
 from enkit.models.kuramoto_sivashinsky import KuramotoSivashinsky
 from enkit.models.lorenz import Lorenz63, Lorenz96
+from enkit.models.lorenz05 import Lorenz05
 from enkit.models.lorenz96_two_scale import Lorenz96TwoScale
 from enkit.models.twin import TwinExperiment, integrate, twin_experiment
 from enkit.models import cases
@@ -10,6 +11,7 @@ from enkit.models import cases
 __all__ = [
     "AdvectionDiffusion2D",
     "KuramotoSivashinsky",
+    "Lorenz05",
     "Lorenz63",
     "Lorenz96",
     "Lorenz96TwoScale",
