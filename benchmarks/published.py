@@ -24,6 +24,7 @@ import time  # noqa: E402
 from functools import partial  # noqa: E402
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # the script's own choice
 
@@ -84,6 +85,17 @@ RUNS = [
 ]
 
 
+# Observation error standard deviation of each case: an analysis worse than
+# the observations themselves for 1000 cycles is a diverged filter.
+OBS_STD = {"L96": 1.0, "L63": 2.0**0.5, "KS": 1.0}
+
+
+def diverged(run, burn_in, obs_std, window=1000):
+    e = np.asarray(run.result.rmse(run.twin.truth))[burn_in:]
+    means = np.convolve(e, np.ones(window) / window, mode="valid")
+    return bool(np.max(means) > obs_std)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10_000)
@@ -115,17 +127,20 @@ def main():
                 scheme = enkit.over_window(scheme)
         t0 = time.perf_counter()
         step = infl.step if isinstance(infl, Rotated) else infl
-        rmses = [cases[case_name].run(scheme, N, seed=s, inflation=step).rmse
-                 for s in args.seeds]
+        runs = [cases[case_name].run(scheme, N, seed=s, inflation=step) for s in args.seeds]
         elapsed = time.perf_counter() - t0
+        rmses = [run.rmse for run in runs]
+        marks = ["d" if diverged(run, args.burn_in, OBS_STD[case_name]) else " " for run in runs]
         infl_text = (f"{infl:.2f}" if isinstance(infl, float) else "-" if infl is None
                      else f"{infl.factor:.2f}r" if isinstance(infl, Rotated)
                      else "rot" if isinstance(infl, enkit.MeanPreservingRotation) else "step")
         row = (f"{case_name:<5}{label:<28}{N:>4}{infl_text:>7}"
-               + "".join(f"{r:>9.3f}" for r in rmses)
+               + "".join(f"{r:>8.3f}{m}" for r, m in zip(rmses, marks))
                + f"{published:>11}  {source} ({elapsed:.0f} s)")
         print(row, flush=True)
         lines.append(row)
+    lines.append("d: the run diverged (a 1000-cycle mean of the analysis RMSE after burn-in "
+                 "above the observation error's standard deviation)")
     text = "\n".join(lines)
     print(text)
     if args.only:

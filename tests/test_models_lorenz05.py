@@ -30,11 +30,12 @@ def bracket_loops(X, Y, K):
         for m in range(n)])
 
 
-def tendency_loops(Z, K, I, b, c, F):
+def tendency_loops(Z, K, r, b, c, F):
+    """Eqs. 13 and 15, with r for Lorenz's I."""
     n = len(Z)
-    alpha = (3 * I**2 + 3) / (2 * I**3 + 4 * I)
-    beta = (2 * I**2 + 1) / (I**4 + 2 * I**2)
-    X = np.array([modified_sum(lambda i: (alpha - beta * abs(i)) * Z[(m + i) % n], I, True)
+    alpha = (3 * r**2 + 3) / (2 * r**3 + 4 * r)
+    beta = (2 * r**2 + 1) / (r**4 + 2 * r**2)
+    X = np.array([modified_sum(lambda i: (alpha - beta * abs(i)) * Z[(m + i) % n], r, True)
                   for m in range(n)])
     Y = Z - X
     return (bracket_loops(X, X, K) + b**2 * bracket_loops(Y, Y, 1)
@@ -51,11 +52,11 @@ def test_bracket_is_the_double_sum(K):
                                bracket_loops(X, Y, K), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("K, I", [(4, 2), (5, 3)])
-def test_model_iii_tendency_is_the_paper_equation(K, I):
-    m = Lorenz05(n=48, K=K, smoothing=I, b=3.0, c=1.5, F=9.0)
+@pytest.mark.parametrize("K, r", [(4, 2), (5, 3)])
+def test_model_iii_tendency_is_the_paper_equation(K, r):
+    m = Lorenz05(n=48, K=K, smoothing=r, b=3.0, c=1.5, F=9.0)
     Z = 5.0 + RNG.normal(size=48)
-    np.testing.assert_allclose(m.tendency(jnp.asarray(Z)), tendency_loops(Z, K, I, 3.0, 1.5, 9.0),
+    np.testing.assert_allclose(m.tendency(jnp.asarray(Z)), tendency_loops(Z, K, r, 3.0, 1.5, 9.0),
                                rtol=1e-12, atol=1e-11)
     X, Y = m.decompose(jnp.asarray(Z))
     np.testing.assert_allclose(X + Y, Z, rtol=1e-14)

@@ -118,18 +118,18 @@ class Lorenz05:
 
     def smoothing_weights(self) -> np.ndarray:
         """The 2I + 1 weights of X_n = Σ′ (α − β|i|) Z_{n+i}, i = −I … I."""
-        I = self.smoothing
-        alpha = (3 * I**2 + 3) / (2 * I**3 + 4 * I)
-        beta = (2 * I**2 + 1) / (I**4 + 2 * I**2)
-        i = np.arange(-I, I + 1)
-        return _modified_sum_weights(I, True) * (alpha - beta * np.abs(i))
+        r = self.smoothing  # Lorenz's I
+        alpha = (3 * r**2 + 3) / (2 * r**3 + 4 * r)
+        beta = (2 * r**2 + 1) / (r**4 + 2 * r**2)
+        i = np.arange(-r, r + 1)
+        return _modified_sum_weights(r, True) * (alpha - beta * np.abs(i))
 
     def decompose(self, z: Array) -> tuple[Array, Array]:
         """(X, Y): the large-scale part and the small-scale rest Z − X."""
         if self.smoothing is None:
             return z, jnp.zeros_like(z)
-        I = self.smoothing
-        x = _circular(z, self.smoothing_weights(), range(-I, I + 1))
+        r = self.smoothing
+        x = _circular(z, self.smoothing_weights(), range(-r, r + 1))
         return x, z - x
 
     def tendency(self, z: Array) -> Array:
