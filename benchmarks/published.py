@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 jax.config.update("jax_enable_x64", True)  # the script's own choice
 
 import enkit  # noqa: E402
+from enkit.localization import periodic_distance  # noqa: E402
 from enkit.models.cases import (  # noqa: E402
     bocquet2019_kuramoto_sivashinsky,
     ring_letkf,
@@ -41,6 +42,7 @@ from enkit.models.cases import (  # noqa: E402
 enkf_n = partial(enkit.etkf_n_dual, mode_correction=True, hessian="approximate")
 enkf_n_xn2 = partial(enkf_n, xN=2.0)
 ROTATION = enkit.MeanPreservingRotation()
+RING40 = np.arange(40.0)  # Lorenz-96 grid coordinates, for localisation
 
 
 class Rotated:
@@ -72,11 +74,19 @@ RUNS = [
     ("L96", "ETKF + RTPP(0.6), N=20", enkit.etkf, 20, enkit.RTPP(0.6), "stable", "Zhang 2004"),
     ("L96", "ETKF + adaptive, N=20", enkit.etkf, 20, enkit.AdaptiveMultiplicative(),
      "stable", "Miyoshi 2011"),
+    ("L96", "ETKF + Anderson, N=20", enkit.etkf, 20, enkit.AndersonAdaptive(), "stable",
+     "Anderson 2009"),
+    ("L96", "ETKF + Anderson r=8, N=20", enkit.etkf, 20,
+     enkit.AndersonAdaptive(state_coords=RING40, obs_coords=RING40, radius=8.0,
+                            distance=partial(periodic_distance, period=40.0)),
+     "stable", "Anderson 2009"),
     ("L96", "ETKF, no inflation, N=20", enkit.etkf, 20, None, "diverges", "(baseline)"),
     ("L63", "ETKF + rotation", enkit.etkf_rotated, 10, 1.02, "0.60", "Sakov et al. 2012"),
     ("L63", "IEnKF (over_window)", "ienkf", 10, 1.02, "0.31", "Sakov et al. 2012"),
     ("KS", "LETKF r=51 + rotation", ks_letkf(51.0), 16, Rotated(1.02), "0.11",
      "Bocquet et al. 2019"),
+    ("KS", "LETKF r=51 + rotation", ks_letkf(51.0), 16, Rotated(1.04), "0.11",
+     "(inflation raised)"),
     ("KS", "LETKF r=25 + rotation", ks_letkf(25.0), 6, Rotated(1.06), "0.14",
      "Bocquet et al. 2019"),
     ("KS", "LETKF r=15 + rotation", ks_letkf(15.0), 4, Rotated(1.11), "0.18",

@@ -219,24 +219,21 @@ def test_calibrate_with_an_external_model_converges_and_serial_equals_pool(scrip
     assert os.listdir(tmp_path / "w") == []
 
 
-def test_30_member_calibration_on_a_dask_cluster_equals_process_pool_and_serial(scripts,
-                                                                               tmp_path):
+def test_30_member_calibration_on_a_dask_cluster_equals_serial(scripts, tmp_path):
     """A LocalCluster on loopback with 2 worker processes runs a 30-member
     stochastic EKI calibration of the external program to convergence; the
-    process pool and the serial loop give identical results for the seed."""
+    serial loop gives identical results for the seed (the process pool's
+    equality with it is tested above)."""
     pytest.importorskip("distributed", reason="needs 'distributed' (pip install 'enkit[dask]')")
     U30 = np.random.default_rng(11).normal(size=(30, P))
     proc = EKI()
     model = linear_model(scripts, tmp_path / "w")
     opts = {**OPTS, "max_iterations": 6, "key": 21}
     serial = calibrate(model, proc, U30, Y, GAMMA, black_box=True, **opts)
-    with process_pool(2) as pool:
-        pooled = calibrate(model, proc, U30, Y, GAMMA, executor=pool, **opts)
     with enkit.executors.dask_executor(n_workers=2, processes=True) as dask:
         via_dask = calibrate(model, proc, U30, Y, GAMMA, executor=dask, **opts)
-    for other in (pooled, via_dask):
-        np.testing.assert_array_equal(other.ensembles, serial.ensembles)
-        np.testing.assert_array_equal(other.forward_outputs, serial.forward_outputs)
+    np.testing.assert_array_equal(via_dask.ensembles, serial.ensembles)
+    np.testing.assert_array_equal(via_dask.forward_outputs, serial.forward_outputs)
     err = np.linalg.norm(via_dask.mean - U_LS) / np.linalg.norm(U_LS)
     assert err < 1e-2, err
     assert np.linalg.norm(U30.mean(0) - U_LS) / np.linalg.norm(U_LS) > 0.3  # can fail

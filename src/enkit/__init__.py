@@ -153,6 +153,7 @@ from enkit.inversion import (
     max_iterations_reached,
 )
 from enkit.rotation import MeanPreservingRotation, rotate
+from enkit.spatial_inflation import AndersonAdaptive, InflationField, anderson_update
 from enkit.linalg import (
     kalman_solve,
     kalman_solve_ensemble_space,
@@ -408,6 +409,9 @@ __all__ = [
     "models",
     "multiplicative_inflation",
     "MeanPreservingRotation",
+    "AndersonAdaptive",
+    "InflationField",
+    "anderson_update",
     "rotate",
     "additive_inflation",
     "adaptive_inflation",

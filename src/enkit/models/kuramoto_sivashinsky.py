@@ -43,8 +43,8 @@ class KuramotoSivashinsky:
     Defaults n=128, L=32π, dt=0.5: the setting of Kassam & Trefethen (2005)
     and of Bocquet et al. (2019) (DAPPER's ``mods/KS``, ``DL=32``, its
     ``Model(dt=0.5)``), on which the leading Lyapunov exponent is about
-    0.043 per time unit and the attractor's spatial standard deviation
-    about 1.3. ``length`` and ``dt`` are array leaves (vary or
+    0.09 per time unit and the attractor's spatial standard deviation
+    about 1.3 (both measured with this integrator; tested). ``length`` and ``dt`` are array leaves (vary or
     differentiate them without recompiling); ``n`` is static.
 
     ``model(x)`` advances one state (n,) by dt; ``model.tendency(x)`` is
