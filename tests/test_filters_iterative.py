@@ -134,22 +134,27 @@ def test_etkf_n_is_not_the_etkf():
 
 
 @pytest.mark.parametrize("scheme", ["etkf_n", "etkf_n_dual"])
-def test_etkf_n_gradient_matches_finite_differences(scheme):
+@pytest.mark.parametrize("mode_correction", [False, True])
+def test_etkf_n_gradient_matches_finite_differences(scheme, mode_correction):
+    # In E, y and xN; with the mode correction also through its π(S).
     p = LinearGaussian(12)
     E, y, H, R = (jnp.asarray(a) for a in (p.E, p.y, p.H, p.R))
     W = jax.random.normal(jax.random.key(1), E.shape)
     f = enkit.filters.SCHEMES[scheme]
 
     @jax.jit
-    def loss(E, y):
-        return jnp.sum(W * f(E, y, H, R))
+    def loss(E, y, xN):
+        return jnp.sum(W * f(E, y, H, R, xN=xN, mode_correction=mode_correction))
 
-    gE, gy = jax.jit(jax.grad(loss, argnums=(0, 1)))(E, y)
+    xN = jnp.asarray(2.0 if mode_correction else 1.0)
+    gE, gy, gx = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(E, y, xN)
     assert np.all(np.isfinite(gE)) and np.all(np.isfinite(gy))
-    V, v = jax.random.normal(jax.random.key(2), E.shape), jax.random.normal(jax.random.key(3), y.shape)
+    V = jax.random.normal(jax.random.key(2), E.shape)
+    v = jax.random.normal(jax.random.key(3), y.shape)
     h = 1e-5
-    fd = (loss(E + h * V, y + h * v) - loss(E - h * V, y - h * v)) / (2 * h)
-    np.testing.assert_allclose(jnp.vdot(gE, V) + jnp.vdot(gy, v), fd, rtol=1e-6)
+    fd = (loss(E + h * V, y + h * v, xN + h) - loss(E - h * V, y - h * v, xN - h)) / (2 * h)
+    np.testing.assert_allclose(jnp.vdot(gE, V) + jnp.vdot(gy, v) + gx, fd, rtol=1e-6)
+    assert abs(float(gx)) > 1e-6  # xN matters
 
 
 # The variants: mode correction, approximate Hessian, xN (Bocquet, Raanes &
@@ -256,27 +261,6 @@ def test_a_certain_hyperprior_fixes_the_inflation_at_its_mode():
                           p.y, p.H, p.R)
     Ea = enkit.etkf_n_dual(p.E, p.y, p.H, p.R, xN=1e9, hessian="approximate")
     np.testing.assert_allclose(Ea, expected, rtol=1e-7, atol=1e-8)
-
-
-@pytest.mark.parametrize("scheme", ["etkf_n", "etkf_n_dual"])
-def test_etkf_n_variant_gradients_match_finite_differences(scheme):
-    # Through the mode correction's π(S), and with respect to xN itself.
-    p = LinearGaussian(12)
-    E, y, H, R = (jnp.asarray(a) for a in (p.E, p.y, p.H, p.R))
-    W = jax.random.normal(jax.random.key(1), E.shape)
-    f = enkit.filters.SCHEMES[scheme]
-
-    @jax.jit
-    def loss(E, xN):
-        return jnp.sum(W * f(E, y, H, R, xN=xN, mode_correction=True))
-
-    xN = jnp.asarray(2.0)
-    gE, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(E, xN)
-    V = jax.random.normal(jax.random.key(2), E.shape)
-    h = 1e-5
-    fd = (loss(E + h * V, xN + h) - loss(E - h * V, xN - h)) / (2 * h)
-    np.testing.assert_allclose(jnp.vdot(gE, V) + gx, fd, rtol=1e-6)
-    assert abs(float(gx)) > 1e-6  # xN matters
 
 
 def test_etkf_n_variant_options_are_checked():
