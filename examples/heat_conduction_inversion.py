@@ -1,5 +1,6 @@
 """Recover a conductivity profile from temperatures: a nonlinear inverse
-problem solved with the iterative ensemble smoother (IES), ask/tell.
+problem solved with the iterative ensemble smoother (IES), ask/tell, or
+with ensemble Kalman inversion (EKI) through ``enkit.calibrate``.
 
 Forward model (steady heat conduction on [0, 1], fixed ends):
 
@@ -20,7 +21,14 @@ error of the mean log κ profile from 2.08 (prior mean) to 0.044, and
 |θ̄ − θ*| from 3.3 to 0.34 (the fine-scale modes are the least determined
 by 19 noisy temperatures).
 
-Run:  python examples/heat_conduction_inversion.py
+With ``--method eki``: deterministic EKI, the data-misfit controller's
+adaptive steps (Iglesias & Yang 2021) and the discrepancy principle
+(τ = 1.2) as the stopping rule, the same prior ensemble: it stops after 10
+updates with the mean's misfit at 4.90, log κ RMSE 0.087 and |θ̄ − θ*| 0.64
+(EKI stays in the ensemble's span and stops at the noise level, so it fits
+less than IES's ten fixed steps).
+
+Run:  python examples/heat_conduction_inversion.py [--method eki]
 """
 
 from __future__ import annotations
@@ -84,10 +92,15 @@ def make_problem(seed: int = 0) -> Problem:
     return Problem(B, obs_index, theta_true, y, enkit.Diagonal(sd**2))
 
 
-def main(n_members: int = 50, n_iterations: int = 10, seed: int = 0, verbose: bool = True):
+def main(n_members: int = 50, n_iterations: int = 10, seed: int = 0, verbose: bool = True,
+         method: str = "ies"):
     """Run the inversion; returns a dict with the final ``misfit`` (whitened,
     of the ensemble mean), ``log_kappa_error`` (RMS over the grid, of the
-    mean profile vs the truth) and the prior's ``log_kappa_error_prior``."""
+    mean profile vs the truth), the prior's ``log_kappa_error_prior`` and
+    ``iterations``. method: "ies" (``n_iterations`` fixed steps) or "eki"
+    (at most 50 updates, stopped by the discrepancy principle)."""
+    if method not in ("ies", "eki"):
+        raise ValueError(f"method must be 'ies' or 'eki', got {method!r}")
     prob = make_problem(seed)
 
     @jax.jit
@@ -101,29 +114,42 @@ def main(n_members: int = 50, n_iterations: int = 10, seed: int = 0, verbose: bo
         theta = jnp.mean(U, axis=0, keepdims=True)
         return float(enkit.data_misfit(forward(theta), prob.y, prob.noise))
 
-    proc = enkit.IES()
     U0 = jax.random.normal(jax.random.key(seed + 1), (n_members, N_MODES))
-    state = proc.init(jax.random.key(seed + 2), U0)
-    steps = enkit.ies_step_lengths(n_iterations, max_step=0.8, min_step=0.4)
+    if method == "eki":
+        res = enkit.calibrate(lambda th: temperatures(th, prob.B)[prob.obs_index],
+                              enkit.EKI(stochastic=False), U0, prob.y, prob.noise,
+                              key=seed + 2, scheduler=enkit.DataMisfitController(),
+                              max_iterations=50, tau=1.2)
+        ensembles = list(res.ensembles)
+    else:
+        proc = enkit.IES()
+        state = proc.init(jax.random.key(seed + 2), U0)
+        steps = enkit.ies_step_lengths(n_iterations, max_step=0.8, min_step=0.4)
+        ensembles = [proc.ask(state)]
+        for k in range(n_iterations):
+            state, _ = proc.tell(state, forward(ensembles[-1]), prob.y, prob.noise,
+                                 dt=steps[k])
+            ensembles.append(proc.ask(state))
     rows = []
-    for k in range(n_iterations + 1):
-        U = proc.ask(state)
+    for k, U in enumerate(ensembles):
         mean = jnp.mean(U, axis=0)
         rows.append((k, mean_misfit(U), log_kappa_error(mean),
                      float(jnp.linalg.norm(mean - prob.theta_true))))
-        if k == n_iterations:
-            break
-        state, _ = proc.tell(state, forward(U), prob.y, prob.noise, dt=steps[k])
     if verbose:
-        print(f"IES, N = {n_members}, p = {N_MODES} modes, d = {N_OBS} temperatures "
+        print(f"{method.upper()}, N = {n_members}, p = {N_MODES} modes, d = {N_OBS} temperatures "
               f"({NOISE:.0%} noise); noise-level misfit ≈ √d = {np.sqrt(N_OBS):.1f}")
         print(f"{'iter':>4} {'misfit':>10} {'log κ RMSE':>11} {'|θ̄ − θ*|':>10}")
         for k, m, e, t in rows:
             print(f"{k:>4} {m:>10.3f} {e:>11.4f} {t:>10.4f}")
     return dict(misfit=rows[-1][1], log_kappa_error=rows[-1][2],
-                log_kappa_error_prior=rows[0][2], misfit_prior=rows[0][1])
+                log_kappa_error_prior=rows[0][2], misfit_prior=rows[0][1],
+                theta_error=rows[-1][3], iterations=len(rows) - 1)
 
 
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=["ies", "eki"], default="ies")
     jax.config.update("jax_enable_x64", True)  # the example's own choice
-    main()
+    main(method=parser.parse_args().method)
