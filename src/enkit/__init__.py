@@ -34,7 +34,7 @@ from enkit.assimilation import (
     per_time,
     stack_covariances,
 )
-from enkit.covariance import Covariance, Dense, Diagonal, Scalar, as_covariance
+from enkit.covariance import Circulant, Covariance, Dense, Diagonal, Scalar, as_covariance
 from enkit.diagnostics import (
     CRPS,
     DFS,
@@ -273,6 +273,7 @@ __all__ = [
     "over_window",
     "per_time",
     "stack_covariances",
+    "Circulant",
     "Covariance",
     "Dense",
     "Diagonal",

@@ -15,8 +15,9 @@ the m entries on their last axis, so an ``(N, m)`` block of rows is
 processed in one call. Operators are JAX pytrees: they pass through ``jit``
 and ``vmap`` and their entries may be differentiated.
 
-A ``Diagonal`` operator is never densified by the solves; ``dense()`` and
-``cholesky()`` exist for callers that explicitly ask for an m×m matrix.
+A ``Diagonal`` operator is never densified by the solves, nor is a
+``Circulant`` one (FFT solves, O(m log m)); ``dense()`` and ``cholesky()``
+exist for callers that explicitly ask for an m×m matrix.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, is_concrete
 
-__all__ = ["Covariance", "Scalar", "Diagonal", "Dense", "as_covariance"]
+__all__ = ["Circulant", "Covariance", "Scalar", "Diagonal", "Dense", "as_covariance"]
 
 
 class Covariance:
@@ -284,6 +285,96 @@ class Dense(Covariance):
 
     def cholesky(self):
         return self.factor
+
+
+@jax.tree_util.register_pytree_node_class
+class Circulant(Covariance):
+    """Stationary covariance on a periodic 1-D grid: ``C[i, j] = c[(i − j) mod m]``,
+    applied by FFT and never densified (O(m log m) per vector).
+
+    column: (m,) first column c, symmetric (c[j] = c[m − j]) with a
+    positive spectrum (the real FFT of c, C's eigenvalues, all > 0),
+    checked on concrete values; a leaf (differentiable). The square root
+    used by ``whiten``/``colorize`` is the symmetric one, C^{1/2} (itself
+    circulant), so ``whiten_t = whiten``; ``cholesky()`` is the triangular
+    factor of ``dense()``, built only on request. The eigenvalue of the
+    Nyquist mode (m even) and the constant mode count once, the others
+    twice, in ``log_pdet``.
+    """
+
+    def __init__(self, column: ArrayLike):
+        c = _float(jnp.asarray(column))
+        if c.ndim != 1 or c.shape[0] < 1:
+            raise ValueError(f"column must have shape (m,), got shape {c.shape}")
+        if is_concrete(c):
+            check_finite("column", c)
+            cn = np.asarray(c)
+            scale = max(np.abs(cn).max(), np.finfo(cn.dtype).tiny)
+            if np.abs(cn - np.roll(cn[::-1], 1)).max() > 1e3 * np.finfo(cn.dtype).eps * scale:
+                raise ValueError("column must be symmetric, c[j] = c[m - j] "
+                                 "(the first column of a symmetric circulant matrix)")
+            spectrum = np.fft.rfft(cn).real
+            if not np.all(spectrum > 0):
+                raise ValueError(f"column must have a positive spectrum (C positive definite); "
+                                 f"its smallest eigenvalue is {spectrum.min():.3g}")
+        self.column = c
+
+    def tree_flatten(self):
+        return (self.column,), None
+
+    @classmethod
+    def tree_unflatten(cls, _, leaves):
+        obj = object.__new__(cls)
+        obj.column = leaves[0]
+        return obj
+
+    @property
+    def dim(self) -> int:
+        return self.column.shape[0]
+
+    @property
+    def dtype(self):
+        return self.column.dtype
+
+    def _eigenvalues(self):
+        return jnp.fft.rfft(self.column).real
+
+    def _apply(self, x, power):
+        x = jnp.asarray(x, self.dtype)
+        return jnp.fft.irfft(jnp.fft.rfft(x, axis=-1) * self._eigenvalues() ** power,
+                             n=self.dim, axis=-1).astype(self.dtype)
+
+    def solve(self, x):
+        return self._apply(x, -1.0)
+
+    def whiten(self, x):
+        return self._apply(x, -0.5)
+
+    whiten_t = whiten
+
+    def colorize(self, x):
+        return self._apply(x, 0.5)
+
+    @property
+    def log_pdet(self):
+        m = self.dim
+        logs = jnp.log(self._eigenvalues())
+        # rfft keeps modes 0 … m//2; all but 0 (and m/2 for even m) occur twice.
+        twice = jnp.ones_like(logs).at[0].set(0.0)
+        if m % 2 == 0:
+            twice = twice.at[-1].set(0.0)
+        return jnp.sum(logs) + jnp.sum(twice * logs)
+
+    def diagonal(self):
+        return jnp.full((self.dim,), self.column[0])
+
+    def dense(self):
+        m = self.dim
+        i = jnp.arange(m)
+        return self.column[(i[:, None] - i[None, :]) % m]
+
+    def cholesky(self):
+        return jnp.linalg.cholesky(self.dense())
 
 
 def as_covariance(R, dim: int, *, name: str = "R") -> Covariance:
