@@ -128,7 +128,10 @@ class AndersonAdaptive(InflationStep):
     initial: λ at the start (> 0); sd: prior standard deviation of λ (> 0);
     damping: in [0, 1]; min_factor, max_factor: bounds on λ̄ (the default 1
     forbids deflation); update_variance, min_sd: see ``anderson_update``
-    (with update_variance False, σ stays ``sd``). initial, sd, damping and
+    (with update_variance False, σ stays ``sd``). The variance update is off
+    by default: with many observations per cycle it shrinks σ to ``min_sd``
+    within a few cycles, and the field then follows too slowly (Lorenz-96,
+    ETKF N=20, min_sd 0.1: the run diverged, measured). initial, sd, damping and
     the bounds are leaves; the rest is static.
 
     Reference: Anderson (2009), "Spatially and temporally varying adaptive
