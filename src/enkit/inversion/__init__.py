@@ -26,6 +26,8 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   ``SubspaceInflation`` (subspace-trap escape), ``NesterovAccelerated`` and
   ``ConstantMomentum`` (Kovachki & Stuart 2019), ``UpdateGroups``;
   minibatched data: ``ObservationSeries`` (``at(iteration) -> (y, noise)``);
+- the continuous-time EKI flow: ``eki_flow`` (diffrax), its linear closed
+  form ``eki_flow_linear``;
 - stopping: ``discrepancy_principle``, ``max_iterations_reached``,
   ``data_misfit``;
 - ``GaussianPrior``; bounds and named parameters: ``Parameter``,
@@ -57,6 +59,12 @@ from enkit.inversion.constraints import (
     Unbounded,
 )
 from enkit.inversion.eki import EKI, eki_update
+from enkit.inversion.eki_flow import (
+    EKIFlowResult,
+    eki_flow,
+    eki_flow_linear,
+    eki_flow_vector_field,
+)
 from enkit.inversion.esmda import (
     ESMDA,
     esmda_constant_alpha,
@@ -195,6 +203,10 @@ __all__ = [
     "data_misfit",
     "discrepancy_principle",
     "eki_update",
+    "EKIFlowResult",
+    "eki_flow",
+    "eki_flow_linear",
+    "eki_flow_vector_field",
     "esmda_constant_alpha",
     "esmda_geometric_alpha",
     "etki_update",
