@@ -9,19 +9,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import enkit
 from enkit.inversion import (
     EKI,
     ESMDA,
     ETKI,
     UKI,
     AdditiveInflation,
+    CollapseInflation,
     GaussianPrior,
     MultiplicativeInflation,
     SubspaceInflation,
     esmda_constant_alpha,
     subspace_residual_fraction,
 )
-from enkit.inversion.process_inflation import state_ensemble
+from enkit.inversion.process_inflation import spread_ratio, state_ensemble
 
 
 def linear(p=3, d=2, N=8, seed=0):
@@ -202,3 +204,77 @@ def test_wrappers_compose_and_float32():
     assert new.inner.ensemble.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(new.inner.ensemble)))
     assert state_ensemble(new) is new.inner.ensemble
+
+
+# --------------------------------------------------------------------------
+# Collapse-triggered inflation
+# --------------------------------------------------------------------------
+
+
+def _stalling_problem():
+    """A 2-parameter problem on which deterministic EKI with Δt = 1 and a
+    small noise collapses in its first steps and then stalls far from the
+    truth (2, 1.5)."""
+    def G(U):
+        return jnp.stack([jnp.exp(U[:, 0]), U[:, 0] * U[:, 1], jnp.exp(0.5 * U[:, 1])], 1)
+
+    y = np.asarray(G(jnp.array([[2.0, 1.5]])))[0]
+    U0 = 0.5 * np.random.default_rng(0).normal(size=(20, 2))
+    return G, y, enkit.Scalar(1e-4, 3), U0
+
+
+def _run(proc, G, y, noise, U0, steps):
+    st = proc.init(None, U0)
+    tell = jax.jit(lambda st, Gu: proc.tell(st, Gu, y, noise, dt=1.0))
+    for _ in range(steps):
+        st, info = tell(st, G(proc.ask(st)))
+    return st, info
+
+
+def test_collapse_inflation_restores_the_spread_exactly_and_keeps_the_mean():
+    G, y, noise, U0 = _stalling_problem()
+    plain = EKI(stochastic=False)
+    wrapped = CollapseInflation(plain, tol=0.05, restore=0.5)
+    st = wrapped.init(None, U0)
+    np.testing.assert_allclose(st.initial_spread, U0.std(0, ddof=1), rtol=1e-14)
+    seen = {True: 0, False: 0}
+    for _ in range(12):
+        Gu = G(wrapped.ask(st))
+        ref, _ = plain.tell(st.inner, Gu, y, noise, dt=1.0)  # the bare update
+        new, info = wrapped.tell(st, Gu, y, noise, dt=1.0)
+        E, E_ref = np.asarray(state_ensemble(new)), np.asarray(ref.ensemble)
+        r_ref = float(spread_ratio(jnp.asarray(E_ref), st.initial_spread))
+        hit = r_ref < 0.05
+        seen[hit] += 1
+        assert int(new.triggered) == int(st.triggered) + hit
+        if hit:
+            np.testing.assert_allclose(E.mean(0), E_ref.mean(0), rtol=1e-13, atol=1e-13)
+            assert abs(float(spread_ratio(jnp.asarray(E), st.initial_spread)) - 0.5) < 1e-12
+            # the scaling is about the mean: same directions, one factor
+            np.testing.assert_allclose(E - E.mean(0), (E_ref - E_ref.mean(0)) * 0.5 / r_ref,
+                                       rtol=1e-10, atol=1e-12)
+        else:
+            np.testing.assert_array_equal(E, E_ref)
+        st = new
+    assert seen[True] > 0 and seen[False] > 0  # both branches ran
+
+
+def test_collapse_inflation_lets_eki_finish_where_it_stalls():
+    G, y, noise, U0 = _stalling_problem()
+    st, info = _run(EKI(stochastic=False), G, y, noise, U0, 40)
+    stalled = np.asarray(st.ensemble).mean(0)
+    assert float(info.misfit) > 1000 and np.max(np.abs(stalled - [2.0, 1.5])) > 0.4
+    proc = CollapseInflation(EKI(stochastic=False), tol=0.05, restore=0.5)
+    st, info = _run(proc, G, y, noise, U0, 40)
+    mean = np.asarray(state_ensemble(st)).mean(0)
+    assert float(info.misfit) < 30 and np.max(np.abs(mean - [2.0, 1.5])) < 5e-3
+    assert int(st.triggered) > 10
+
+
+def test_collapse_inflation_checks_its_arguments():
+    with pytest.raises(ValueError, match="below restore"):
+        CollapseInflation(EKI(), tol=0.5, restore=0.1)
+    with pytest.raises(ValueError, match="tol"):
+        CollapseInflation(EKI(), tol=-1.0)
+    with pytest.raises(TypeError, match="init/ask/tell"):
+        CollapseInflation(object())

@@ -23,7 +23,7 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   Yang 2021), ``EKSStableScheduler`` (Δt = h/(‖D‖_F + δ)),
   ``LevenbergMarquardt`` (Iglesias 2016; ``lm_alpha``);
 - process wrappers: ``MultiplicativeInflation``, ``AdditiveInflation``,
-  ``SubspaceInflation`` (subspace-trap escape), ``NesterovAccelerated`` and
+  ``SubspaceInflation`` (subspace-trap escape), ``CollapseInflation``, ``NesterovAccelerated`` and
   ``ConstantMomentum`` (Kovachki & Stuart 2019), ``UpdateGroups``;
   minibatched data: ``ObservationSeries`` (``at(iteration) -> (y, noise)``);
 - the continuous-time EKI flow: ``eki_flow`` (diffrax), its linear closed
@@ -96,6 +96,8 @@ from enkit.inversion.observations import ObservationSeries, block_noise, restric
 from enkit.inversion.prior import GaussianPrior
 from enkit.inversion.process_inflation import (
     AdditiveInflation,
+    CollapseInflation,
+    CollapseState,
     InflatedState,
     MultiplicativeInflation,
     SubspaceInflation,
@@ -134,6 +136,8 @@ IterativeEnsembleSmoother = IES
 
 __all__ = [
     "AdditiveInflation",
+    "CollapseInflation",
+    "CollapseState",
     "ConstantMomentum",
     "InflatedState",
     "LevenbergMarquardt",

@@ -10,7 +10,9 @@ after its update with step Δt (``info.dt``), perturbs the parameter ensemble:
   span of the ensemble, which EKI alone never does;
 - ``SubspaceInflation``: additive inflation whose strength grows with the
   part of the whitened misfit that the ensemble's outputs cannot explain,
-  to escape the subspace trap (see its docstring).
+  to escape the subspace trap (see its docstring);
+- ``CollapseInflation``: the anomalies scaled back up to a set fraction of
+  the initial spread whenever the ensemble has collapsed below another.
 
 s scales the algorithmic time; with minibatches of |B| of |C| data, s = |B|/|C|.
 The wrappers keep ``InversionInfo`` as the wrapped process returns it.
@@ -40,11 +42,14 @@ from enkit.inversion._common import EnsembleProcess, innermost_state
 
 __all__ = [
     "AdditiveInflation",
+    "CollapseInflation",
+    "CollapseState",
     "InflatedState",
     "MultiplicativeInflation",
     "SubspaceInflation",
     "replace_ensemble",
     "state_ensemble",
+    "spread_ratio",
     "subspace_residual_fraction",
 ]
 
@@ -346,11 +351,99 @@ class SubspaceInflation(_AdditiveBase):
         return self._perturb(state, new_inner, h), info
 
 
+# --------------------------------------------------------------------------
+# Collapse-triggered: restore the spread when it has collapsed
+# --------------------------------------------------------------------------
+
+
+class CollapseState(NamedTuple):
+    """State of ``CollapseInflation``: the wrapped state, the initial
+    spread σ⁰ (p,) of every parameter, and how many ``tell`` calls have
+    inflated (int32)."""
+
+    inner: Any
+    initial_spread: Array
+    triggered: Array
+
+
+def spread_ratio(E: Array, initial_spread: Array) -> Array:
+    """maxⱼ σⱼ/σ⁰ⱼ over the parameters with σ⁰ⱼ > 0 (σ: sample standard
+    deviations, N − 1): the ratio ``ensemble_collapsed`` compares with its
+    tolerance. E: (N, p); initial_spread: (p,). Returns a scalar."""
+    s = jnp.std(E, axis=0, ddof=1)
+    ok = initial_spread > 0
+    return jnp.max(jnp.where(ok, s / jnp.where(ok, initial_spread, 1.0), 0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class CollapseInflation(_Wrapper):
+    """Multiplicative inflation triggered by collapse: after a ``tell``
+    whose ensemble has shrunk below ``tol`` of its initial spread,
+
+        r = maxⱼ σⱼ/σ⁰ⱼ < tol   ⇒   uᵢ ← ū + (restore / r)(uᵢ − ū),
+
+    so the largest spread ratio is ``restore`` again; otherwise nothing
+    changes. The mean is exactly kept and the ensemble stays in its affine
+    span (the scaling of ``MultiplicativeInflation``, applied when needed).
+    A collapsed ensemble moves by amounts of the order of its spread, so
+    each later Kalman step is tiny; restoring the spread makes the steps
+    long again (on a linear problem the gain C(C + Δt⁻¹Γ)⁻¹ grows with C)
+    without the noise that ``AdditiveInflation`` adds. The number of
+    inflating steps is ``state.triggered``.
+
+    process: any ensemble process (or wrapper of one); tol: the collapse
+    threshold, 0 < tol < restore (``ensemble_collapsed``'s ratio; a leaf);
+    restore: the ratio restored, tol < restore ≤ 1 typical (a leaf).
+    Parameters with zero initial spread are left out of the ratio.
+
+    Our construction, after the collapse diagnostics of the EKI literature
+    (Schillings & Stuart 2017: the spread of linear EKI decays like
+    t^{-1/2}); the multiplicative form as in Huang et al. (2022).
+    """
+
+    process: Any
+    tol: ArrayLike = 0.05
+    restore: ArrayLike = 0.5
+
+    def __post_init__(self):
+        check_ensemble_process(self.process, "CollapseInflation")
+        vals = []
+        for name in ("tol", "restore"):
+            v = getattr(self, name)
+            if isinstance(v, (float, int, np.ndarray, np.number, jax.Array)) and is_concrete(v):
+                v = np.asarray(v, dtype=np.float64)
+                if v.ndim != 0 or not (np.isfinite(float(v)) and float(v) > 0):
+                    raise ValueError(f"{name} must be a finite scalar > 0, got {v.tolist()}")
+                vals.append(float(v))
+        if len(vals) == 2 and not vals[0] < vals[1]:
+            raise ValueError(f"tol must be below restore (the ratio restored), got tol = "
+                             f"{vals[0]}, restore = {vals[1]}")
+
+    def init(self, key, ensemble) -> CollapseState:
+        """The wrapped ``init(key, ensemble)``, with the initial spread kept."""
+        inner = self.process.init(key, ensemble)
+        E = state_ensemble(inner)
+        return CollapseState(inner, jnp.std(E, axis=0, ddof=1), jnp.asarray(0, jnp.int32))
+
+    def tell(self, state: CollapseState, G, y, noise, *, dt=None):
+        """The wrapped ``tell``, then the restoring scaling if collapsed."""
+        new_inner, info = _tell(self.process, state.inner, G, y, noise, dt)
+        E = state_ensemble(new_inner)
+        r = spread_ratio(E, state.initial_spread.astype(E.dtype))
+        hit = (r < jnp.asarray(self.tol, E.dtype)) & (r > 0)
+        lam = jnp.where(hit, jnp.asarray(self.restore, E.dtype) / jnp.where(hit, r, 1.0), 1.0)
+        new_inner = replace_ensemble(new_inner, jnp.where(hit, multiplicative(E, lam), E))
+        return CollapseState(new_inner, state.initial_spread,
+                             state.triggered + hit.astype(jnp.int32)), info
+
+
 register_dataclass(MultiplicativeInflation, data_fields=["process", "s"],
                                  meta_fields=[])
 register_dataclass(AdditiveInflation,
                                  data_fields=["process", "covariance", "s"],
                                  meta_fields=["recentre"])
+register_dataclass(CollapseInflation, data_fields=["process", "tol", "restore"],
+                   meta_fields=[])
 register_dataclass(SubspaceInflation,
                                  data_fields=["process", "covariance", "gamma"],
                                  meta_fields=["recentre"])
