@@ -23,7 +23,8 @@ from enkit.inversion import (
     esmda_constant_alpha,
     subspace_residual_fraction,
 )
-from enkit.inversion.process_inflation import spread_ratio, state_ensemble
+from enkit.inversion.process_inflation import state_ensemble
+from enkit.inversion.stopping import spread_ratio
 
 
 def linear(p=3, d=2, N=8, seed=0):

@@ -114,6 +114,7 @@ from enkit.inversion.stopping import (
     discrepancy_principle,
     ensemble_collapsed,
     max_iterations_reached,
+    spread_ratio,
 )
 from enkit.inversion.sparse_eki import (
     SparseEKI,
@@ -162,6 +163,7 @@ __all__ = [
     "calibrate",
     "calibrate_scan",
     "ensemble_collapsed",
+    "spread_ratio",
     "evaluate",
     "ALDI",
     "EKS",

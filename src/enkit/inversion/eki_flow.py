@@ -176,13 +176,14 @@ def eki_flow_linear(A: ArrayLike, ensemble: ArrayLike, y: ArrayLike, noise,
     A = jnp.asarray(A, U0.dtype)
     noise = as_covariance(noise, A.shape[0], name="noise").astype(U0.dtype)
     _, X0 = scaled_anomalies(U0)  # (N, p), rows: anomalies
-    LA = noise.whiten(A.T).T  # Γ^{-1/2} A, (d, p)
-    S = (LA @ X0.T).T @ (LA @ X0.T)
+    W = noise.whiten(A.T).T @ X0.T  # Γ^{-1/2} A X₀ᵀ, (d, N)
+    S = W.T @ W
     s, V = jnp.linalg.eigh(S)
     t = jnp.asarray(t, U0.dtype)
     tiny = s <= jnp.finfo(U0.dtype).eps * jnp.max(s) * S.shape[0]
     s_safe = jnp.where(tiny, 1.0, s)
-    f = jnp.where(jnp.isinf(t), 1.0 / s_safe, (1.0 - (1.0 + 2.0 * t * s_safe) ** -0.5) / s_safe)
-    f = jnp.where(tiny, 0.0, f)  # ∇Φ has no component along S's null space
+    # t = inf gives (1 + inf)^{-1/2} = 0, hence fₖ = 1/sₖ, in the same formula;
+    # fₖ = 0 on S's null space, where ∇Φ has no component
+    f = jnp.where(tiny, 0.0, (1.0 - (1.0 + 2.0 * t * s_safe) ** -0.5) / s_safe)
     grad = noise.solve(U0 @ A.T - y) @ A  # rows ∇Φ(uᵢ(0))
     return U0 - ((grad @ X0.T) @ V * f) @ V.T @ X0

@@ -39,6 +39,7 @@ from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import as_key
 from enkit.inflation import additive, multiplicative
 from enkit.inversion._common import EnsembleProcess, innermost_state
+from enkit.inversion.stopping import spread_ratio
 
 __all__ = [
     "AdditiveInflation",
@@ -49,7 +50,6 @@ __all__ = [
     "SubspaceInflation",
     "replace_ensemble",
     "state_ensemble",
-    "spread_ratio",
     "subspace_residual_fraction",
 ]
 
@@ -110,11 +110,21 @@ def _tell(process, state, G, y, noise, dt):
     return process.tell(state, G, y, noise, dt=dt)
 
 
+def _check_scalar(name: str, value, *, positive: bool = False) -> float | None:
+    """Raise unless a concrete ``value`` is a finite scalar ≥ 0 (> 0 where
+    ``positive``); returns it as a float, or None when it is traced."""
+    if isinstance(value, (float, int, np.ndarray, np.number, jax.Array)) and is_concrete(value):
+        v = np.asarray(value, dtype=np.float64)
+        if v.ndim != 0 or not (np.isfinite(float(v)) and (float(v) > 0 if positive
+                                                          else float(v) >= 0)):
+            raise ValueError(f"{name} must be a finite scalar {'>' if positive else '>='} 0, "
+                             f"got {v.tolist()}")
+        return float(v)
+    return None
+
+
 def _check_s(s) -> None:
-    if isinstance(s, (float, int, np.ndarray, np.number, jax.Array)) and is_concrete(s):
-        v = np.asarray(s, dtype=np.float64)
-        if v.ndim != 0 or not (np.isfinite(float(v)) and float(v) >= 0):
-            raise ValueError(f"s must be a finite scalar >= 0, got {v.tolist()}")
+    _check_scalar("s", s)
 
 
 def _growth(s, dt, dtype) -> Array:
@@ -335,11 +345,7 @@ class SubspaceInflation(_AdditiveBase):
 
     def __post_init__(self):
         self._setup("SubspaceInflation")
-        if isinstance(self.gamma, (float, int, np.ndarray, np.number, jax.Array)) \
-                and is_concrete(self.gamma):
-            v = np.asarray(self.gamma, dtype=np.float64)
-            if v.ndim != 0 or not (np.isfinite(float(v)) and float(v) >= 0):
-                raise ValueError(f"gamma must be a finite scalar >= 0, got {v.tolist()}")
+        _check_scalar("gamma", self.gamma)
 
     def tell(self, state: InflatedState, G, y, noise, *, dt=None):
         """The wrapped ``tell``, then additive inflation of strength
@@ -364,15 +370,6 @@ class CollapseState(NamedTuple):
     inner: Any
     initial_spread: Array
     triggered: Array
-
-
-def spread_ratio(E: Array, initial_spread: Array) -> Array:
-    """maxⱼ σⱼ/σ⁰ⱼ over the parameters with σ⁰ⱼ > 0 (σ: sample standard
-    deviations, N − 1): the ratio ``ensemble_collapsed`` compares with its
-    tolerance. E: (N, p); initial_spread: (p,). Returns a scalar."""
-    s = jnp.std(E, axis=0, ddof=1)
-    ok = initial_spread > 0
-    return jnp.max(jnp.where(ok, s / jnp.where(ok, initial_spread, 1.0), 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,17 +404,11 @@ class CollapseInflation(_Wrapper):
 
     def __post_init__(self):
         check_ensemble_process(self.process, "CollapseInflation")
-        vals = []
-        for name in ("tol", "restore"):
-            v = getattr(self, name)
-            if isinstance(v, (float, int, np.ndarray, np.number, jax.Array)) and is_concrete(v):
-                v = np.asarray(v, dtype=np.float64)
-                if v.ndim != 0 or not (np.isfinite(float(v)) and float(v) > 0):
-                    raise ValueError(f"{name} must be a finite scalar > 0, got {v.tolist()}")
-                vals.append(float(v))
-        if len(vals) == 2 and not vals[0] < vals[1]:
+        tol = _check_scalar("tol", self.tol, positive=True)
+        restore = _check_scalar("restore", self.restore, positive=True)
+        if tol is not None and restore is not None and not tol < restore:
             raise ValueError(f"tol must be below restore (the ratio restored), got tol = "
-                             f"{vals[0]}, restore = {vals[1]}")
+                             f"{tol}, restore = {restore}")
 
     def init(self, key, ensemble) -> CollapseState:
         """The wrapped ``init(key, ensemble)``, with the initial spread kept."""

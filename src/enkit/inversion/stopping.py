@@ -13,7 +13,7 @@ from enkit._checks import check_ndim, check_number, is_concrete
 from enkit.covariance import as_covariance
 
 __all__ = ["data_misfit", "discrepancy_principle", "ensemble_collapsed",
-           "max_iterations_reached"]
+           "max_iterations_reached", "spread_ratio"]
 
 
 def data_misfit(G: ArrayLike, y: ArrayLike, noise) -> Array:
@@ -79,7 +79,18 @@ def ensemble_collapsed(ensemble: ArrayLike, initial_ensemble: ArrayLike, *,
         raise ValueError(
             f"ensemble (N, p) and initial_ensemble (N0, p) must share p, got shapes "
             f"{E.shape} and {E0.shape}")
-    s = jnp.std(E, axis=0, ddof=1)
-    s0 = jnp.std(E0, axis=0, ddof=1)
-    ratio = jnp.where(s0 > 0, s / jnp.where(s0 > 0, s0, 1.0), 0.0)
-    return jnp.max(ratio) < tol
+    return spread_ratio(E, jnp.std(E0, axis=0, ddof=1)) < tol
+
+
+def spread_ratio(ensemble: ArrayLike, initial_spread: ArrayLike) -> Array:
+    """maxⱼ σⱼ/σ⁰ⱼ over the parameters with σ⁰ⱼ > 0 (0 when there are none).
+
+    σⱼ: sample standard deviations (N − 1) of the parameters in ``ensemble``
+    (N, p); initial_spread: σ⁰, (p,). ``ensemble_collapsed`` compares this
+    ratio with its tolerance; ``CollapseInflation`` restores it. Returns a
+    scalar.
+    """
+    s = jnp.std(jnp.asarray(ensemble), axis=0, ddof=1)
+    s0 = jnp.asarray(initial_spread)
+    ok = s0 > 0
+    return jnp.max(jnp.where(ok, s / jnp.where(ok, s0, 1.0), 0.0))
