@@ -118,10 +118,8 @@ from enkit.inversion.stopping import (
 )
 from enkit.inversion.sparse_eki import (
     SparseEKI,
-    analysis_factor,
-    analysis_variances,
-    metric_l1_prox,
     soft_threshold,
+    span_elastic_net,
 )
 from enkit.inversion.teki import TEKI
 from enkit.inversion.uki import UKI, UKIState
@@ -171,11 +169,9 @@ __all__ = [
     "stable_step",
     "SparseEKI",
     "aldi_update",
-    "analysis_factor",
-    "analysis_variances",
-    "metric_l1_prox",
     "eks_update",
     "soft_threshold",
+    "span_elastic_net",
     "EKI",
     "ESMDA",
     "ETKI",
