@@ -307,14 +307,15 @@ def rrsqrt_forecast(
     A = noise_modes(model_noise_sqrt, mean.shape[0], mean.dtype)
     epsilon = _check_epsilon(epsilon)
     mean_f, modes_f, _ = _forecast_step(model, mean, modes, A, epsilon, q)
-    if mean_f.shape != mean.shape:
-        raise ValueError(f"model must map a state of shape {mean.shape} to the same shape, "
-                         f"got {mean_f.shape}")
     return mean_f, modes_f
 
 
 def _forecast_step(model, mean, modes, A, epsilon, q):
     """(mean, reduced modes, dropped variance) after one model step."""
+    out = jax.eval_shape(model, mean)
+    if out.shape != mean.shape:  # checked when traced (shapes are static)
+        raise ValueError(f"model must map a state of shape {mean.shape} to the same shape, "
+                         f"got {out.shape}")
     if epsilon is None:
         mean_f, tl = jax.linearize(lambda x: model(x).astype(mean.dtype), mean)
         prop = jax.vmap(tl)(modes)
@@ -434,10 +435,6 @@ def rrsqrt_filter(
     if epsilon is not None:
         epsilon = jnp.asarray(epsilon, mean0.dtype)
     model = model if _is_pytree(model) else jax.tree_util.Partial(model)
-    probe = jax.eval_shape(model, mean0)
-    if probe.shape != mean0.shape:
-        raise ValueError(f"model must map a state of shape {mean0.shape} to the same shape, "
-                         f"got {probe.shape}")
     # Start from exactly q modes (reduction, or zero rows, to q).
     modes0 = rrsqrt_reduce(modes0, q) if modes0.shape[0] != q else modes0
     return _filter_scan(model, h, R, A, epsilon, mean0, modes0, ys, steps=steps)
