@@ -156,6 +156,18 @@ from enkit.inversion import (
     max_iterations_reached,
 )
 from enkit.rotation import MeanPreservingRotation, rotate
+from enkit.filters.rrsqrt import (
+    RRSQRTResult,
+    RRSQRTState,
+    ensemble_to_modes,
+    modes_to_ensemble,
+    rrsqrt_analysis,
+    rrsqrt_filter,
+    rrsqrt_forecast,
+    rrsqrt_init,
+    rrsqrt_reduce,
+)
+from enkit.rank_reduction import RankReduction
 from enkit.spatial_inflation import AndersonAdaptive, InflationField, anderson_update
 from enkit.linalg import (
     kalman_solve,
@@ -462,4 +474,14 @@ __all__ = [
     "spread_skill_ratio",
     "sym_matrix_functions",
     "twin_experiment",
+    "RRSQRTResult",
+    "RRSQRTState",
+    "ensemble_to_modes",
+    "modes_to_ensemble",
+    "rrsqrt_analysis",
+    "rrsqrt_filter",
+    "rrsqrt_forecast",
+    "rrsqrt_init",
+    "rrsqrt_reduce",
+    "RankReduction",
 ]

@@ -33,6 +33,17 @@ from enkit.filters.letkf import letkf
 from enkit.filters.mlef import mlef
 from enkit.filters.patches import patch_etkf
 from enkit.filters.sqrt_kalman import sqrt_kalman, sqrt_kalman_update
+from enkit.filters.rrsqrt import (
+    RRSQRTResult,
+    RRSQRTState,
+    ensemble_to_modes,
+    modes_to_ensemble,
+    rrsqrt_analysis,
+    rrsqrt_filter,
+    rrsqrt_forecast,
+    rrsqrt_init,
+    rrsqrt_reduce,
+)
 
 SCHEMES = {
     "enkf": enkf,
@@ -75,4 +86,13 @@ __all__ = [
     "ensemble_with_covariance",
     "observe",
     "perturbed_observations",
+    "RRSQRTResult",
+    "RRSQRTState",
+    "ensemble_to_modes",
+    "modes_to_ensemble",
+    "rrsqrt_analysis",
+    "rrsqrt_filter",
+    "rrsqrt_forecast",
+    "rrsqrt_init",
+    "rrsqrt_reduce",
 ]
