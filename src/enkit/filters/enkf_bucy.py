@@ -105,14 +105,14 @@ def enkf_bucy(
 
 def _integrate(E, dY, h, R, dt, f, Q):
     N = E.shape[0]
-    Qd = None if Q is None else Q.dense()
+    Qd = None if Q is None else Q.dense().astype(E.dtype)
 
     def step(E, dy):
         xbar = jnp.mean(E, axis=0)
         X = E - xbar
         dE = jnp.zeros_like(E)
         if f is not None:
-            dE = dE + dt * jax.vmap(f)(E)
+            dE = dE + dt * jax.vmap(f)(E).astype(E.dtype)
         if Qd is not None:
             P = X.T @ X / (N - 1)
             dE = dE + 0.5 * dt * (X @ jnp.linalg.solve(P, Qd))

@@ -109,7 +109,7 @@ def euler_maruyama_update(f: Drift, g: Diffusion, x: Array, dt, dW: Array) -> Ar
     """
     x = _check_step(x, dt)
     _check_increment(g, x, dW)
-    return x + f(x) * dt + _times(g(x), dW)
+    return (x + f(x) * dt + _times(g(x), dW)).astype(x.dtype)
 
 
 def milstein_update(f: Drift, g: Diffusion, x: Array, dt, dW: Array) -> Array:
@@ -134,7 +134,7 @@ def milstein_update(f: Drift, g: Diffusion, x: Array, dt, dW: Array) -> Array:
                          "(component i driven by Wᵢ and depending on xᵢ only)")
     _check_increment(g, x, dW)
     gx, dg = jax.jvp(g, (x,), (jnp.ones_like(x),))
-    return x + f(x) * dt + gx * dW + 0.5 * gx * dg * (dW * dW - dt)
+    return (x + f(x) * dt + gx * dW + 0.5 * gx * dg * (dW * dW - dt)).astype(x.dtype)
 
 
 def heun_update(f: Drift, g: Diffusion, x: Array, dt, dW: Array) -> Array:
@@ -157,7 +157,8 @@ def heun_update(f: Drift, g: Diffusion, x: Array, dt, dW: Array) -> Array:
     _check_increment(g, x, dW)
     fx, gx = f(x), g(x)
     x_pred = x + fx * dt + _times(gx, dW)
-    return x + 0.5 * (fx + f(x_pred)) * dt + 0.5 * _times(gx + g(x_pred), dW)
+    x_new = x + 0.5 * (fx + f(x_pred)) * dt + 0.5 * _times(gx + g(x_pred), dW)
+    return x_new.astype(x.dtype)
 
 
 def euler_maruyama_step(key: Array, f: Drift, g: Diffusion, x: Array, dt) -> Array:
