@@ -73,6 +73,8 @@ from enkit.filters import (
     STOCHASTIC,
     denkf,
     enkf,
+    enkf_bucy,
+    enkf_bucy_analysis,
     ensemble_with_covariance,
     ensrf,
     ensrf_serial,
@@ -212,6 +214,13 @@ from enkit.models import (
     Lorenz96TwoScale,
     TwinExperiment,
     twin_experiment,
+    DoubleWell,
+    OrnsteinUhlenbeck,
+    euler_maruyama_step,
+    heun_step,
+    integrate_sde,
+    milstein_step,
+    sample_path,
 )
 from enkit import io
 from enkit.io import CheckpointError, load_checkpoint, save_checkpoint
@@ -484,4 +493,13 @@ __all__ = [
     "rrsqrt_init",
     "rrsqrt_reduce",
     "RankReduction",
+    "DoubleWell",
+    "OrnsteinUhlenbeck",
+    "enkf_bucy",
+    "enkf_bucy_analysis",
+    "euler_maruyama_step",
+    "heun_step",
+    "integrate_sde",
+    "milstein_step",
+    "sample_path",
 ]

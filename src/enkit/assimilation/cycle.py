@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enkit.assimilation.types import is_stochastic
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar
 from enkit.ensemble import ensemble_mean, ensemble_spread, scaled_anomalies
 from enkit.filters._common import observe
@@ -116,7 +117,10 @@ def masked_problem(h, y, R: Covariance, mask):
 def forecast(model, E, n_steps, *, t0, controls, noise, key, max_steps=None):
     """Advance every member ``n_steps`` model steps from global step ``t0``.
 
-    model(x) or model(x, u) with u = controls at the step's start time;
+    model(x) or model(x, u) with u = controls at the step's start time
+    (a stochastic model: model(key, x) or model(key, x, u), see
+    ``_model_step``); key: the cycle's model key (needed by model noise and
+    by a stochastic model);
     noise: covariance operator Q of additive model error drawn after every
     step (key required), or None. ``n_steps`` may be traced; then
     ``max_steps`` (a static bound on it, or None) makes the loop
@@ -129,15 +133,29 @@ def forecast(model, E, n_steps, *, t0, controls, noise, key, max_steps=None):
 
 
 def _model_step(j, E, args):
-    """Model step j of the forecast (args: model, controls, noise, key, t0)."""
+    """Model step j of the forecast (args: model, controls, noise, key, t0).
+
+    A stochastic model (``is_stochastic``) is called ``model(key_i, x_i)``
+    with member i's key ``split(k_model, N)[i]``, where ``k_model, k_noise =
+    split(fold_in(key, j))``; the additive model noise then draws from
+    k_noise. A deterministic model leaves ``fold_in(key, j)`` to the noise,
+    as it always did."""
     model, controls, noise, key, t0 = args
-    if controls is None:
+    k_noise = None if key is None else jax.random.fold_in(key, j)
+    u = None if controls is None else jax.tree_util.tree_map(lambda a: a[t0 + j], controls)
+    if is_stochastic(model):
+        k_model, k_noise = jax.random.split(k_noise)
+        keys = jax.random.split(k_model, E.shape[0])
+        if controls is None:
+            E = jax.vmap(model)(keys, E)
+        else:
+            E = jax.vmap(lambda k, x: model(k, x, u))(keys, E)
+    elif controls is None:
         E = jax.vmap(model)(E)
     else:
-        u = jax.tree_util.tree_map(lambda a: a[t0 + j], controls)
         E = jax.vmap(lambda x: model(x, u))(E)
     if noise is not None:
-        E = E + noise.sample(jax.random.fold_in(key, j), (E.shape[0],))
+        E = E + noise.sample(k_noise, (E.shape[0],))
     return E
 
 

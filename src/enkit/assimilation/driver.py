@@ -46,6 +46,7 @@ from enkit.assimilation.types import (
     RunInfo,
     as_pytree,
     describe,
+    is_stochastic,
     over_window,
 )
 from enkit.covariance import Covariance, as_covariance
@@ -99,7 +100,10 @@ def assimilate(
     Then ``forecast_steps`` more model steps with no analysis.
 
     model: one model step of one member, ``(n,) -> (n,)`` (``(x, u)`` with
-    controls): JAX-traceable (compiled with the cycle) or a ``BlackBoxModel``.
+    controls): JAX-traceable (compiled with the cycle) or a ``BlackBoxModel``;
+    or a stochastic model (``stochastic = True``, called ``model(key, x)``:
+    ``enkit.models.OrnsteinUhlenbeck``, ``DoubleWell``), which gets its own
+    key per member and step from ``key`` (required).
     E0: (N, n) initial ensemble. observations: (K, m) array, or a list of
     K arrays of varying length m_k (Python path, h and R lists too).
     scheme: an L1 scheme with the uniform signature (bind options with
@@ -379,7 +383,13 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
         model_noise = model_noise.astype(E0.dtype)
         if key is None:
             raise TypeError("model_noise draws random numbers: pass key=")
-    _check_spread(E0, model_noise, inflation)
+    stochastic = is_stochastic(model)
+    if stochastic and key is None:
+        raise TypeError(f"model is stochastic ({type(model).__name__} is called model(key, x), "
+                        "a key per member per step): pass key=")
+    if stochastic and isinstance(scheme, over_window):
+        raise ValueError("over_window does not support a stochastic model yet")
+    _check_spread(E0, model_noise is not None or stochastic, inflation)
     ragged = isinstance(observations, (list, tuple))
     if ragged:
         observations, mask = _ragged_observations(observations, mask, E0.dtype)
@@ -452,10 +462,11 @@ def _check_remat(remat) -> None:
                          f"checkpointed segment), got {remat!r}")
 
 
-def _check_spread(E0, model_noise, inflation) -> None:
+def _check_spread(E0, noisy_forecast: bool, inflation) -> None:
     """Refuse an initial ensemble of identical members when nothing in the
-    run adds spread: its anomalies are zero, so no analysis can move it."""
-    if model_noise is not None or _adds_spread(inflation):
+    run adds spread (model noise, a stochastic model, additive inflation):
+    its anomalies are zero, so no analysis can move it."""
+    if noisy_forecast or _adds_spread(inflation):
         return
     check_spread("E0", E0, consequence="every analysis would leave it unchanged",
                  advice=SPREAD_ADVICE + ", or give model_noise= or an additive inflation step")
@@ -564,8 +575,11 @@ def _compiled_run(settings, E0, observations, h, R, mask, n_steps, controls):
     if mask is not None:
         mask = jnp.asarray(mask, dtype=bool)
     model = settings.model
-    out = jax.eval_shape(model, E0[0]) if controls is None else jax.eval_shape(
-        model, E0[0], jax.tree_util.tree_map(lambda a: a[0], controls))
+    args = (E0[0],) if controls is None else (
+        E0[0], jax.tree_util.tree_map(lambda a: a[0], controls))
+    if is_stochastic(model):  # the key's shape only: eval_shape draws nothing
+        args = (jax.ShapeDtypeStruct((), jax.random.key(0).dtype), *args)
+    out = jax.eval_shape(model, *args)
     if out.shape != E0.shape[1:]:
         raise ValueError(
             f"model must map one member of shape {E0.shape[1:]} to the same shape, got {out.shape}"

@@ -359,6 +359,15 @@ register_dataclass(
 )
 
 
+def is_stochastic(model) -> bool:
+    """True for a stochastic model, one step ``model(key, x)`` (``model(key,
+    x, u)`` with controls): an object whose ``stochastic`` attribute is True
+    (``enkit.models.OrnsteinUhlenbeck``, ``DoubleWell``), also when wrapped
+    by ``as_pytree``."""
+    target = model.func if isinstance(model, jax.tree_util.Partial) else model
+    return getattr(target, "stochastic", False) is True
+
+
 def as_pytree(f):
     """Wrap a plain callable so jit treats it as static; keep pytrees as they are."""
     leaves = jax.tree_util.tree_leaves(f)

@@ -21,6 +21,7 @@ iterate over it, so a new scheme is covered by adding one line here.
 from enkit.filters._common import observe
 from enkit.filters.denkf import denkf
 from enkit.filters.enkf import enkf, perturbed_observations
+from enkit.filters.enkf_bucy import enkf_bucy, enkf_bucy_analysis
 from enkit.filters.ensrf import ensrf
 from enkit.filters.ensrf_serial import ensrf_serial
 from enkit.filters.estkf import estkf
@@ -95,4 +96,6 @@ __all__ = [
     "rrsqrt_forecast",
     "rrsqrt_init",
     "rrsqrt_reduce",
+    "enkf_bucy",
+    "enkf_bucy_analysis",
 ]

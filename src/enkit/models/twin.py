@@ -48,7 +48,10 @@ def twin_experiment(
 ) -> TwinExperiment:
     """Run the truth from x0 and observe it every ``steps_per_obs`` steps.
 
-    model: one-step map of one state (e.g. ``enkit.models.Lorenz96()``);
+    model: one-step map of one state (e.g. ``enkit.models.Lorenz96()``), or
+    a stochastic model ``model(key, x)`` (``stochastic = True``; then
+    ``split(key)`` gives the truth's key, step s using ``fold_in(·, s)``,
+    and the observation noise's);
     x0: (n,) start, first advanced ``spinup`` steps (to reach the attractor);
     key: PRNG key or integer seed for the observation noise; n_obs: K;
     h: callable or (m, n) matrix; R: covariance operator or array;
@@ -61,13 +64,24 @@ def twin_experiment(
     check_finite("x0", x0)
     if n_obs < 1 or steps_per_obs < 1 or spinup < 0:
         raise ValueError("n_obs and steps_per_obs must be >= 1 and spinup >= 0")
-    x0 = integrate(model, x0, spinup)
+    if getattr(model, "stochastic", False) is True:
+        # model(key, x): step s of the truth (spin-up included) uses fold_in(k_truth, s).
+        k_truth, key = jax.random.split(key)
 
-    def advance(x, _):
-        x = integrate(model, x, steps_per_obs)
+        def step(s, x):
+            return model(jax.random.fold_in(k_truth, s), x)
+    else:
+        def step(s, x):
+            return model(x)
+
+    x0 = jax.lax.fori_loop(0, spinup, step, x0)
+
+    def advance(x, k):
+        start = spinup + k * steps_per_obs
+        x = jax.lax.fori_loop(0, steps_per_obs, lambda j, x: step(start + j, x), x)
         return x, x
 
-    _, truth = jax.lax.scan(advance, x0, length=n_obs)
+    _, truth = jax.lax.scan(advance, x0, jnp.arange(n_obs))
     Hx = observe(h, truth)
     R = as_covariance(R, Hx.shape[1]).astype(Hx.dtype)
     observations = Hx + R.sample(key, (n_obs,))
