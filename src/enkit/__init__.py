@@ -35,6 +35,7 @@ from enkit.assimilation import (
     stack_covariances,
 )
 from enkit.covariance import Circulant, Covariance, Dense, Diagonal, Scalar, as_covariance
+from enkit.covariance import BlockDiagonal, Kronecker, LowRankDiagonal
 from enkit.diagnostics import (
     CRPS,
     DFS,
@@ -462,4 +463,7 @@ __all__ = [
     "spread_skill_ratio",
     "sym_matrix_functions",
     "twin_experiment",
+    "BlockDiagonal",
+    "Kronecker",
+    "LowRankDiagonal",
 ]
