@@ -226,9 +226,13 @@ class Kronecker(Covariance):
     def _apply(self, x, f_left, f_right):
         x = jnp.asarray(x, self.dtype)
         a, b = self.left.dim, self.right.dim
-        X = f_right(x.reshape(x.shape[:-1] + (a, b)))  # B-side along the last axis
-        X = jnp.swapaxes(f_left(jnp.swapaxes(X, -1, -2)), -1, -2)  # A-side along axis -2
-        return X.reshape(x.shape)
+        # The barriers keep each factor's input and output in the standard row-major
+        # layout: without them XLA's CPU backend may give an FFT (Circulant factor) a
+        # transposed operand layout, which its FFT refuses at run time.
+        barrier = jax.lax.optimization_barrier
+        X = barrier(f_right(x.reshape(x.shape[:-1] + (a, b))))  # B-side, last axis
+        X = barrier(f_left(barrier(jnp.swapaxes(X, -1, -2))))  # A-side, on the transpose
+        return jnp.swapaxes(X, -1, -2).reshape(x.shape)
 
     def solve(self, x):
         return self._apply(x, self.left.solve, self.right.solve)
