@@ -35,6 +35,7 @@ from enkit.assimilation import (
     stack_covariances,
 )
 from enkit.covariance import Circulant, Covariance, Dense, Diagonal, Scalar, as_covariance
+from enkit.covariance import BlockDiagonal, Kronecker, LowRankDiagonal
 from enkit.diagnostics import (
     CRPS,
     DFS,
@@ -502,4 +503,7 @@ __all__ = [
     "integrate_sde",
     "milstein_step",
     "sample_path",
+    "BlockDiagonal",
+    "Kronecker",
+    "LowRankDiagonal",
 ]

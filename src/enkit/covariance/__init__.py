@@ -16,5 +16,7 @@ from enkit.covariance._core import (
     Scalar,
     as_covariance,
 )
+from enkit.covariance._lowrank import BlockDiagonal, Kronecker, LowRankDiagonal
 
-__all__ = ["Circulant", "Covariance", "Scalar", "Diagonal", "Dense", "as_covariance"]
+__all__ = ["Circulant", "Covariance", "Scalar", "Diagonal", "Dense", "as_covariance",
+           "BlockDiagonal", "Kronecker", "LowRankDiagonal"]
