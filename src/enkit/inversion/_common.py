@@ -35,6 +35,7 @@ from enkit._checks import (  # noqa: F401 - check_bool is used by the processes
     zero_spread_columns,
 )
 from enkit._pytree import register_dataclass
+from enkit.covariance import BlockDiagonal as _BlockDiagonal
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import as_key
 
@@ -209,61 +210,11 @@ def misfit(G: Array, y: Array, noise: Covariance) -> Array:
     return jnp.sqrt(jnp.sum(r * r))
 
 
-@jax.tree_util.register_pytree_node_class
-class BlockDiagonal(Covariance):
-    """``blockdiag(A, B)`` of two covariance operators (private helper).
-
-    The noise of the augmented data (y, m₀) in TEKI and UKI:
-    ``blockdiag(Γ, C₀)``. Vectors carry the A entries first on their last axis.
-    """
-
-    def __init__(self, a: Covariance, b: Covariance):
-        self.a, self.b = a, b
-
-    def tree_flatten(self):
-        return (self.a, self.b), None
-
-    @classmethod
-    def tree_unflatten(cls, _, leaves):
-        return cls(*leaves)
-
-    @property
-    def dim(self) -> int:
-        return self.a.dim + self.b.dim
-
-    @property
-    def dtype(self):
-        return self.a.dtype
-
-    def _split(self, f, g, x):
-        x = jnp.asarray(x)
-        k = self.a.dim
-        return jnp.concatenate([f(x[..., :k]), g(x[..., k:])], axis=-1)
-
-    def solve(self, x):
-        return self._split(self.a.solve, self.b.solve, x)
-
-    def whiten(self, x):
-        return self._split(self.a.whiten, self.b.whiten, x)
-
-    def whiten_t(self, x):
-        return self._split(self.a.whiten_t, self.b.whiten_t, x)
-
-    def colorize(self, x):
-        return self._split(self.a.colorize, self.b.colorize, x)
-
-    @property
-    def log_pdet(self):
-        return self.a.log_pdet + self.b.log_pdet
-
-    def diagonal(self):
-        return jnp.concatenate([self.a.diagonal(), self.b.diagonal()])
-
-    def dense(self):
-        return jax.scipy.linalg.block_diag(self.a.dense(), self.b.dense())
-
-    def cholesky(self):
-        return jax.scipy.linalg.block_diag(self.a.cholesky(), self.b.cholesky())
+def BlockDiagonal(a: Covariance, b: Covariance) -> Covariance:
+    """``blockdiag(A, B)``: the noise of the augmented data (y, m₀) in TEKI
+    and UKI, ``blockdiag(Γ, C₀)``, A's entries first on the last axis
+    (``enkit.covariance.BlockDiagonal`` of the two)."""
+    return _BlockDiagonal((a, b))
 
 
 class EnsembleProcess:
