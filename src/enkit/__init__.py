@@ -35,6 +35,7 @@ from enkit.assimilation import (
     stack_covariances,
 )
 from enkit.covariance import Circulant, Covariance, Dense, Diagonal, Scalar, as_covariance
+from enkit.covariance import Banded, Toeplitz
 from enkit.diagnostics import (
     CRPS,
     DFS,
@@ -278,6 +279,8 @@ __all__ = [
     "per_time",
     "stack_covariances",
     "Circulant",
+    "Banded",
+    "Toeplitz",
     "Covariance",
     "Dense",
     "Diagonal",

@@ -16,5 +16,7 @@ from enkit.covariance._core import (
     Scalar,
     as_covariance,
 )
+from enkit.covariance._banded import Banded, Toeplitz
 
 __all__ = ["Circulant", "Covariance", "Scalar", "Diagonal", "Dense", "as_covariance"]
+__all__ += ["Banded", "Toeplitz"]
