@@ -23,17 +23,10 @@ def ar_column(m, phi=0.7):
     return 1.5 * phi ** np.arange(m) + 0.05 * (np.arange(m) == 0)
 
 
-def random_banded(m, b, seed=0):
-    rng = np.random.default_rng(seed)
-    L = np.tril(np.triu(rng.normal(size=(m, m)), -b)) + 2.0 * np.eye(m)
-    return L @ L.T  # bandwidth b (L has lower bandwidth b, Lᵀ upper... product ≤ 2b)
-
-
 CASES = {
     "banded-gc": lambda m: (Banded.from_dense(gc_matrix(m), 3), gc_matrix(m)),
     "banded-b0": lambda m: (Banded.from_dense(np.diag(np.linspace(1, 2, m)), 0),
                             np.diag(np.linspace(1, 2, m))),
-    "banded-rand": lambda m: (Banded.from_dense(random_banded(m, 2), 4), random_banded(m, 2)),
     "toeplitz": lambda m: (Toeplitz(ar_column(m)), ar_column(m)[
         np.abs(np.arange(m)[:, None] - np.arange(m)[None, :])]),
     "toeplitz-cg": lambda m: (Toeplitz(ar_column(m), cg_tol=1e-14), ar_column(m)[
