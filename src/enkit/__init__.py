@@ -36,6 +36,7 @@ from enkit.assimilation import (
 )
 from enkit.covariance import Circulant, Covariance, Dense, Diagonal, Scalar, as_covariance
 from enkit.covariance import BlockDiagonal, Kronecker, LowRankDiagonal
+from enkit.covariance import Banded, Toeplitz
 from enkit.diagnostics import (
     CRPS,
     DFS,
@@ -300,6 +301,8 @@ __all__ = [
     "per_time",
     "stack_covariances",
     "Circulant",
+    "Banded",
+    "Toeplitz",
     "Covariance",
     "Dense",
     "Diagonal",

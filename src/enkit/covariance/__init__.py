@@ -16,7 +16,8 @@ from enkit.covariance._core import (
     Scalar,
     as_covariance,
 )
+from enkit.covariance._banded import Banded, Toeplitz
 from enkit.covariance._lowrank import BlockDiagonal, Kronecker, LowRankDiagonal
 
 __all__ = ["Circulant", "Covariance", "Scalar", "Diagonal", "Dense", "as_covariance",
-           "BlockDiagonal", "Kronecker", "LowRankDiagonal"]
+           "Banded", "BlockDiagonal", "Kronecker", "LowRankDiagonal", "Toeplitz"]
