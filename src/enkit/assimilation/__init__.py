@@ -10,11 +10,14 @@ Modules, imports going downwards only:
 - ``checkpoint``: configuration fingerprints, saving and restoring a run;
 - ``compiled``: the whole run as one ``lax.scan`` (and window by window);
 - ``python_loop``: black-box models and ragged observations;
-- ``driver``: ``assimilate``, the public entry that validates and dispatches.
+- ``driver``: ``assimilate``, the public entry that validates and dispatches;
+- ``fourd``: ``assimilate_4d``, the 4D-EnKF (observations at several times
+  inside each window), built on ``driver.prepare`` and the cycle pieces.
 """
 
 from enkit.assimilation.cycle import STAGES as NONFINITE_STAGES
 from enkit.assimilation.driver import OUTPUTS, assimilate
+from enkit.assimilation.fourd import assimilate_4d, stacked_covariance
 from enkit.assimilation.types import (
     AssimilationResult,
     BlackBoxModel,
@@ -37,7 +40,9 @@ __all__ = [
     "ObservationRecord",
     "PerTime",
     "assimilate",
+    "assimilate_4d",
     "over_window",
     "per_time",
     "stack_covariances",
+    "stacked_covariance",
 ]
