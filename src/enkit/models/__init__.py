@@ -2,6 +2,7 @@
 
 from enkit.models.advection_diffusion import AdvectionDiffusion2D, torus_distance
 from enkit.models.kuramoto_sivashinsky import KuramotoSivashinsky
+from enkit.models.linear_advection import LinearAdvection, SmoothRandomField
 from enkit.models.lorenz import Lorenz63, Lorenz96
 from enkit.models.lorenz05 import Lorenz05
 from enkit.models.lorenz96_two_scale import Lorenz96TwoScale
@@ -42,4 +43,6 @@ __all__ = [
     "milstein_step",
     "milstein_update",
     "sample_path",
+    "LinearAdvection",
+    "SmoothRandomField",
 ]
