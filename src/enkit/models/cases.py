@@ -14,6 +14,14 @@ for comparison.
 - ``bocquet2019_kuramoto_sivashinsky``: Kuramoto–Sivashinsky, n=128,
   L=32π, ETDRK4 with dt 0.5, all variables observed every time unit with
   R = I (Bocquet, Brajard, Carrassi & Bertino 2019, NPG 26, Fig. 4).
+- ``evensen2009_linear_advection``: exact linear advection on a periodic
+  grid of 1000 cells, truth and initial ensemble drawn from smooth random
+  fields (variance 1, decorrelation length 20), 4 points observed every 5
+  steps with R = 0.01 I (Evensen 2009, the book's linear advection
+  example and IEEE Control Systems Magazine 29(3)).
+- ``lorenz2005_model2``: Lorenz (2005) model II, n=240, K=8, F=15, dt
+  0.025, all variables observed every 2 steps (0.05 time units) with
+  R = I; no published RMSE (enkit's figures in benchmarks/published.py).
 """
 
 from __future__ import annotations
@@ -24,18 +32,26 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from enkit.covariance import Scalar
 from enkit.models.kuramoto_sivashinsky import KuramotoSivashinsky
+from enkit.models.linear_advection import LinearAdvection, SmoothRandomField
 from enkit.models.lorenz import Lorenz63, Lorenz96
+from enkit.models.lorenz05 import Lorenz05
 from enkit.models.twin import TwinExperiment, twin_experiment
 
-__all__ = ["Case", "CaseRun", "bocquet2019_kuramoto_sivashinsky", "ring_letkf",
+__all__ = ["Case", "CaseRun", "bocquet2019_kuramoto_sivashinsky",
+           "evensen2009_linear_advection", "lorenz2005_model2", "ring_letkf",
            "sakov2008_lorenz96", "sakov2012_lorenz63"]
 
 
 def _observe_all(x):
     return x
+
+
+def _observe_at(x, indices):
+    return x[indices]
 
 
 class CaseRun(NamedTuple):
@@ -52,11 +68,19 @@ class Case:
     """A twin experiment: model, observations, initial ensemble, references.
 
     model: one-step map; x0: (n,) start of the truth (advanced ``spinup``
-    steps first); steps_per_obs: model steps between observations; h, R:
-    observation operator and error covariance; ensemble_std: standard
-    deviation of the initial ensemble around the truth; cycles, burn_in:
-    default run length and cycles left out of the time mean; expected:
-    published time-mean analysis RMSE per method; reference: the source.
+    steps first), or None when ``truth_draw`` draws it; steps_per_obs:
+    model steps between observations; h, R: observation operator and error
+    covariance; ensemble_std: standard deviation of the initial ensemble
+    around the truth; cycles, burn_in: default run length and cycles left
+    out of the time mean; expected: published time-mean analysis RMSE per
+    method; reference: the source.
+
+    truth_draw: optional ``truth_draw(key) -> (n,)``, a random start of the
+    truth drawn per seed (key ``fold_in(key(seed), 3)``) in place of x0;
+    initial_draw: optional ``initial_draw(key, N, twin) -> (N, n)``, the
+    initial ensemble drawn from the case's own prior (key ``fold_in(
+    key(seed), 1)``) in place of ``twin.x0 + ensemble_std · z``. Both
+    default to None, the fixed x0 and the Gaussian cloud around the truth.
     """
 
     name: str
@@ -71,18 +95,31 @@ class Case:
     spinup: int = 0
     expected: dict = dataclasses.field(default_factory=dict)
     reference: str = ""
+    truth_draw: Callable | None = None
+    initial_draw: Callable | None = None
 
     def twin(self, seed: int = 0, cycles: int | None = None) -> TwinExperiment:
         """Truth and observations from ``seed`` (``cycles`` analysis times)."""
         key = jax.random.fold_in(jax.random.key(seed), 0)
+        if self.truth_draw is None:
+            x0 = jnp.asarray(self.x0)
+        else:
+            x0 = jnp.asarray(self.truth_draw(jax.random.fold_in(jax.random.key(seed), 3)))
         return twin_experiment(
-            self.model, jnp.asarray(self.x0), key=key, n_obs=cycles or self.cycles,
+            self.model, x0, key=key, n_obs=cycles or self.cycles,
             h=self.h, R=self.R, steps_per_obs=self.steps_per_obs, spinup=self.spinup,
         )
 
     def initial_ensemble(self, twin: TwinExperiment, N: int, seed: int = 0):
-        """(N, n) members ``x0 + ensemble_std · z`` around the truth's start."""
+        """(N, n) members: ``initial_draw(key, N, twin)`` when the case has
+        one, else ``x0 + ensemble_std · z`` around the truth's start."""
         key = jax.random.fold_in(jax.random.key(seed), 1)
+        if self.initial_draw is not None:
+            E0 = jnp.asarray(self.initial_draw(key, N, twin), dtype=twin.x0.dtype)
+            if E0.shape != (N, twin.x0.shape[0]):
+                raise ValueError(f"initial_draw must return shape (N, n) = "
+                                 f"({N}, {twin.x0.shape[0]}), got {E0.shape}")
+            return E0
         z = jax.random.normal(key, (N, twin.x0.shape[0]), dtype=twin.x0.dtype)
         return twin.x0 + self.ensemble_std * z
 
@@ -223,6 +260,118 @@ def bocquet2019_kuramoto_sivashinsky(*, cycles: int = 10_000, burn_in: int = 1_0
             "etkf N=20 inflation 1.03 rotation": 0.115,
         },
         reference="Bocquet, Brajard, Carrassi & Bertino (2019), NPG 26, Fig. 4",
+    )
+
+
+def evensen2009_linear_advection(*, n: int = 1000, length: float = 20.0, n_points: int = 4,
+                                 steps_per_obs: int = 5, obs_variance: float = 0.01,
+                                 cycles: int = 60, burn_in: int = 0) -> Case:
+    """Exact linear advection on a periodic grid of n = 1000 cells, one cell
+    per step, with ``n_points`` = 4 equally spaced points (cells 0, 250,
+    500, 750) observed every 5 steps with R = 0.01 I, over 300 steps (60
+    analyses), as in Evensen's linear advection example.
+
+    Every random field is a ``SmoothRandomField(n, length)`` draw (variance
+    one, decorrelation length 20 cells): the true initial state is one; the
+    first guess is the truth plus another; the initial ensemble is the first
+    guess plus N more (``initial_draw``). The truth given the first guess is
+    then N(first guess, C), C the fields' covariance, so the filter's prior
+    is exact, and the model being linear and noise-free, the Kalman filter
+    started from (first guess, C) is the optimal solution; an ensemble
+    filter with N − 1 ≥ n and its own sample mean and covariance as the
+    start is that Kalman filter to round-off.
+
+    No table of RMSEs is published for this case (Evensen shows the
+    fields and the error variance); the analysis error decreases with time
+    as the observed points sweep the domain, so the time mean depends on
+    the run length. DAPPER's ``mods/LA/evensen2009.py`` (a mix with Sakov
+    & Oke 2008's sinusoidal initial ensemble) suggests a perturbed-
+    observation EnKF with N = 100 and inflation 1.02. benchmarks/
+    published.py records enkit's figures.
+
+    n, length, n_points, steps_per_obs, obs_variance: grid size,
+    decorrelation length (cells), number of observed points, steps between
+    observations and the observation error variance (smaller settings make
+    a case where N − 1 ≥ n is affordable).
+
+    References: Evensen (2009), "Data Assimilation: The Ensemble Kalman
+    Filter", 2nd ed., Springer (linear advection example); Evensen (2009),
+    "The ensemble Kalman filter for combined state and parameter
+    estimation", IEEE Control Systems Magazine 29(3), 83–104.
+    """
+    if not isinstance(n_points, int) or not 1 <= n_points <= n:
+        raise ValueError(f"n_points must be an integer in [1, n], got {n_points!r}")
+    field = SmoothRandomField(n, length)
+    indices = (np.arange(n_points) * n) // n_points
+
+    def truth_draw(key):
+        return field.sample(key)
+
+    def initial_draw(key, N, twin):
+        k_guess, k_members = jax.random.split(key)
+        dtype = twin.x0.dtype
+        first_guess = twin.x0 + field.sample(k_guess, dtype=dtype)
+        return first_guess + field.sample(k_members, (N,), dtype=dtype)
+
+    return Case(
+        name="Linear advection (Evensen 2009)",
+        model=LinearAdvection(n=n, shift=1, dt=1.0),
+        x0=None,
+        steps_per_obs=steps_per_obs,
+        h=functools.partial(_observe_at, indices=indices),
+        R=Scalar(obs_variance, n_points),
+        ensemble_std=1.0,
+        cycles=cycles,
+        burn_in=burn_in,
+        expected={},
+        reference=("Evensen (2009), Data Assimilation: The Ensemble Kalman Filter, 2nd ed.; "
+                   "Evensen (2009), IEEE Control Systems Magazine 29(3)"),
+        truth_draw=truth_draw,
+        initial_draw=initial_draw,
+    )
+
+
+def lorenz2005_model2(*, n: int = 240, K: int = 8, F: float = 15.0, obs_stride: int = 1,
+                      cycles: int = 10_000, burn_in: int = 1_000) -> Case:
+    """Lorenz (2005) model II, n=240, K=8, F=15, RK4 with dt 0.025, all
+    variables observed every 2 steps (0.05 time units) with R = I.
+
+    The observation network is that of the Lorenz-96 case of Sakov & Oke
+    (2008): every variable, R = I, every 0.05 time units (the interval
+    DAPPER's ``mods/Lorenz05/settings01.py`` uses for model III). The
+    truth starts at 7 in every variable but the first, which is 8, and is
+    spun up 2000 steps (50 time units); the initial ensemble is that state
+    plus N(0, 1) noise per variable.
+
+    n, K, F: the model's size, averaging width and forcing; obs_stride:
+    observe every ``obs_stride``-th variable (1: all; 2: every other, a
+    sparser network).
+
+    No published RMSE is known for this exact setting;
+    benchmarks/published.py records enkit's (LETKF, ETKF). The smooth,
+    long waves make the local analyses effective with wide localisation:
+    ``ring_letkf(240, radius)`` builds the LETKF.
+
+    Reference: Lorenz (2005), "Designing chaotic models", J. Atmos. Sci.
+    62, 1574–1587.
+    """
+    if not isinstance(obs_stride, int) or not 1 <= obs_stride <= n:
+        raise ValueError(f"obs_stride must be an integer in [1, n], got {obs_stride!r}")
+    model = Lorenz05(n=n, K=K, smoothing=None, F=F, dt=0.025)
+    indices = np.arange(0, n, obs_stride)
+    return Case(
+        name="Lorenz-05 model II",
+        model=model,
+        x0=tuple(7.0 + (1.0 if i == 0 else 0.0) for i in range(n)),
+        steps_per_obs=2,
+        h=_observe_all if obs_stride == 1 else functools.partial(_observe_at, indices=indices),
+        R=Scalar(1.0, len(indices)),
+        ensemble_std=1.0,
+        cycles=cycles,
+        burn_in=burn_in,
+        spinup=2000,
+        expected={},
+        reference="Lorenz (2005), J. Atmos. Sci. 62 (model II)",
     )
 
 
