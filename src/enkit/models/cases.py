@@ -287,7 +287,10 @@ def evensen2009_linear_advection(*, n: int = 1000, length: float = 20.0, n_point
     the run length. DAPPER's ``mods/LA/evensen2009.py`` (a mix with Sakov
     & Oke 2008's sinusoidal initial ensemble) suggests a perturbed-
     observation EnKF with N = 100 and inflation 1.02. benchmarks/
-    published.py records enkit's figures.
+    published.py records enkit's figures; measured on seeds 0 and 1: the
+    exact Kalman filter from (first guess, C) 0.41 and 0.44 (the optimum),
+    the ETKF N=100 0.45 and 0.50, the EnKF N=100 with inflation 1.02 0.52
+    and 0.64.
 
     n, length, n_points, steps_per_obs, obs_variance: grid size,
     decorrelation length (cells), number of observed points, steps between
@@ -348,9 +351,11 @@ def lorenz2005_model2(*, n: int = 240, K: int = 8, F: float = 15.0, obs_stride: 
     sparser network).
 
     No published RMSE is known for this exact setting;
-    benchmarks/published.py records enkit's (LETKF, ETKF). The smooth,
-    long waves make the local analyses effective with wide localisation:
-    ``ring_letkf(240, radius)`` builds the LETKF.
+    benchmarks/published.py records enkit's. Measured over 2,000 cycles
+    (400 burn-in), seeds 0 and 1: ETKF N=40, inflation 1.02 ≈ 0.065; ETKF
+    N=20, inflation 1.05 ≈ 0.08; LETKF N=20, radius 60, inflation 1.02 ≈
+    0.077 (``ring_letkf(240, 60.0)``; the long, smooth waves want a wide
+    localisation).
 
     Reference: Lorenz (2005), "Designing chaotic models", J. Atmos. Sci.
     62, 1574–1587.
