@@ -134,8 +134,8 @@ def test_pseudo_time_flow_approaches_the_etkf():
         y = rng.normal(size=m)
         Ea = np.asarray(etkf(E, y, Hm, Rm))
         gaps = np.array([np.abs(np.asarray(enkf_bucy_analysis(E, y, Hm, Rm, n_steps=s)) - Ea)
-                         .max() for s in (25, 50, 100, 200, 400)])
-        order = np.polyfit(np.log([25, 50, 100, 200, 400]), np.log(gaps), 1)[0]
+                         .max() for s in (25, 100, 400)])
+        order = np.polyfit(np.log([25, 100, 400]), np.log(gaps), 1)[0]
         assert abs(order + 1.0) < 0.1, (order, gaps)
         assert gaps[-1] < 5e-3 * np.abs(Ea).max()
     # the analysis is enkf_bucy over s ∈ [0, 1] with dY = y ds and no dynamics
@@ -204,3 +204,108 @@ def test_float32_smoke():
     Ea = enkf_bucy_analysis(E0, np.ones(1, np.float32), H, R, n_steps=50)
     assert Ea.dtype == jnp.float32
     np.testing.assert_allclose(Ea, etkf(E0, np.ones(1, np.float32), H, R), atol=0.05)
+
+
+# --------------------------------------------------------------------------
+# the stochastic (perturbed-observation) form
+
+
+@pytest.fixture(scope="module")
+def stochastic_run():
+    """enkf_bucy's stochastic form over [0, T], compiled once: (E0, dY, key) -> E."""
+    dt = 0.005
+    return dt, jax.jit(lambda E, dY, k: enkf_bucy(E, dY, H, R, dt, f=_f, Q=Q,
+                                                  form="stochastic", key=k))
+
+
+def _draws(N, seed):
+    return M0 + jax.random.normal(jax.random.key(seed), (N, 2)) @ np.linalg.cholesky(P0).T
+
+
+def test_stochastic_covariance_follows_riccati_in_expectation(stochastic_run):
+    """Members drawn at random, no P⁻¹: the sample covariance at T, averaged
+    over four runs, is the Riccati solution within its Monte Carlo error
+    (N = 2000: the entries' standard error is about 0.004 a run, the O(1/N)
+    and O(Δt) biases about 0.005); a tenth of the members is ~3× worse."""
+    dt, run = stochastic_run
+    P_exact = _riccati(P0, T)
+    dY = jnp.zeros((int(round(T / dt)), 1))
+    err = {}
+    for N in (200, 2000):
+        covs = [_cov(run(_draws(N, 100 + s), dY, jax.random.key(s))) for s in range(4)]
+        err[N] = np.abs(np.mean(covs, axis=0) - P_exact).max()
+    assert err[2000] < 0.012, err
+    assert err[200] > 1.5 * err[2000], err
+
+
+def test_stochastic_mean_tracks_kalman_bucy(stochastic_run):
+    dt, run = stochastic_run
+    r = 8  # the record on a grid 8 times finer than the filter's
+    dY_fine = _record(3, dt / r, int(round(T / dt)) * r)
+    m_ref, P_ref = _kalman_bucy_mean(dY_fine, dt / r)
+    dY = dY_fine.reshape(-1, r, 1).sum(1)
+    E = np.asarray(run(_draws(2000, 7), dY, jax.random.key(11)))
+    # the mean's Monte Carlo error: sqrt(diag P / N) ≈ 0.012
+    np.testing.assert_allclose(E.mean(0), m_ref, atol=0.05)
+    np.testing.assert_allclose(_cov(E), P_ref, atol=0.03)
+
+
+def test_stochastic_pseudo_time_analysis_is_the_kalman_analysis_in_expectation():
+    """The perturbed-observation flow over s ∈ [0, 1] gives, in expectation,
+    the Kalman analysis of the forecast's own sample statistics (the
+    stochastic EnKF's continuous limit): within a few standard errors."""
+    rng = np.random.default_rng(4)
+    N, n = 4000, 2
+    E = rng.normal(size=(N, n)) @ np.array([[1.0, 0.4], [0.0, 0.8]]) + 1.0
+    Hm = np.array([[1.0, 0.0], [1.0, 1.0]])
+    Rm = np.diag([0.5, 0.8])
+    y = np.array([0.3, 2.5])
+    m0, P = E.mean(0), np.cov(E.T)
+    K = P @ Hm.T @ np.linalg.inv(Hm @ P @ Hm.T + Rm)
+    ma, Pa = m0 + K @ (y - Hm @ m0), P - K @ Hm @ P
+    Ea = np.asarray(enkf_bucy_analysis(E, y, Hm, Rm, key=5, n_steps=200, form="stochastic"))
+    se_mean = np.sqrt(np.diag(Pa) / N)
+    assert np.all(np.abs(Ea.mean(0) - ma) < 5 * se_mean + 5e-3), (Ea.mean(0), ma)
+    np.testing.assert_allclose(np.cov(Ea.T), Pa, atol=0.1 * np.abs(Pa).max())
+    # and it is not the deterministic flow: the members are perturbed
+    Ed = np.asarray(enkf_bucy_analysis(E, y, Hm, Rm, n_steps=200))
+    assert np.abs(Ea - Ed).max() > 0.05
+
+
+def test_stochastic_form_keys_and_options(stochastic_run):
+    dt, run = stochastic_run
+    E0 = _draws(6, 1)
+    dY = jnp.asarray(_record(2, dt, 20))
+    a = run(E0, dY, jax.random.key(3))
+    np.testing.assert_array_equal(a, run(E0, dY, jax.random.key(3)))
+    assert np.abs(np.asarray(a) - np.asarray(run(E0, dY, jax.random.key(4)))).max() > 1e-3
+    np.testing.assert_allclose(  # eager, an integer seed
+        enkf_bucy(E0, dY, H, R, dt, f=_f, Q=Q, form="stochastic", key=3), a, rtol=1e-12)
+    # Q needs no P⁻¹ here: N = 2 <= n = 2 is allowed
+    assert np.all(np.isfinite(enkf_bucy(E0[:2], dY, H, R, dt, Q=Q, form="stochastic", key=0)))
+    with pytest.raises(TypeError, match="key"):
+        enkf_bucy(E0, dY, H, R, dt, form="stochastic")
+    with pytest.raises(ValueError, match="key is only used"):
+        enkf_bucy(E0, dY, H, R, dt, key=0)
+    with pytest.raises(ValueError, match="form"):
+        enkf_bucy(E0, dY, H, R, dt, form="perturbed")
+    with pytest.raises(ValueError, match="form"):
+        enkf_bucy_analysis(E0, jnp.zeros(1), H, R, form="perturbed")
+    with pytest.raises(TypeError, match="key"):
+        enkf_bucy_analysis(E0, jnp.zeros(1), H, R, form="stochastic")
+    # the deterministic analysis ignores a key (the L1 signature passes one)
+    np.testing.assert_array_equal(enkf_bucy_analysis(E0, jnp.ones(1), H, R, key=1, n_steps=5),
+                                  enkf_bucy_analysis(E0, jnp.ones(1), H, R, n_steps=5))
+
+
+def test_cheaper_product_order_gives_the_same_result():
+    """N large against m and n takes the (m, n) product order: the same numbers."""
+    rng = np.random.default_rng(8)
+    E = rng.normal(size=(300, 2))
+    dY = rng.normal(size=(5, 1)) * 0.1
+    from enkit.filters.enkf_bucy import _cross
+    W, Y, X = rng.normal(size=(300, 1)), rng.normal(size=(300, 1)), rng.normal(size=(300, 2))
+    np.testing.assert_allclose(_cross(W, Y, X), (W @ Y.T) @ X, rtol=1e-12)
+    np.testing.assert_allclose(_cross(W[:3], Y[:3], X[:3]), (W[:3] @ Y[:3].T) @ X[:3],
+                               rtol=1e-12)
+    assert np.all(np.isfinite(enkf_bucy(E, dY, H, R, 0.01, f=_f)))

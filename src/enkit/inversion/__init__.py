@@ -30,6 +30,8 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   form ``eki_flow_linear``;
 - stopping: ``discrepancy_principle``, ``max_iterations_reached``,
   ``data_misfit``;
+- model error: ``augment_model_error`` (model errors q ~ N(0, Q) as extra
+  unknowns, Evensen 2019; any process runs on the ``ModelErrorProblem``);
 - ``GaussianPrior``; bounds and named parameters: ``Parameter``,
   ``ParameterSpace``, the bijections ``Unbounded``, ``BoundedBelow``,
   ``BoundedAbove``, ``Bounded``, and ``ConstrainedProcess`` (any process
@@ -87,6 +89,7 @@ from enkit.inversion.levenberg_marquardt import (
     lm_alpha,
     lm_residual_ratio,
 )
+from enkit.inversion.model_error import ModelErrorProblem, augment_model_error
 from enkit.inversion.momentum import (
     ConstantMomentum,
     MomentumState,
@@ -195,6 +198,8 @@ __all__ = [
     "IterativeEnsembleSmoother",
     "GaussNewtonKalmanInversion",
     "GaussianPrior",
+    "ModelErrorProblem",
+    "augment_model_error",
     "InversionInfo",
     "Parameter",
     "ParameterSpace",
