@@ -57,7 +57,9 @@ def key(i=0):
 
 ALL = {
     "Delta": Delta(),
+    "Delta-GG": Delta(taper_outputs=True),
     "RBF": RBF(2.0),
+    "RBF-GG": RBF(2.0, taper_outputs=True),
     "Bernoulli": BernoulliDropout(0.5),
     "SEC": SEC(1.0),
     "SEC-cutoff": SEC(1.0, 0.1),
@@ -92,6 +94,51 @@ def test_rbf_is_the_gaussian_of_the_index_distance():
     np.testing.assert_allclose(r_uG, rho, rtol=1e-14)
     assert np.all(np.asarray(r_GG) == 1.0)
     np.testing.assert_allclose(RBF(ell).localize(None, U, G)[0], rho * C_uG, rtol=1e-12)
+
+
+@pytest.mark.parametrize("p, d", [(6, 6), (7, 4), (3, 5)])
+def test_taper_outputs_tapers_gg_with_the_same_index_kernel(p, d):
+    U, G = ensemble(N=8, p=p, d=d, seed=12)
+    C_uG, C_GG, _, _ = numpy_stats(U, G)
+    j = np.arange(d)
+    gauss = np.exp(-((j[:, None] - j[None, :]) ** 2) / (2 * 1.5**2))
+    for off, on, rho_GG in [(Delta(), Delta(taper_outputs=True), np.eye(d)),
+                            (RBF(1.5), RBF(1.5, taper_outputs=True), gauss)]:
+        # off (the default) is the old behaviour: ρ_GG = 1, C^{GG} untouched
+        assert not off.taper_outputs
+        r_uG_off, r_GG_off = off.tapers(None, U, G)
+        assert np.array_equal(r_GG_off, np.ones((d, d)))
+        np.testing.assert_allclose(off.localize(None, U, G)[1], C_GG, rtol=1e-12)
+        # on: the same ρ_uG, and ρ_GG the kernel of the output indices
+        r_uG_on, r_GG_on = on.tapers(None, U, G)
+        np.testing.assert_allclose(r_uG_on, r_uG_off, rtol=1e-14)
+        np.testing.assert_allclose(r_GG_on, rho_GG, rtol=1e-12, atol=1e-15)
+        L_uG, L_GG = on.localize(None, U, G)
+        np.testing.assert_allclose(L_uG, r_uG_off * C_uG, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(L_GG, rho_GG * C_GG, rtol=1e-12, atol=1e-15)
+        # a positive semi-definite kernel: the tapered C^{GG} stays PSD
+        assert np.linalg.eigvalsh(np.asarray(L_GG)).min() > -1e-12 * np.trace(C_GG)
+        # static switch, not a leaf: the tuning leaves are unchanged
+        assert jax.tree_util.tree_leaves(on) == jax.tree_util.tree_leaves(off)
+        assert jax.tree_util.tree_structure(on) != jax.tree_util.tree_structure(off)
+
+
+def test_taper_outputs_off_is_the_old_update():
+    A, Gamma, U0, y = linear_problem(N=8, p=5, d=5)
+    j = np.arange(5)
+    gauss = np.exp(-((j[:, None] - j[None, :]) ** 2) / (2 * 2.0**2))
+    for loc, old in [(Delta(), FixedTaper(np.eye(5), np.ones((5, 5)))),
+                     (RBF(2.0, taper_outputs=False), FixedTaper(gauss, np.ones((5, 5)))),
+                     (Delta(taper_outputs=True), FixedTaper(np.eye(5), np.eye(5))),
+                     (RBF(2.0, taper_outputs=True), FixedTaper(gauss, gauss))]:
+        runs = []
+        for taper in (loc, old):
+            proc = EKI(localizer=taper)
+            s = proc.init(3, U0)
+            for dt in (1.0, 0.5):
+                s, _ = proc.tell(s, proc.ask(s) @ A.T, y, Gamma, dt=dt)
+            runs.append(np.asarray(s.ensemble))
+        np.testing.assert_allclose(runs[0], runs[1], rtol=1e-11, atol=1e-13)
 
 
 def test_sec_is_a_power_of_the_correlation_with_a_cutoff():
@@ -241,6 +288,15 @@ def test_invalid_arguments_raise():
         RBF(-1.0)
     with pytest.raises(ValueError, match="length_scale"):
         RBF(0.0)
+    assert Delta() == Delta(taper_outputs=False)
+    assert RBF(2.0) == RBF(2.0, taper_outputs=False) != RBF(2.0, taper_outputs=True)
+    for bad in (1, "yes", None):
+        with pytest.raises(TypeError, match="taper_outputs must be a bool"):
+            Delta(taper_outputs=bad)
+        with pytest.raises(TypeError, match="taper_outputs must be a bool"):
+            RBF(2.0, taper_outputs=bad)
+    with pytest.raises(TypeError):
+        BernoulliDropout(0.5, taper_outputs=True)  # no such option: the mask is not PSD
     with pytest.raises(ValueError, match="prob"):
         BernoulliDropout(1.5)
     with pytest.raises(ValueError, match="prob"):
@@ -410,6 +466,38 @@ def test_lorenz96_inversion_localised_eki_beats_plain_eki():
         misfit[name] = float(np.linalg.norm(y - forward(U).mean(0)))
     assert misfit["SEC"] < 0.95 * misfit["none"]
     assert misfit["NICE"] < 0.95 * misfit["none"]
+
+
+def test_index_tapers_diverge_on_lorenz96_unless_gg_is_tapered_or_steps_adapt():
+    # The index tapers taper C^{uG} only by default; on a chaotic forward map
+    # with Δt = 1 their steps overshoot and the ensemble blows up (here
+    # within 3–8 steps). Tapering C^{GG} with the same kernel, or the
+    # data-misfit controller's steps, keeps the run finite (see the module
+    # doc of enkit.localization.sec and examples/lorenz96_localized_eki.py).
+    ex = _load_example()
+    n, N = 40, 10
+    _, y, forward = ex.make_problem(n, seed=0, spinup=2000)
+    forward = jax.jit(forward)
+    U0 = jax.random.normal(key(1), (N, n))
+    noise = enkit.Scalar(1.0, n)
+
+    def run(loc, scheduler=enkit.FixedStep(1.0), n_iter=10):
+        proc = EKI(localizer=loc)
+        s = proc.init(2, U0)
+        for _ in range(n_iter):
+            G = forward(proc.ask(s))
+            if not np.all(np.isfinite(G)):
+                return np.inf
+            s, _ = proc.tell(s, G, y, noise, dt=scheduler.step_size(s.time, G, y, noise))
+        G = forward(s.ensemble)
+        return float(np.linalg.norm(y - G.mean(0)) / np.sqrt(n))
+
+    prior = float(np.linalg.norm(y - forward(U0).mean(0)) / np.sqrt(n))
+    for loc in (Delta(), RBF(2.0), BernoulliDropout(0.1)):
+        assert run(loc) == np.inf, loc
+    for loc in (Delta(taper_outputs=True), RBF(2.0, taper_outputs=True)):
+        assert run(loc) < 0.9 * prior, loc
+    assert run(BernoulliDropout(0.1), enkit.DataMisfitController()) < 0.9 * prior
 
 
 def test_public_names():

@@ -8,11 +8,12 @@ metadata. ``register_dataclass`` here is the one place they are registered.
 Why not ``jax.tree_util.register_dataclass``: with the JAX releases enkit
 supports today (seen on 0.10.2), the tree structures of two *different*
 classes registered that way compare equal when their field names and
-metadata agree (``Delta()`` and ``SECNice()``, both field-less, have equal
+metadata agree (``SECFisher()`` and ``SECNice()``, both field-less, have equal
 ``PyTreeDef``s; only their hashes differ). A compiled function's cache that
 looks up signatures by a partial hash followed by equality can then hand the
 program compiled for one class to the other: on one CI run, an inversion
-with the ``SECNice`` localiser silently returned the ``Delta`` result.
+with the ``SECNice`` localiser silently returned the result of ``Delta``
+(then field-less too).
 Nodes registered through ``register_pytree_with_keys`` carry their class in
 the structure, so distinct classes never compare equal. Key paths are the
 same as ``register_dataclass``'s (``GetAttrKey(field)``), and rebuilding an

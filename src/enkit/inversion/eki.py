@@ -111,7 +111,11 @@ class EKI(EnsembleProcess):
     localiser of ``enkit.localization.sec`` (``Delta``, ``RBF``,
     ``BernoulliDropout``, ``SEC``, ``SECFisher``, ``SECNice``,
     ``FixedTaper``; a pytree leaf) that tapers C^{uG} and C^{GG} elementwise
-    (see ``eki_update``: explicit (p, d) and (d, d) matrices). A random
+    (see ``eki_update``: explicit (p, d) and (d, d) matrices; the index
+    tapers ``Delta``, ``RBF`` and ``BernoulliDropout`` leave C^{GG}
+    untouched, ``Delta`` and ``RBF`` unless ``taper_outputs=True``; untouched,
+    steps of Δt ~ 1 can diverge on a strongly nonlinear map, see
+    ``enkit.localization.sec``). A random
     localiser (``BernoulliDropout``) needs a key at ``init`` even when
     ``stochastic=False``: iteration n then splits its key ``kₙ = fold_in(key,
     n)`` into ``fold_in(kₙ, 0)`` for the perturbations ξᵢ and ``fold_in(kₙ,

@@ -28,13 +28,16 @@ PRNG key for a random localiser (``needs_key`` is True), else ignored
 Two families:
 
 - fixed tapers of the indices, ``Delta``, ``RBF(length_scale)`` and the
-  random ``BernoulliDropout(prob)``: they taper C^{uG} only (ρ_GG = 1).
-  Parameter i and output j sit at positions i and j (0-based indices of
-  their vectors), so they mean something when parameters and outputs share
-  one index grid (e.g. a state observed in full: p = d). For p ≠ d the
-  index rule still applies (``Delta`` keeps the entries (i, i), i <
-  min(p, d)); for any other geometry build the matrices from coordinates
-  with ``localization_matrix`` and use ``FixedTaper``;
+  random ``BernoulliDropout(prob)``: by default they taper C^{uG} only
+  (ρ_GG = 1), as EnsembleKalmanProcesses.jl does. Parameter i and output j
+  sit at positions i and j (0-based indices of their vectors), so they
+  mean something when parameters and outputs share one index grid (e.g. a
+  state observed in full: p = d). For p ≠ d the index rule still applies
+  (``Delta`` keeps the entries (i, i), i < min(p, d)); for any other
+  geometry build the matrices from coordinates with ``localization_matrix``
+  and use ``FixedTaper``. ``Delta`` and ``RBF`` take ``taper_outputs=True``
+  to taper C^{GG} too, with the same kernel of the output indices (see
+  "Tapering C^{GG}" below);
 - sampling-error corrections, ``SEC(alpha, r_min)`` (Lee 2021),
   ``SECFisher()`` (Flowerdew 2015) and ``SECNice()`` (Vishny et al. 2024):
   the taper of an entry is a function of its sample correlation r and of
@@ -44,6 +47,34 @@ Two families:
 Correlations are ``r = C / (σ σ')`` with the sample standard deviations;
 an entry of a member-constant row (σ = 0) has r = 0 (its covariance is 0
 whatever the taper).
+
+Tapering C^{GG}. With ρ_GG = 1 the gain K = (ρ_uG ∘ C^{uG})(C^{GG} +
+Δt⁻¹Γ)⁻¹ no longer matches its normaliser: C^{GG} keeps the rank N − 1 of
+the sample, so in the d − N + 1 data directions outside the span of the
+output anomalies the inverse is only Δt Γ⁻¹ (for Γ = σ²I exactly), and
+there the tapered C^{uG}, now of full rank, acts unnormalised. On the
+linearisation G(u) ≈ G(ū) + J (u − ū) a step maps the error of the mean by
+I − K J; when J has a large norm (a chaotic forward map) its spectral
+radius exceeds 1, the steps overshoot, the states grow, J grows with them,
+and the ensemble diverges. In ``examples/lorenz96_localized_eki.py``
+(Δt = 1) the spectral radius for ``Delta`` grew 0.96, 1.43, 3.36, 9.63 over
+the first four steps, ‖K‖₂ from 1.3 to 23, until the forward model
+overflowed; with ``taper_outputs=True`` it stayed within 0.97–1.11 and
+‖K‖₂ ≤ 0.61 for all 20 steps. The linear problem of Tong & Morzfeld (2022,
+§6.1), J = I and a prior spread of 0.5, is stable either way.
+``taper_outputs=True`` multiplies C^{GG} by the same kernel of the output
+indices, ρ_GG[j, j'] = k(j, j'), as the localised EnKF does with P Hᵀ and
+H P Hᵀ (Houtekamer & Mitchell 2001). Both kernels offered (the identity
+and the Gaussian) are positive semi-definite, so ρ_GG ∘ C^{GG} + Δt⁻¹Γ
+stays positive definite (Schur product theorem). ``BernoulliDropout`` has
+no such option: its 0/1 mask is not positive semi-definite, and applied to
+C^{GG} it made the same run diverge within two steps; use small or
+adaptive steps with it instead (e.g. ``DataMisfitController``).
+
+References: Tong & Morzfeld (2022), "Localization in ensemble Kalman
+inversion", arXiv:2201.10821; Houtekamer & Mitchell (2001), "A sequential
+ensemble Kalman filter for atmospheric data assimilation", Mon. Wea. Rev.
+129, 123–137.
 """
 
 from __future__ import annotations
@@ -57,7 +88,7 @@ import numpy as np
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_ndim
+from enkit._checks import check_bool, check_finite, check_ndim
 from enkit._checks import user_value as _user_value
 from enkit._pytree import register_dataclass
 from enkit.ensemble import scaled_anomalies
@@ -184,9 +215,14 @@ def _unit_diagonal(rho):
     return jnp.where(jnp.eye(d, dtype=bool), jnp.ones((), rho.dtype), rho)
 
 
-def _register(cls, data=()):
-    register_dataclass(cls, data_fields=list(data), meta_fields=[])
+def _register(cls, data=(), meta=()):
+    register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
     return cls
+
+
+def _index_distance(a: int, b: int, dtype) -> Array:
+    """|i − j| for i < a, j < b: (a, b)."""
+    return jnp.abs(jnp.arange(a)[:, None] - jnp.arange(b)[None, :]).astype(dtype)
 
 
 # --------------------------------------------------------------------------
@@ -195,20 +231,34 @@ def _register(cls, data=()):
 
 @dataclasses.dataclass(frozen=True)
 class Delta(Localizer):
-    """Delta (identity) localiser: ``ρ_uG[i, j] = 1 if i = j else 0``, ρ_GG = 1.
+    """Delta (identity) localiser: ``ρ_uG[i, j] = 1 if i = j else 0``; ρ_GG = 1,
+    or ``ρ_GG = I`` with ``taper_outputs=True``.
 
     Keeps only the covariance of parameter i with output i: the
     cross-covariance becomes diagonal (rectangular when p ≠ d, entries (i, i)
     for i < min(p, d)). Meant for problems whose output i is a direct
     (noisy, transformed) view of parameter i.
+
+    taper_outputs: also keep only the variances of C^{GG} (ρ_GG = I; for a
+    diagonal Γ the gain is then diagonal, K_ii = C^{uG}_ii / (C^{GG}_ii +
+    Γ_ii/Δt)); static, default False (ρ_GG = 1, the
+    EnsembleKalmanProcesses.jl behaviour). The default is not wrong, but
+    with steps of Δt ~ 1 on a forward map with a large Jacobian it can
+    overshoot and diverge; see "Tapering C^{GG}" in the module doc.
     """
+
+    taper_outputs: bool = False
+
+    def __post_init__(self):
+        check_bool("taper_outputs", self.taper_outputs)
 
     def _tapers(self, key, r_uG, r_GG, N):
         p, d = r_uG.shape
-        return jnp.eye(p, d, dtype=r_uG.dtype), _ones(r_GG)
+        rho_GG = jnp.eye(d, dtype=r_GG.dtype) if self.taper_outputs else _ones(r_GG)
+        return jnp.eye(p, d, dtype=r_uG.dtype), rho_GG
 
 
-_register(Delta)
+_register(Delta, meta=["taper_outputs"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,23 +267,37 @@ class RBF(Localizer):
 
         ρ_uG[i, j] = exp(−(i − j)² / (2 ℓ²)),   ρ_GG = 1,
 
-    i the parameter index, j the output index (see the module doc for p ≠ d).
+    i the parameter index, j the output index (see the module doc for p ≠ d);
+    with ``taper_outputs=True`` also ρ_GG[j, j'] = exp(−(j − j')² / (2 ℓ²)).
+
     length_scale: ℓ > 0 in index units (an array leaf).
+    taper_outputs: also taper C^{GG} with the Gaussian of the output index
+    distance (a positive semi-definite kernel, so the tapered C^{GG} stays
+    so); static, default False (ρ_GG = 1, the EnsembleKalmanProcesses.jl
+    behaviour). The default is not wrong, but with steps of Δt ~ 1 on a
+    forward map with a large Jacobian it can overshoot and diverge; see
+    "Tapering C^{GG}" in the module doc.
     """
 
     length_scale: ArrayLike
+    taper_outputs: bool = False
 
     def __post_init__(self):
         _scalar("length_scale", self.length_scale, low=0.0, low_open=True)
+        check_bool("taper_outputs", self.taper_outputs)
 
     def _tapers(self, key, r_uG, r_GG, N):
         p, d = r_uG.shape
-        dist = jnp.abs(jnp.arange(p)[:, None] - jnp.arange(d)[None, :]).astype(r_uG.dtype)
         ell = jnp.asarray(self.length_scale, r_uG.dtype)
-        return gaussian(dist, ell), _ones(r_GG)
+        rho_uG = gaussian(_index_distance(p, d, r_uG.dtype), ell)
+        if self.taper_outputs:
+            rho_GG = gaussian(_index_distance(d, d, r_GG.dtype), ell.astype(r_GG.dtype))
+        else:
+            rho_GG = _ones(r_GG)
+        return rho_uG, rho_GG
 
 
-_register(RBF, ["length_scale"])
+_register(RBF, ["length_scale"], ["taper_outputs"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +307,11 @@ class BernoulliDropout(Localizer):
     ρ_uG[i, i] = 1; every other entry is kept (1) with probability ``prob``
     and dropped (0) otherwise, independently, except that the square
     leading block is symmetric (ρ_uG[i, j] = ρ_uG[j, i] for i, j < min(p,
-    d)); ρ_GG = 1. Random: ``tapers``/``localize`` need a key.
+    d)); ρ_GG = 1 (as in EnsembleKalmanProcesses.jl). Random:
+    ``tapers``/``localize`` need a key. There is no ``taper_outputs``: the
+    mask is not positive semi-definite (see "Tapering C^{GG}" in the module
+    doc); with steps of Δt ~ 1 on a strongly nonlinear map use small or
+    adaptive steps (``DataMisfitController``).
 
     prob: probability of keeping an off-diagonal entry, in [0, 1] (a leaf).
     """
