@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,14 +35,17 @@ def test_heat_conduction_inversion_with_eki_stops_at_the_noise_level():
 
 
 def test_lorenz96_localized_eki_quick():
-    res = _load("lorenz96_localized_eki").main(n=40, n_iter=10, spinup=2000)
+    # the rows asserted here; the index tapers' divergence and its remedies
+    # are tested in tests/test_sec.py
+    res = _load("lorenz96_localized_eki").main(
+        n=40, n_iter=10, spinup=2000,
+        only=("none", "SECNice", "SEC(1)", "RBF(2, taper_outputs)"))
     assert res["SECNice"][1] < 0.9 * res["none"][1]
     assert res["SEC(1)"][1] < 0.9 * res["none"][1]
-    # measured 1.81 against 2.87; the index tapers with C^{GG} tapered too,
-    # and dropout with the data-misfit controller's steps, stay finite
+    # measured 1.81 against 2.87 (C^{GG} tapered with the same kernel)
     assert res["RBF(2, taper_outputs)"][1] < 0.8 * res["none"][1]
-    for name in ("Delta(taper_outputs)", "BernoulliDropout(0.1), DMC"):
-        assert res[name][1] < 1.5 * res["none"][1], name
+    with pytest.raises(ValueError, match="unknown localisers"):
+        _load("lorenz96_localized_eki").main(n=40, only=("SEC(2)",))
 
 
 def test_gallery_writes_every_figure_and_its_index(tmp_path):
