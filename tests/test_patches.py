@@ -185,12 +185,25 @@ def test_non_periodic_blending_holds_the_outer_centres_transform():
     assert np.abs(row[:, 7] - row[:, 0]).max() > 1e-2
 
 
+def test_correlated_R_one_patch_is_the_global_etkf_and_diagonal_dense_is_diagonal():
+    """Correlated R: each patch whitens with its own block of R (the LETKF's
+    local blocks); one patch with no taper is the global ETKF with that R."""
+    E, y, H, R, obs = grid_problem(6)
+    rng = np.random.default_rng(2)
+    A = rng.normal(size=(y.size, y.size))
+    Rc = A @ A.T / y.size + 0.3 * np.eye(y.size)
+    Ea = run(E, y, H, enkit.Dense(Rc), obs, 6.0, (N0, N1), taper=step)
+    np.testing.assert_allclose(Ea, enkit.etkf(E, y, H, enkit.Dense(Rc)), rtol=0, atol=1e-10)
+    v = np.asarray(R.diagonal())
+    np.testing.assert_allclose(run(E, y, H, enkit.Dense(np.diag(v)), obs, 0.9, (2, 2)),
+                               run(E, y, H, R, obs, 0.9, (2, 2)), rtol=0, atol=1e-12)
+
+
 def test_validation_messages():
     E, y, H, R, obs = grid_problem(6)
     base = {"grid_shape": (N0, N1), "patch_shape": (2, 2), "state_coords": COORDS,
                 "obs_coords": obs, "radius": 1.0}
     cases = [
-        ({"R": enkit.Dense(np.eye(y.size))}, "R must be diagonal"),
         ({"grid_shape": (4, 8)}, "holds 32 points"),
         ({"patch_shape": (4, 2)}, "must divide"),
         ({"patch_shape": (0, 2)}, "pair of integers >= 1"),

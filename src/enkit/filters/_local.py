@@ -2,10 +2,26 @@
 whitened ensemble-space quantities, the taper weighting of one local
 problem, observation lists found once from concrete coordinates, and the
 chunked map over local problems. Used by ``letkf`` (one problem per grid
-point) and ``patch_etkf`` (one per patch)."""
+point) and ``patch_etkf`` (one per patch).
+
+R with uncorrelated errors (``Scalar``, ``Diagonal``, a ``BlockDiagonal``
+of those) is whitened once, globally, and each local problem scales its
+columns by √ρ. Any other operator (correlated errors: ``Dense``,
+``Banded``, ``LowRankDiagonal``, ...) is densified once, and each local
+problem whitens with its own k × k block, the observations it sees:
+
+    R̃_loc⁻¹ = D^{1/2} R_loc⁻¹ D^{1/2},   D = diag(ρ),
+
+i.e. the anomalies and innovation are scaled by √ρ and then whitened by the
+Cholesky factor of R_loc (Hunt, Kostelich & Szunyogh 2007, §2.3, with a
+non-diagonal R_loc). Observations with ρ = 0 are left out of R_loc (their
+rows and columns are replaced by the identity's), so for a diagonal R both
+forms agree. Cost: O(m²) memory for R once, O(k³) per local problem.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -15,7 +31,7 @@ import numpy as np
 from jax import Array
 
 from enkit._checks import check_finite, is_concrete
-from enkit.covariance import Diagonal, Scalar
+from enkit.covariance import BlockDiagonal, Diagonal, Scalar
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import prepare_analysis
 
@@ -27,7 +43,9 @@ class LocalProblem(NamedTuple):
     S: (N, m) whitened observation anomalies ``Y R^{-1/2}``; d: (m,)
     whitened innovation ``R^{-1/2}(y − ȳ)``; state_coords: (n,) + point
     shape; obs_coords: (m,) + point shape; radius: scalar; E: (N, n) the
-    checked forecast ensemble (returned as it is when m = 0).
+    checked forecast ensemble (returned as it is when m = 0); R_dense:
+    None for uncorrelated errors, else the (m, m) matrix R, and then S and
+    d are the unwhitened Y and y − ȳ (each local problem whitens them).
     """
 
     c: Array
@@ -39,18 +57,21 @@ class LocalProblem(NamedTuple):
     obs_coords: Array
     radius: Array
     E: Array
+    R_dense: Array | None = None
+
+
+def uncorrelated(R) -> bool:
+    """True when R's errors are uncorrelated by construction (no densifying)."""
+    if isinstance(R, (Scalar, Diagonal)):
+        return True
+    return isinstance(R, BlockDiagonal) and all(uncorrelated(C) for C in R.blocks)
 
 
 def local_problem(E, y, h, R, *, state_coords, obs_coords, radius, distance,
-                  max_obs, chunk_size, who: str) -> LocalProblem:
-    """Validate the inputs of an R-localised analysis and whiten (R diagonal)."""
+                  max_obs, chunk_size) -> LocalProblem:
+    """Validate the inputs of an R-localised analysis and whiten (uncorrelated
+    R) or keep R whole for the local blocks (any other operator)."""
     E, y, HE, R = prepare_analysis(E, y, h, R)
-    # (a wrong value of R, not a wrong type; R is None when m = 0)
-    if R is not None and not isinstance(R, (Scalar, Diagonal)):
-        raise ValueError(  # noqa: TRY004
-            "R must be diagonal (enkit.Scalar, enkit.Diagonal, a scalar or an (m,) "
-            f"vector of variances) for the {who}'s R-localisation, got {type(R).__name__}"
-        )
     N, n = E.shape
     m = y.shape[0]
     state_coords = _coordinates("state_coords", state_coords, n, "n", E.dtype)
@@ -86,19 +107,33 @@ def local_problem(E, y, h, R, *, state_coords, obs_coords, radius, distance,
     c = jnp.sqrt(jnp.asarray(N - 1, E.dtype))
     if m == 0:  # no observations: S and d are empty, R is None
         return LocalProblem(c, xbar, X, Y, y, state_coords, obs_coords, radius, E)
+    if not uncorrelated(R):
+        return LocalProblem(c, xbar, X, Y, y - ybar, state_coords, obs_coords, radius, E,
+                            R.dense())
     return LocalProblem(c, xbar, X, R.whiten(Y), R.whiten(y - ybar),
                         state_coords, obs_coords, radius, E)
 
 
-def weigh(taper: Callable, radius, S_loc, d_loc, dist, valid=True):
+def weigh(taper: Callable, radius, S_loc, d_loc, dist, valid=True, R_loc=None):
     """Taper the whitened anomalies (N, k) and innovation (k,) of one local
     problem by ρ = taper(dist, radius): columns with ρ = 0 (or not
     ``valid``) become exactly 0 (``jnp.where``: no effect even when
-    non-finite), the others are scaled by √ρ."""
+    non-finite), the others are scaled by √ρ. With ``R_loc`` (k, k), S_loc
+    and d_loc are unwhitened: after the scaling they are whitened by the
+    Cholesky factor of R_loc restricted to the kept observations (the
+    others' rows and columns replaced by the identity's)."""
     rho = taper(dist, radius)
     keep = valid & (rho > 0)
     sqrt_rho = jnp.sqrt(jnp.where(keep, rho, 1.0))  # finite gradients at ρ = 0
-    return jnp.where(keep, S_loc * sqrt_rho, 0.0), jnp.where(keep, d_loc * sqrt_rho, 0.0)
+    S_loc = jnp.where(keep, S_loc * sqrt_rho, 0.0)
+    d_loc = jnp.where(keep, d_loc * sqrt_rho, 0.0)
+    if R_loc is None:
+        return S_loc, d_loc
+    both = keep[:, None] & keep[None, :]
+    eye = jnp.eye(R_loc.shape[0], dtype=R_loc.dtype)
+    L = jnp.linalg.cholesky(jnp.where(both, R_loc, eye))
+    lower = functools.partial(jax.scipy.linalg.solve_triangular, L, lower=True)
+    return lower(S_loc.T).T, lower(d_loc)
 
 
 def observation_lists(points, obs_coords, radius, taper, distance, max_obs, dtype,
@@ -152,19 +187,23 @@ def local_inputs(points, prob: LocalProblem, taper, distance, max_obs, lists):
     block) when given, else by searching all m observations in the graph
     around ``points`` (B,) + point_shape (the k = max_obs nearest with
     ``lax.top_k`` when given)."""
-    S, d = prob.S, prob.d
+    S, d, Rd = prob.S, prob.d, prob.R_dense
+
+    def block(idx):  # R's (k, k) block of one problem's observations, or None
+        return None if Rd is None else Rd[idx[:, None], idx[None, :]]
+
     if lists is not None:
         idx, dist, valid = lists
         S_b = jnp.swapaxes(S.T[idx], -1, -2)  # (B, N, k)
-        return jax.vmap(lambda s, e, r, v: weigh(taper, prob.radius, s, e, r, v))(
-            S_b, d[idx], dist, valid)
+        return jax.vmap(lambda s, e, r, v, i: weigh(taper, prob.radius, s, e, r, v, block(i)))(
+            S_b, d[idx], dist, valid, idx)
 
     def one(point):
         dist = jax.vmap(lambda q: distance(point, q))(prob.obs_coords)  # (m,)
         if max_obs is None:
-            return weigh(taper, prob.radius, S, d, dist)
+            return weigh(taper, prob.radius, S, d, dist, R_loc=Rd)
         _, idx = jax.lax.top_k(-dist, int(max_obs))
-        return weigh(taper, prob.radius, S[:, idx], d[idx], dist[idx])
+        return weigh(taper, prob.radius, S[:, idx], d[idx], dist[idx], R_loc=block(idx))
 
     return jax.vmap(one)(points)
 

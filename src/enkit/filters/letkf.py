@@ -8,7 +8,7 @@ vmapped over chunks of grid points.
 ``SCHEMES`` registry: it needs the coordinates of the grid and of the
 observations and a localisation radius, which the registry's uniform calls
 ``scheme(E, y, H, R, key=...)`` (the exactness and validation tests, the
-CLI) cannot supply, and it refuses the dense R of those tests. In a cycling
+CLI) cannot supply. In a cycling
 run bind its options: ``partial(enkit.letkf, state_coords=..., obs_coords=...,
 radius=..., taper=..., distance=...)``.
 """
@@ -91,8 +91,12 @@ def letkf(
     O(chunk_size · N · k) (or m) whatever n.
 
     E: (N, n) forecast ensemble; y: (m,); h: callable or (m, n) matrix;
-    R: ``Scalar`` or ``Diagonal`` (or a scalar / (m,) array); a ``Dense`` R
-    is refused (R-localisation needs independent observation errors).
+    R: any covariance operator or array. Uncorrelated errors (``Scalar``,
+    ``Diagonal``, a ``BlockDiagonal`` of those, a scalar or (m,) array) are
+    whitened once; correlated ones (``Dense``, ``Banded``,
+    ``LowRankDiagonal``, ...) are densified once (m × m) and each grid point
+    whitens with the k × k block of the observations it sees, tapered as
+    ``D^{1/2} R_loc⁻¹ D^{1/2}`` (D = diag ρ), cost O(k³) more per point.
     state_coords: (n,) + point_shape, one point per state entry;
     obs_coords: (m,) + point_shape; point_shape is what ``distance`` takes,
     e.g. ``()`` with ``functools.partial(periodic_distance, period=40.)``,
@@ -113,7 +117,7 @@ def letkf(
     del key
     prob = local_problem(E, y, h, R, state_coords=state_coords, obs_coords=obs_coords,
                          radius=radius, distance=distance, max_obs=max_obs,
-                         chunk_size=chunk_size, who="LETKF")
+                         chunk_size=chunk_size)
     if prob.d.shape[0] == 0:  # no observations: nothing to assimilate
         return prob.E
     n = prob.X.shape[1]

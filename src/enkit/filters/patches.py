@@ -95,8 +95,9 @@ def patch_etkf(
     call is traced, as in ``letkf``, and each analysis only gathers them.
 
     E: (N, n) forecast ensemble, n = n0 · n1; y: (m,); h: callable or (m, n)
-    matrix; R: ``Scalar`` or ``Diagonal`` (or a scalar / (m,) array; a
-    ``Dense`` R is refused). grid_shape: (n0, n1); patch_shape: (p0, p1).
+    matrix; R: any covariance operator or array (correlated errors: each
+    patch whitens with R's block of the observations it sees, as in
+    ``letkf``). grid_shape: (n0, n1); patch_shape: (p0, p1).
     state_coords: (n,) + point_shape, the grid points' coordinates in the
     flattened order (e.g. ``AdvectionDiffusion2D.coordinates``); coordinates
     must not wrap inside a patch. obs_coords: (m,) + point_shape.
@@ -119,7 +120,7 @@ def patch_etkf(
     del key
     prob = local_problem(E, y, h, R, state_coords=state_coords, obs_coords=obs_coords,
                          radius=radius, distance=distance, max_obs=max_obs,
-                         chunk_size=chunk_size, who="patches")
+                         chunk_size=chunk_size)
     N, n = prob.X.shape
     n0, n1 = _pair("grid_shape", grid_shape, 1)
     p0, p1 = _pair("patch_shape", patch_shape, 1)
