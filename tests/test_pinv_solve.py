@@ -275,3 +275,22 @@ def test_sparse_eki_pinv_is_eki_pinv():
         out.append(proc.tell(s, E @ H_DUP.T, y, var)[0].ensemble)
     assert np.all(np.isfinite(out[0]))
     np.testing.assert_allclose(out[0], out[1], rtol=1e-10, atol=1e-10)
+
+
+def test_localized_eki_pinv():
+    """A localised EKI (taper of ones: the plain covariances, solved by LU)
+    pseudo-inverts the tapered matrix with method="pinv"."""
+    E, y, var = _singular_problem()
+    loc = enkit.FixedTaper(np.ones((3, 4)), np.ones((4, 4)))
+    full = np.array([0.1, 0.2, 0.5, 0.3])
+    out = {}
+    for method in ("auto", "pinv"):
+        proc = enkit.EKI(stochastic=False, localizer=loc, method=method)
+        s = proc.init(None, E)
+        out[method] = proc.tell(s, E @ H_DUP.T, y, full)[0].ensemble
+    np.testing.assert_allclose(out["pinv"], out["auto"], rtol=1e-10, atol=1e-10)
+    proc = enkit.EKI(stochastic=False, localizer=loc, method="pinv")
+    a = proc.tell(proc.init(None, E), E @ H_DUP.T, y, var)[0].ensemble
+    b = enkit.EKI(stochastic=False).tell(enkit.EKI(stochastic=False).init(None, E),
+                                         E @ H_DUP[1:].T, y[1:], var[1:])[0].ensemble
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
