@@ -180,6 +180,7 @@ from enkit.linalg import (
     kalman_solve,
     kalman_solve_ensemble_space,
     kalman_solve_observation_space,
+    kalman_solve_pinv,
     sym_matrix_functions,
 )
 from enkit.localization import (
@@ -402,6 +403,7 @@ __all__ = [
     "kalman_solve",
     "kalman_solve_ensemble_space",
     "kalman_solve_observation_space",
+    "kalman_solve_pinv",
     "kalman_update",
     "denkf",
     "ensrf_serial",

@@ -9,7 +9,13 @@ ensemble Kalman analysis. It has two exact forms:
   ``C⁻¹ = R⁻¹ − R⁻¹ Yᵀ (I_N + Y R⁻¹ Yᵀ)⁻¹ Y R⁻¹``, cost O(N² m + N³) plus
   the R solves, which are O(m) for scalar or diagonal R.
 
-``kalman_solve`` picks the ensemble-space form when m > N.
+``kalman_solve`` picks the ensemble-space form when m > N. A third,
+opt-in form, ``method="pinv"``, is for a singular or numerically singular C
+(a singular R, perfect duplicated observations): the Moore–Penrose solve
+``D C⁺`` through the eigendecomposition of the m×m C, with eigenvalues
+``|λ| ≤ rcond · max|λ|`` treated as zero (``kalman_solve_pinv``). "auto"
+never selects it: the Cholesky and Woodbury forms assume C (and, for
+Woodbury, R) positive definite, and fail loudly (NaN) when it is not.
 
 ``inverse_sqrt_identity_plus`` gives ``(I + A)^{-1/2}`` for a positive
 semi-definite A (the ETKF transform) without an eigendecomposition when A is
@@ -38,6 +44,10 @@ __all__ = [
     "kalman_solve",
     "kalman_solve_observation_space",
     "kalman_solve_ensemble_space",
+    "kalman_solve_pinv",
+    "check_solve_method",
+    "default_rcond",
+    "symmetric_pinv_solve",
     "sym_matrix_functions",
     "spd_solve",
     "inverse_sqrt_identity_plus",
@@ -77,20 +87,135 @@ def kalman_solve_ensemble_space(Y: Array, R: Covariance, D: Array) -> Array:
     return RiD - Z.T @ RiY
 
 
+SolveMethod = Literal["auto", "observation", "ensemble", "pinv"]
+
+# Every innovation solve kalman_solve offers, in the order error messages name them.
+SOLVE_METHODS = ("auto", "observation", "ensemble", "pinv")
+
+
+def default_rcond(m: int, dtype) -> float:
+    """The default ``rcond`` of ``method="pinv"``: ``10 · m · eps(dtype)``.
+
+    Eigenvalues of C that are zero in exact arithmetic come out of ``eigh``
+    (and of forming ``Yᵀ Y + R``) as round-off of order ``eps · ‖C‖`` times a
+    modest factor growing with m; ``10 m eps`` sits above that noise and is
+    the default of ``jnp.linalg.pinv`` (``rtol = 10 · max(M, N) · eps``), so
+    ``method="pinv"`` equals ``D @ jnp.linalg.pinv(C, hermitian=True)``.
+    float64: 2.2e-15 m; float32: 1.2e-6 m. m: the dimension of C.
+    """
+    return 10.0 * m * float(jnp.finfo(dtype).eps)
+
+
+def check_solve_method(method, rcond=None, *, allowed: tuple[str, ...] = SOLVE_METHODS,
+                       reason: str = "") -> None:
+    """Refuse an unknown or unsupported innovation solve, or a bad ``rcond``.
+
+    method must be one of ``allowed`` (a scheme that cannot honour every
+    form of ``kalman_solve`` passes the ones it can, and ``reason`` to say
+    why); rcond: None (the default ``default_rcond``) or a real scalar,
+    finite and ≥ 0 (checked when concrete), and only with ``method="pinv"``.
+    Raises ``ValueError`` naming the argument and the valid options.
+    """
+    if not isinstance(method, str) or method not in allowed:
+        names = ", ".join(repr(a) for a in allowed)
+        why = f" ({reason})" if reason and method in SOLVE_METHODS else ""
+        raise ValueError(f"method must be one of {names}{why}, got {method!r}")
+    if rcond is None:
+        return
+    if method != "pinv":
+        raise ValueError(
+            f"rcond is the eigenvalue cut of method='pinv' only, got rcond={rcond!r} "
+            f"with method={method!r}; pass rcond=None or method='pinv'"
+        )
+    dtype = getattr(rcond, "dtype", None)
+    if dtype is None and isinstance(rcond, (int, float)) and not isinstance(rcond, bool):
+        dtype = np.asarray(rcond).dtype
+    if dtype is None or np.dtype(dtype).kind not in "iuf" or np.ndim(rcond) != 0:
+        raise ValueError(f"rcond must be a real scalar >= 0, got {rcond!r}")
+    if not isinstance(rcond, jax.core.Tracer):
+        v = float(rcond)
+        if not (np.isfinite(v) and v >= 0):
+            raise ValueError(f"rcond must be finite and >= 0, got {v}")
+
+
+def symmetric_pinv_solve(C: Array, D: Array, rcond=None) -> Array:
+    """Rows of ``D C⁺``, C⁺ the Moore–Penrose pseudo-inverse of symmetric C.
+
+    ``C = V Λ Vᵀ`` (``eigh`` of the symmetrised C), ``C⁺ = V Λ⁺ Vᵀ`` with
+    ``Λ⁺ᵢ = 1/λᵢ`` where ``|λᵢ| > rcond · max|λ|`` and 0 elsewhere (the
+    singular values of a symmetric C are the |λᵢ|). C = 0 gives 0.
+    C: (m, m); D: (k, m); rcond: None (``default_rcond(m, dtype)``) or a
+    scalar ≥ 0 (a traced value is accepted: no recompilation when it
+    changes). Returns (k, m).
+    """
+    m = C.shape[0]
+    if m == 0:
+        return D
+    if rcond is None:
+        rcond = default_rcond(m, C.dtype)
+    lam, V = jnp.linalg.eigh(0.5 * (C + C.T))
+    cutoff = jnp.asarray(rcond, lam.dtype) * jnp.max(jnp.abs(lam))
+    keep = jnp.abs(lam) > cutoff
+    inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+    return ((D @ V) * inv) @ V.T
+
+
+def kalman_solve_pinv(Y: Array, R: Covariance, D: Array, *, rcond=None) -> Array:
+    """Rows of ``D C⁺``, ``C = Yᵀ Y + R``, C⁺ the Moore–Penrose pseudo-inverse.
+
+    For a singular (or numerically singular) C, where Cholesky gives NaN or
+    digits lost to round-off: a singular R (zero variances, possible only
+    for an operator built inside a trace, where its checks do not run),
+    duplicated observations with variances below the resolution of C
+    (``R ≪ eps · Yᵀ Y``), a rank-deficient dense R. Through
+    ``symmetric_pinv_solve``: one ``eigh`` of the m×m C, eigenvalues
+    ``|λ| ≤ rcond · max|λ|`` cut to zero. When the innovations lie in the
+    range of C (consistent data: duplicated perfect observations agree) the
+    analysis is the Kalman analysis with the redundant observations
+    removed. R is densified (cost O(m³ + N m²), like
+    ``kalman_solve_observation_space``); there is no ensemble-space form,
+    since Woodbury needs R⁻¹.
+
+    Y: (N, m); R: covariance operator (only ``R.dense()`` is used); D: (k, m);
+    rcond: None (``default_rcond``: 10 · m · eps of the dtype, the default
+    of ``jnp.linalg.pinv``) or a scalar ≥ 0. Returns (k, m). Gradients
+    follow those of ``eigh`` and are not finite where eigenvalues of C
+    repeat (e.g. several cut ones): differentiate through "observation".
+    """
+    C = Y.T @ Y + R.dense()
+    return symmetric_pinv_solve(C, D, rcond)
+
+
 def kalman_solve(
     Y: Array,
     R: Covariance,
     D: Array,
     *,
-    method: Literal["auto", "observation", "ensemble"] = "auto",
+    method: SolveMethod = "auto",
+    rcond: float | Array | None = None,
 ) -> Array:
     """Rows of ``D C⁻¹``, ``C = Yᵀ Y + R``: the innovation solve of the EnKF.
 
     Y: (N, m) normalised observation anomalies; R: covariance operator;
-    D: (k, m). ``method="auto"`` uses the ensemble-space (Woodbury) form when
-    m > N and the observation-space Cholesky otherwise; both are exact.
+    D: (k, m). ``method``:
+
+    - ``"auto"`` (default): ``"ensemble"`` when m > N, else ``"observation"``;
+      it never switches to ``"pinv"``: a singular C gives NaN, not a
+      silently different solve;
+    - ``"observation"``: Cholesky of the m×m C (``kalman_solve_observation_space``);
+    - ``"ensemble"``: Woodbury, N×N systems and R solves, a diagonal R never
+      densified (``kalman_solve_ensemble_space``); needs R positive definite;
+    - ``"pinv"``: ``D C⁺`` by the eigendecomposition of C, eigenvalues
+      ``|λ| ≤ rcond · max|λ|`` treated as zero (``kalman_solve_pinv``), for a
+      rank-deficient C; opt-in only.
+
+    rcond: the relative eigenvalue cut of ``"pinv"``; None means
+    ``default_rcond(m, dtype) = 10 · m · eps`` (float64: 2.2e-15 m, float32:
+    1.2e-6 m; ``jnp.linalg.pinv``'s default). Finite and ≥ 0; passing it
+    with another method raises. Bad values raise ``ValueError``.
     Returns (k, m).
     """
+    check_solve_method(method, rcond)
     N, m = Y.shape
     if method == "auto":
         method = "ensemble" if m > N else "observation"
@@ -98,9 +223,7 @@ def kalman_solve(
         return kalman_solve_ensemble_space(Y, R, D)
     if method == "observation":
         return kalman_solve_observation_space(Y, R, D)
-    raise ValueError(
-        f"method must be 'auto', 'observation' or 'ensemble', got {method!r}"
-    )
+    return kalman_solve_pinv(Y, R, D, rcond=rcond)
 
 
 def sym_matrix_functions(

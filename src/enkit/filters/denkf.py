@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import jax.numpy as jnp
 from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.linalg import kalman_solve
+from enkit.linalg import SolveMethod, check_solve_method, kalman_solve
 
 __all__ = ["denkf"]
 
@@ -22,7 +20,8 @@ def denkf(
     R,
     *,
     key: Array | None = None,
-    method: Literal["auto", "observation", "ensemble"] = "auto",
+    method: SolveMethod = "auto",
+    rcond: float | Array | None = None,
     localization: Localization | None = None,
 ) -> Array:
     """Deterministic EnKF analysis: full gain for the mean, half gain for anomalies.
@@ -43,12 +42,15 @@ def denkf(
     member or (m, n) matrix; R: covariance operator or array (scalar, (m,)
     variances, or (m, m)); key: unused (deterministic scheme); method:
     innovation solve, see ``enkit.linalg.kalman_solve`` (``"ensemble"``
-    never densifies a diagonal R); localization: None, or B-localisation
+    never densifies a diagonal R; the opt-in ``"pinv"`` handles a
+    rank-deficient ``Yᵀ Y + R``); rcond: the relative eigenvalue cut of
+    "pinv" (None: ``enkit.linalg.default_rcond``); localization: None, or B-localisation
     tapers (``enkit.GainLocalization`` from ``enkit.gain_localization``, or
     ``enkit.AdaptiveLocalization``): both updates then use the localised
     gain ``K = (ρ_xy ∘ Xᵀ Y)(ρ_yy ∘ Yᵀ Y + R)⁻¹`` (Sakov & Oke 2008 localise
     the DEnKF this way), solved by Cholesky of the m×m matrix (``method``
-    "auto" or "observation"; "ensemble" is refused), never an n×n matrix.
+    "auto" or "observation"; "pinv" pseudo-inverts it; "ensemble" is
+    refused), never an n×n matrix.
     Returns the (N, n) analysis ensemble.
 
     Reference: Sakov & Oke (2008), Tellus 60A, "A deterministic formulation
@@ -56,8 +58,10 @@ def denkf(
     filters"; Houtekamer & Mitchell (2001), MWR 129 (B-localisation).
     """
     del key
-    if localization is not None:
-        check_localization(localization, method)
+    if localization is None:
+        check_solve_method(method, rcond)
+    else:
+        check_localization(localization, method, rcond)
     E, y, HE, R = prepare_analysis(E, y, h, R)
     if y.shape[0] == 0:  # no observations: nothing to assimilate
         return E
@@ -66,11 +70,12 @@ def denkf(
     ybar, Y = scaled_anomalies(HE)
     if localization is not None:
         Z, G = localized_gain_solve(
-            localization, X, Y, R, jnp.concatenate([(y - ybar)[None], Y]))
+            localization, X, Y, R, jnp.concatenate([(y - ybar)[None], Y]), method, rcond)
         KT = Z @ G.T  # rows: (y − ȳ) Kᵀ, then Y Kᵀ
         return xbar + KT[0] + c * (X - 0.5 * KT[1:])
     # One solve for the innovation and the anomalies: rows of [d; Y] C⁻¹.
-    Z = kalman_solve(Y, R, jnp.concatenate([(y - ybar)[None], Y]), method=method)
+    D = jnp.concatenate([(y - ybar)[None], Y])
+    Z = kalman_solve(Y, R, D, method=method, rcond=rcond)
     z, YCi = Z[0], Z[1:]  # (m,), (N, m)
     xa = xbar + (Y @ z) @ X
     Xa = X - 0.5 * (YCi @ Y.T) @ X

@@ -3,8 +3,6 @@ van Leeuwen & Evensen 1998)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import jax.numpy as jnp
 from jax import Array
 
@@ -12,7 +10,7 @@ from enkit._checks import check_bool
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
-from enkit.linalg import kalman_solve
+from enkit.linalg import SolveMethod, check_solve_method, kalman_solve
 
 __all__ = ["enkf", "perturbed_observations"]
 
@@ -37,7 +35,8 @@ def enkf(
     *,
     key: Array | int | None = None,
     center_perturbations: bool = False,
-    method: Literal["auto", "observation", "ensemble"] = "auto",
+    method: SolveMethod = "auto",
+    rcond: float | Array | None = None,
     localization: Localization | None = None,
 ) -> Array:
     """Stochastic ensemble Kalman filter analysis with perturbed observations.
@@ -57,7 +56,10 @@ def enkf(
     remove the sample mean of the perturbations so the mean update is exact
     (default False, the perturbed-observation EnKF of Burgers et al. 1998;
     DAPPER's ``EnKF("PertObs")`` centres them: pass True to match it);
-    method: innovation solve, see ``enkit.linalg.kalman_solve``;
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` ("auto",
+    "observation", "ensemble", or the opt-in "pinv" for a rank-deficient
+    ``Yᵀ Y + R``); rcond: the relative eigenvalue cut of "pinv" (None:
+    ``enkit.linalg.default_rcond``, 10 · m · eps; only with "pinv");
     localization: None, or B-localisation tapers (``enkit.GainLocalization``
     from ``enkit.gain_localization``, or ``enkit.AdaptiveLocalization``),
     which replace the gain by
@@ -66,7 +68,8 @@ def enkf(
 
     (Houtekamer & Mitchell 2001), with the same perturbed observations
     (same key, same draws); the m×m system is solved by Cholesky
-    (``method`` "auto" or "observation"; "ensemble" is refused), cost
+    (``method`` "auto" or "observation"; "pinv" pseudo-inverts it;
+    "ensemble" is refused), cost
     O(m³ + N m² + N n m), never an n×n matrix.
     Returns the (N, n) analysis ensemble.
 
@@ -75,8 +78,10 @@ def enkf(
     """
     key = as_key(key, "enkf")
     check_bool("center_perturbations", center_perturbations)
-    if localization is not None:
-        check_localization(localization, method)
+    if localization is None:
+        check_solve_method(method, rcond)
+    else:
+        check_localization(localization, method, rcond)
     E, y, HE, R = prepare_analysis(E, y, h, R)
     if y.shape[0] == 0:  # no observations: nothing to assimilate
         return E
@@ -84,7 +89,7 @@ def enkf(
     _, Y = scaled_anomalies(HE)
     D = perturbed_observations(key, y, R, E.shape[0], center=center_perturbations)
     if localization is not None:
-        Z, G = localized_gain_solve(localization, X, Y, R, D - HE)
+        Z, G = localized_gain_solve(localization, X, Y, R, D - HE, method, rcond)
         return E + Z @ G.T
-    Z = kalman_solve(Y, R, D - HE, method=method)  # (N, m): rows C⁻¹ dᵢ
+    Z = kalman_solve(Y, R, D - HE, method=method, rcond=rcond)  # (N, m): rows C⁻¹ dᵢ
     return E + (Z @ Y.T) @ X

@@ -38,6 +38,7 @@ from enkit._pytree import register_dataclass
 from enkit.covariance import BlockDiagonal as _BlockDiagonal
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import as_key
+from enkit.linalg import SOLVE_METHODS, check_solve_method
 
 
 class EnsembleState(NamedTuple):
@@ -250,6 +251,18 @@ class EnsembleProcess:
     def ask(self, state: EnsembleState) -> Array:
         """The (N, p) parameters whose forward outputs ``tell`` expects."""
         return state.ensemble
+
+
+def check_process_solve(obj, allowed: tuple[str, ...] = SOLVE_METHODS, reason: str = "") -> None:
+    """Validate a process's ``method``/``rcond`` fields (the innovation solve,
+    see ``enkit.linalg.kalman_solve``) and store ``rcond`` as a float, so the
+    two stay hashable static metadata."""
+    check_solve_method(obj.method, obj.rcond, allowed=allowed, reason=reason)
+    if obj.rcond is not None and not isinstance(obj.rcond, float):
+        if isinstance(obj.rcond, jax.core.Tracer):
+            raise ValueError("rcond of a process is static: pass a Python float, "
+                             "not a traced value")
+        object.__setattr__(obj, "rcond", float(obj.rcond))
 
 
 def register(cls, data=(), meta=()):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -16,22 +17,24 @@ from enkit.inversion._common import (
     InversionInfo,
     check_bool,
     check_dt,
+    check_process_solve,
     check_tell,
     iteration_key,
     misfit,
     new_state,
     register,
 )
-from enkit.linalg import kalman_solve
+from enkit.linalg import kalman_solve, symmetric_pinv_solve
 from enkit.localization.sec import Localizer
 
 __all__ = ["EKI", "eki_update"]
 
 
-@jax.jit
+@partial(jax.jit, static_argnames=("method",))
 def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
                xi: Array | None = None, *, localizer: Localizer | None = None,
-               key: Array | None = None) -> Array:
+               key: Array | None = None, method: str = "auto",
+               rcond: float | Array | None = None) -> Array:
     """One EKI update of the ensemble U (pure function, no checks).
 
         uᵢ ← uᵢ + C^{uG} (C^{GG} + Δt⁻¹Γ)⁻¹ (y + ηᵢ − G(uᵢ)),  ηᵢ = Δt^{-1/2} ξᵢ,
@@ -44,8 +47,10 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     densified).
 
     U: (N, p); G: (N, d); y: (d,); noise: Γ, dimension d; dt: Δt ≥ 0;
-    xi: (N, d) draws from N(0, Γ), or None for the deterministic update.
-    Returns (N, p).
+    xi: (N, d) draws from N(0, Γ), or None for the deterministic update;
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    ``"pinv"``, with its eigenvalue cut ``rcond``, for a singular
+    ``Δt C^{GG} + Γ``). Returns (N, p).
 
     With a ``localizer`` (``enkit.localization.sec``) the covariances are
     tapered elementwise,
@@ -57,21 +62,23 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     and (d, d) matrices: O(p d + d²) memory and O(N (p d + d²) + d³) time,
     Γ densified, instead of the O(N² d) ensemble-space solve. The (d, d)
     system is solved by LU, since a tapered C^{GG} need not stay positive
-    semi-definite. key: PRNG key of a random localiser (else unused).
+    semi-definite; with ``method="pinv"`` it is pseudo-inverted instead
+    (``enkit.linalg.symmetric_pinv_solve``). key: PRNG key of a random
+    localiser (else unused).
 
     Compiled with ``jax.jit`` (inlined when called inside a traced function),
     so eager callers (``tell`` with NumPy outputs of a black-box model) get
     the fused program, not one dispatch per operation.
     """
     if localizer is not None:
-        return _localized_update(U, G, y, noise, dt, xi, localizer, key)
+        return _localized_update(U, G, y, noise, dt, xi, localizer, key, method, rcond)
     _, Y = scaled_anomalies(G)
     sdt = jnp.sqrt(dt)
     Ys = sdt * Y
     D = sdt * (y - G)
     if xi is not None:
         D = D + xi
-    Z = kalman_solve(Ys, noise, D)  # rows (C^{-1} Dᵢ)ᵀ
+    Z = kalman_solve(Ys, noise, D, method=method, rcond=rcond)  # rows (C^{-1} Dᵢ)ᵀ
     # (Z Ys^T) X = T U with T = (Z Ys^T) Π / sqrt(N - 1), Π the centring
     # projector: one (N, N) x (N, p) product on U itself, no (N, p)
     # anomaly array (the product dominates for large p).
@@ -80,7 +87,7 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     return U + T @ U
 
 
-def _localized_update(U, G, y, noise, dt, xi, localizer, key):
+def _localized_update(U, G, y, noise, dt, xi, localizer, key, method="auto", rcond=None):
     """The localised EKI update of ``eki_update`` (explicit matrices)."""
     C_uG, C_GG = localizer.localize(key, U, G)
     sdt = jnp.sqrt(dt)
@@ -88,6 +95,8 @@ def _localized_update(U, G, y, noise, dt, xi, localizer, key):
     if xi is not None:
         D = D + xi
     S = dt * C_GG + noise.dense()
+    if method == "pinv":
+        return U + sdt * symmetric_pinv_solve(S, D, rcond) @ C_uG.T
     Z = jnp.linalg.solve(S, D.T)  # (d, N): columns S⁻¹ Dᵢ
     return U + sdt * (C_uG @ Z).T
 
@@ -121,6 +130,11 @@ class EKI(EnsembleProcess):
     n)`` into ``fold_in(kₙ, 0)`` for the perturbations ξᵢ and ``fold_in(kₙ,
     1)`` for the localiser. A deterministic localiser takes no key, and ξᵢ
     draw from kₙ exactly as without a localiser.
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    default "auto"); ``"pinv"`` pseudo-inverts a singular ``Δt C^{GG} + Γ``
+    (e.g. duplicated data with a zero or negligible noise) with the relative
+    eigenvalue cut rcond (static float; None: ``enkit.linalg.default_rcond``).
+    With a localizer only "auto" (LU of the tapered matrix) and "pinv" apply.
 
     References: Iglesias, Law & Stuart (2013), Inverse Problems 29, 045001;
     localisation for EKI: Tong & Morzfeld (2022), arXiv:2201.10821.
@@ -128,9 +142,16 @@ class EKI(EnsembleProcess):
 
     stochastic: bool = True
     localizer: Localizer | None = None
+    method: str = "auto"
+    rcond: float | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        if self.localizer is None:
+            check_process_solve(self)
+        else:
+            check_process_solve(self, ("auto", "pinv"), "with a localizer the tapered "
+                                "matrix is solved by LU ('auto') or pseudo-inverted ('pinv')")
         if self.localizer is not None and not isinstance(self.localizer, Localizer):
             raise TypeError(
                 "localizer must be None or a localiser of enkit.localization.sec "
@@ -161,10 +182,11 @@ class EKI(EnsembleProcess):
             k, k_loc = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
         xi = noise.sample(k, (U.shape[0],)) if self.stochastic else None
         if self.localizer is None:
-            new = eki_update(U, G, y, noise, dt, xi)
+            new = eki_update(U, G, y, noise, dt, xi, method=self.method, rcond=self.rcond)
         else:
-            new = eki_update(U, G, y, noise, dt, xi, localizer=self.localizer, key=k_loc)
+            new = eki_update(U, G, y, noise, dt, xi, localizer=self.localizer, key=k_loc,
+                             method=self.method, rcond=self.rcond)
         return new_state(state, new, dt, guard=False), InversionInfo(misfit(G, y, noise), dt)
 
 
-register(EKI, data=["localizer"], meta=["stochastic"])
+register(EKI, data=["localizer"], meta=["stochastic", "method", "rcond"])

@@ -16,6 +16,7 @@ from enkit.inversion._common import (
     EnsembleState,
     InversionInfo,
     check_bool,
+    check_process_solve,
     check_tell,
     iteration_key,
     misfit,
@@ -124,6 +125,10 @@ class ESMDA(EnsembleProcess):
     stochastic: perturb the data (static; then ``init`` needs a key).
     ``stochastic=False`` omits ξᵢ (a deterministic variant; not ES-MDA proper,
     it under-spreads the ensemble).
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    default "auto"); ``"pinv"`` pseudo-inverts a singular ``C^{GG} + αₖΓ`` with the
+    relative eigenvalue cut rcond (static float; None:
+    ``enkit.linalg.default_rcond``).
 
     Reference: Emerick & Reynolds (2013), "Ensemble smoother with multiple
     data assimilation", Computers & Geosciences 55, 3–15.
@@ -131,9 +136,12 @@ class ESMDA(EnsembleProcess):
 
     alpha: ArrayLike
     stochastic: bool = True
+    method: str = "auto"
+    rcond: float | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        check_process_solve(self)
         # Validate what a user passes; leave what JAX's pytree machinery
         # rebuilds the object with (tracers, sentinels, None) untouched.
         if isinstance(self.alpha, (list, tuple, np.ndarray, np.number, float, int,
@@ -174,8 +182,8 @@ class ESMDA(EnsembleProcess):
         inv_alpha = 1.0 / alpha[jnp.minimum(k, K - 1)]
         dt = jnp.where(k < K, inv_alpha, jnp.zeros((), U.dtype))
         xi = noise.sample(iteration_key(state), (U.shape[0],)) if self.stochastic else None
-        new = eki_update(U, G, y, noise, dt, xi)
+        new = eki_update(U, G, y, noise, dt, xi, method=self.method, rcond=self.rcond)
         return new_state(state, new, dt, guard=False), InversionInfo(misfit(G, y, noise), dt)
 
 
-register(ESMDA, data=["alpha"], meta=["stochastic"])
+register(ESMDA, data=["alpha"], meta=["stochastic", "method", "rcond"])

@@ -14,6 +14,7 @@ from enkit.inversion._common import (
     InversionInfo,
     check_bool,
     check_dt,
+    check_process_solve,
     check_tell,
     iteration_key,
     misfit,
@@ -66,6 +67,10 @@ class GNKI(EnsembleProcess):
 
     prior: ``GaussianPrior`` (m₀, C₀); C₀ is used as a dense (p, p) matrix.
     stochastic: draw ηⱼ (static; then ``init`` needs a key).
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    default "auto"); ``"pinv"`` pseudo-inverts a singular ``Bₙ C₀ Bₙᵀ + Γ`` with the
+    relative eigenvalue cut rcond (static float; None:
+    ``enkit.linalg.default_rcond``).
     Cost: an SVD of the (N, p) anomalies and p×p products per step.
 
     Reference: Chada, Chen & Sanz-Alonso (2021), "Iterative ensemble Kalman
@@ -75,9 +80,12 @@ class GNKI(EnsembleProcess):
 
     prior: GaussianPrior
     stochastic: bool = True
+    method: str = "auto"
+    rcond: float | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        check_process_solve(self)
 
     def _check_ensemble(self, E):
         check_prior(self.prior, E.shape[1])
@@ -111,9 +119,10 @@ class GNKI(EnsembleProcess):
         D = y - G - (A0 - U) @ B.T
         if self.stochastic:
             D = D + noise.sample(iteration_key(state), (U.shape[0],))
-        Z = kalman_solve(W, noise, D)  # rows (B C₀ Bᵀ + Γ)⁻¹ Dⱼ
+        # rows (B C₀ Bᵀ + Γ)⁻¹ Dⱼ
+        Z = kalman_solve(W, noise, D, method=self.method, rcond=self.rcond)
         new = U + dt * (A0 - U + (Z @ B) @ C0.dense())
         return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
 
 
-register(GNKI, data=["prior"], meta=["stochastic"])
+register(GNKI, data=["prior"], meta=["stochastic", "method", "rcond"])

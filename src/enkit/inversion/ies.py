@@ -19,6 +19,7 @@ from enkit.inversion._common import (
     InversionInfo,
     check_bool,
     check_dt,
+    check_process_solve,
     check_tell,
     guarded,
     misfit,
@@ -89,7 +90,8 @@ def _project(A: Array, Y: Array) -> Array:
 
 
 def ies_update(W: Array, G: Array, D: Array, noise: Covariance, step: Array,
-               damping: Array, A: Array | None = None) -> Array:
+               damping: Array, A: Array | None = None, *, method: str = "auto",
+               rcond: float | Array | None = None) -> Array:
     """One subspace Gauss–Newton (Levenberg–Marquardt) step on the weights W
     (pure function, no checks).
 
@@ -109,7 +111,8 @@ def ies_update(W: Array, G: Array, D: Array, noise: Covariance, step: Array,
 
     W: (N, N); G: (N, d) outputs of the members uⱼ = u⁰ⱼ + A₀ᵀ wⱼ;
     D: (N, d) perturbed data rows dⱼ; noise: Γ; step: γ; damping: λ ≥ 0;
-    A: (N, p) current anomalies / √(N − 1) to project on, or None.
+    A: (N, p) current anomalies / √(N − 1) to project on, or None;
+    method, rcond: the innovation solve, see ``enkit.linalg.kalman_solve``.
     Returns (N, N).
     """
     N = W.shape[0]
@@ -123,7 +126,7 @@ def ies_update(W: Array, G: Array, D: Array, noise: Covariance, step: Array,
     sc = jnp.sqrt(c)
     Sp = S / sc
     H = W @ Sp + sc * (D - G)
-    Z = kalman_solve(Sp, noise, H)  # rows (S'ᵀS' + Γ)⁻¹ hⱼ
+    Z = kalman_solve(Sp, noise, H, method=method, rcond=rcond)  # rows (S'ᵀS' + Γ)⁻¹ hⱼ
     return W - (step / c) * (W - Z @ Sp.T)
 
 
@@ -171,6 +174,10 @@ class IES(EnsembleProcess):
     does not depend on the data dimension. ``stochastic=False`` sets ξ = 0.
 
     stochastic: perturb the data (static; then ``init`` needs a key).
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    default "auto"); ``"pinv"`` pseudo-inverts a singular ``S'ᵀS' + Γ`` with the
+    relative eigenvalue cut rcond (static float; None:
+    ``enkit.linalg.default_rcond``).
 
     References: Chen & Oliver (2013), "Levenberg–Marquardt forms of the
     iterative ensemble smoother for efficient history matching and
@@ -181,9 +188,12 @@ class IES(EnsembleProcess):
     """
 
     stochastic: bool = True
+    method: str = "auto"
+    rcond: float | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        check_process_solve(self)
 
     def init(self, key, ensemble) -> IESState:
         """Initial state from the (N, p) prior draws ``ensemble`` (they are
@@ -218,11 +228,12 @@ class IES(EnsembleProcess):
             D = D + noise.sample(jax.random.fold_in(state.key, 0), (U.shape[0],))
         N, p = U.shape
         A = scaled_anomalies(U)[1] if p < N - 1 else None
-        W = guarded(step, ies_update(state.weights, G, D, noise, step, lam, A),
+        W = guarded(step, ies_update(state.weights, G, D, noise, step, lam, A,
+                                   method=self.method, rcond=self.rcond),
                     state.weights)
         s = state._replace(ensemble=guarded(step, members(state.prior, W), U), weights=W,
                            iteration=state.iteration + 1, time=state.time + step)
         return s, InversionInfo(misfit(G, y, noise), step)
 
 
-register(IES, meta=["stochastic"])
+register(IES, meta=["stochastic", "method", "rcond"])

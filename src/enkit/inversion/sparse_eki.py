@@ -24,6 +24,7 @@ from enkit.inversion._common import (
     InversionInfo,
     check_bool,
     check_dt,
+    check_process_solve,
     check_tell,
     iteration_key,
     misfit,
@@ -344,6 +345,10 @@ class SparseEKI(EnsembleProcess):
     it, O(p N²) each (static). When the active-set point fails the
     optimality check the ADMM iterate is used, and the next tell, warm
     started from it, continues the solve.
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    default "auto"); ``"pinv"`` pseudo-inverts a singular ``Δt C^{GG} + Γ`` in the EKI step with the
+    relative eigenvalue cut rcond (static float; None:
+    ``enkit.linalg.default_rcond``).
 
     Reference: Schneider, Stuart & Wu (2022), "Ensemble Kalman inversion for
     sparse learning of dynamical systems from time-averaged data", J. Comput.
@@ -357,9 +362,12 @@ class SparseEKI(EnsembleProcess):
     prox_tol: float = 1e-9
     prox_iterations: int = 500
     active_set_steps: int = 30
+    method: str = "auto"
+    rcond: float | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        check_process_solve(self)
         for name in ("l1_weight", "threshold", "l2_weight"):
             _check_weight(self, name)
         if not (isinstance(self.prox_tol, (int, float)) and 0 < self.prox_tol < 1):
@@ -395,19 +403,21 @@ class SparseEKI(EnsembleProcess):
                              jnp.asarray(self.l1_weight, U.dtype),
                              jnp.asarray(self.l2_weight, U.dtype),
                              jnp.asarray(self.threshold, U.dtype),
-                             self.prox_tol, self.prox_iterations, self.active_set_steps)
+                             self.prox_tol, self.prox_iterations, self.active_set_steps,
+                             self.method, self.rcond)
         return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
 
     def _draw(self, state, noise, U):
         return noise.sample(iteration_key(state), (U.shape[0],)) if self.stochastic else None
 
 
-@functools.partial(jax.jit, static_argnums=(9, 10, 11))
-def _sparse_update(U, G, y, noise, dt, xi, lam, alpha, theta, tol, iterations, steps):
+@functools.partial(jax.jit, static_argnums=(9, 10, 11, 12, 13))
+def _sparse_update(U, G, y, noise, dt, xi, lam, alpha, theta, tol, iterations, steps,
+                   method="auto", rcond=None):
     """The EKI step, its mean replaced by the span elastic-net solution and
     hard-thresholded, the members translated with it (``SparseEKI``);
     λ = α = θ = 0 is the EKI step exactly."""
-    new = eki_update(U, G, y, noise, dt, xi)
+    new = eki_update(U, G, y, noise, dt, xi, method=method, rcond=rcond)
 
     def sparsify(new):
         sparse = span_elastic_net(U, G, y, noise, lam, alpha, tol=tol,
@@ -420,4 +430,5 @@ def _sparse_update(U, G, y, noise, dt, xi, lam, alpha, theta, tol, iterations, s
 
 
 register(SparseEKI, data=["l1_weight", "threshold", "l2_weight"],
-         meta=["stochastic", "prox_tol", "prox_iterations", "active_set_steps"])
+         meta=["stochastic", "prox_tol", "prox_iterations", "active_set_steps",
+               "method", "rcond"])

@@ -13,6 +13,7 @@ from enkit.inversion._common import (
     InversionInfo,
     check_bool,
     check_dt,
+    check_process_solve,
     check_tell,
     iteration_key,
     misfit,
@@ -41,6 +42,10 @@ class TEKI(EnsembleProcess):
 
     prior: ``GaussianPrior`` (m₀, C₀) (a pytree leaf); stochastic: draw ηᵢ
     (static; then ``init`` needs a key).
+    method: innovation solve, see ``enkit.linalg.kalman_solve`` (static;
+    default "auto"); ``"pinv"`` pseudo-inverts a singular ``Δt C^{FF} + Σ`` with the
+    relative eigenvalue cut rcond (static float; None:
+    ``enkit.linalg.default_rcond``).
 
     Reference: Chada, Stuart & Tong (2020), "Tikhonov regularization within
     ensemble Kalman inversion", SIAM J. Numer. Anal. 58(2), 1263–1294.
@@ -48,9 +53,12 @@ class TEKI(EnsembleProcess):
 
     prior: GaussianPrior
     stochastic: bool = True
+    method: str = "auto"
+    rcond: float | None = None
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        check_process_solve(self)
 
     def _check_ensemble(self, E):
         check_prior(self.prior, E.shape[1])
@@ -72,8 +80,8 @@ class TEKI(EnsembleProcess):
         F = jnp.concatenate([G, U], axis=1)
         z = jnp.concatenate([y, jnp.asarray(prior.mean, U.dtype)])
         xi = sigma.sample(iteration_key(state), (U.shape[0],)) if self.stochastic else None
-        new = eki_update(U, F, z, sigma, dt, xi)
+        new = eki_update(U, F, z, sigma, dt, xi, method=self.method, rcond=self.rcond)
         return new_state(state, new, dt), InversionInfo(misfit(G, y, noise), dt)
 
 
-register(TEKI, data=["prior"], meta=["stochastic"])
+register(TEKI, data=["prior"], meta=["stochastic", "method", "rcond"])
