@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference.kalman_numpy import sample_stats
+from reference.traced import largest_array
 
 import enkit
 from enkit import Circulant, Dense
@@ -95,23 +96,6 @@ def test_serial_and_stochastic_schemes_keep_their_statistics():
     np.testing.assert_allclose(mean_c, mean_d, atol=0.05)
 
 
-def _largest_array(jaxpr) -> int:
-    """The largest array size any equation of ``jaxpr`` (nested too) makes."""
-    size = 0
-    for eqn in jaxpr.eqns:
-        for v in eqn.outvars:
-            size = max(size, int(np.prod(getattr(v.aval, "shape", ()), dtype=np.int64)))
-        for p in eqn.params.values():
-            subs = p if isinstance(p, (tuple, list)) else (p,)
-            for sub in subs:
-                inner = getattr(sub, "jaxpr", None)
-                if inner is not None and hasattr(inner, "eqns"):
-                    size = max(size, _largest_array(inner))
-                elif hasattr(sub, "eqns"):
-                    size = max(size, _largest_array(sub))
-    return size
-
-
 def test_no_m_by_m_array_at_m_100000():
     m, N = 100_000, 8
     C = Circulant(ring_column(m, length=30.0))
@@ -124,9 +108,9 @@ def test_no_m_by_m_array_at_m_100000():
         "enkf": lambda C, E, y: enkit.enkf(E, y, lambda v: v, C, key=jax.random.key(0)),
     }
     sizes = {
-        "methods": _largest_array(jax.make_jaxpr(programs["methods"])(C, x).jaxpr),
-        "etkf": _largest_array(jax.make_jaxpr(programs["etkf"])(C, E, x).jaxpr),
-        "enkf": _largest_array(jax.make_jaxpr(programs["enkf"])(C, E, x).jaxpr),
+        "methods": largest_array(programs["methods"], C, x),
+        "etkf": largest_array(programs["etkf"], C, E, x),
+        "enkf": largest_array(programs["enkf"], C, E, x),
     }
     assert max(sizes.values()) <= 4 * N * m, sizes  # an (m, m) array would be 10¹⁰
 

@@ -1,5 +1,7 @@
 """Inspecting traced programs: which array shapes a computation forms."""
 
+import math
+
 import jax
 import jax.extend
 
@@ -21,3 +23,9 @@ def traced_shapes(fn, *args):
 
     visit(jaxpr.jaxpr)
     return shapes
+
+
+def largest_array(fn, *args) -> int:
+    """The number of entries of the largest array in the traced program of
+    fn(*args) (nested sub-programs included): a bound on what it forms."""
+    return max((math.prod(s) for s in traced_shapes(fn, *args)), default=0)
