@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import LinearGaussian
 from reference.kalman_numpy import kalman_analysis, sample_stats
+from reference.operators import DiagonalNoDense
 
 import enkit
 from enkit.filters.estkf import error_subspace_projection
@@ -27,17 +28,6 @@ def r_operator(p, rkind):
 
 
 RKINDS = ["dense", "diagonal", "scalar"]
-
-
-@jax.tree_util.register_pytree_node_class
-class DiagonalNoDense(enkit.Diagonal):
-    """A diagonal R that refuses to become an m×m matrix."""
-
-    def dense(self):
-        raise AssertionError("diagonal R was densified")
-
-    def cholesky(self):
-        raise AssertionError("diagonal R was densified")
 
 
 # ---------------------------------------------------------------- DEnKF

@@ -10,20 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.operators import DiagonalNoDense
 
 import enkit
 from enkit.filters.rrsqrt import noise_modes
-
-
-@jax.tree_util.register_pytree_node_class
-class DiagonalNoDense(enkit.Diagonal):
-    """A diagonal R that refuses to become an m×m matrix."""
-
-    def dense(self):
-        raise AssertionError("diagonal R was densified")
-
-    def cholesky(self):
-        raise AssertionError("diagonal R was densified")
 
 
 class LinearProblem:
