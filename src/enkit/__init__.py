@@ -17,6 +17,7 @@ from enkit import (
     linalg,
     localization,
     models,
+    particle,
     smoothers,
 )
 from enkit import assimilate as _assimilate_module  # noqa: F401  (loaded before the name
@@ -210,6 +211,12 @@ from enkit.localization import (
     sampling_error_table,
     soar,
     torus_distance,
+)
+from enkit.particle import (
+    ParticleAnalysis,
+    WeightDegeneracyError,
+    bootstrap_pf,
+    optimal_proposal_pf,
 )
 from enkit.models import (
     AdvectionDiffusion2D,
@@ -447,6 +454,11 @@ __all__ = [
     "soar",
     "linalg",
     "models",
+    "particle",
+    "ParticleAnalysis",
+    "WeightDegeneracyError",
+    "bootstrap_pf",
+    "optimal_proposal_pf",
     "multiplicative_inflation",
     "MeanPreservingRotation",
     "AndersonAdaptive",

@@ -23,14 +23,25 @@ import numpy as np
 
 from enkit.assimilation import cycle
 from enkit.assimilation.checkpoint import restore, save_run
-from enkit.assimilation.types import AssimilationResult, CycleSettings, ObservationRecord
+from enkit.assimilation import particles
+from enkit.assimilation.types import (
+    AssimilationResult,
+    CycleSettings,
+    ObservationRecord,
+    is_particle,
+)
 from enkit.filters._common import observe
+from enkit.particle.resampling import uniform_log_weights
 
 
 def init_carry(settings: CycleSettings, E0):
-    """The carry before the first cycle: (E0, inflation state, smoother state)."""
+    """The carry before the first cycle: (E0, inflation state, smoother
+    state), and uniform log-weights after them for a particle scheme."""
     smoother = settings.smoother
-    return (E0, settings.inflation.init(E0), () if smoother is None else smoother.init(E0))
+    carry = (E0, settings.inflation.init(E0), () if smoother is None else smoother.init(E0))
+    if is_particle(settings.scheme):
+        carry = (*carry, uniform_log_weights(E0.shape[0], E0.dtype))
+    return carry
 
 
 @partial(jax.jit, static_argnames=("forecast_steps", "outputs"))
@@ -101,9 +112,10 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
     noise, smoother, window = settings.model_noise, settings.smoother, settings.window
     h, R, controls = record.h, record.R, record.controls
     transform = smoother is not None and smoother.needs_transform
+    particle = is_particle(scheme)
 
     def body(carry, x):
-        E, state, sstate = carry
+        E, state, sstate = carry[:3]
         h_k = x["h"] if x["h"] is not None else h
         R_k = x["R"] if x["R"] is not None else R
         keys, k_noise = cycle.cycle_keys(key, x["k"])
@@ -116,6 +128,8 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
                      controls=controls, noise=noise, key=k_noise,
                      max_steps=settings.max_steps)
         Ef = fc(E)
+        if particle:
+            return _particle_cycle(scheme, h_k, x, R_k, keys[0], Ef, carry, outputs, stages)
         if window:
             h_win = partial(_through_model, fc, h_k)
             run = lambda: _window_analysis(  # noqa: E731
@@ -140,6 +154,23 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
         return (Ea, state, sstate), (out, rows)
 
     return remat_scan(body, carry, xs, settings.remat)
+
+
+def _particle_cycle(scheme, h, x, R, key, Ef, carry, outputs, stages):
+    """The analysis of a particle scheme (``enkit.assimilation.particles``):
+    the log-weights are the carry's last entry."""
+    E, state, sstate, log_w = carry
+    run = lambda: particles.analyse(  # noqa: E731
+        scheme, h, x["y"], R, x["mask"], key, Ef, log_w, outputs, stages=stages)
+    skip = lambda: (Ef, log_w, particles.skipped(  # noqa: E731
+        outputs, Ef, log_w, h, x["y"], R, x["mask"]))
+    if x["y"].shape[0] == 0:
+        Ea, log_a, out = skip()
+    elif x["mask"] is None:
+        Ea, log_a, out = run()
+    else:
+        Ea, log_a, out = jax.lax.cond(jnp.any(x["mask"]), run, skip)
+    return (Ea, state, sstate, log_a), (out, {})
 
 
 def remat_scan(body, carry, xs, remat):

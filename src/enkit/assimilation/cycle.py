@@ -61,6 +61,8 @@ _DIAGNOSTICS = ("innovation_chi2", "log_likelihood", "dfs")
 DEFAULT_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread")
 # Filled by a smoother (``assimilate(smoother=...)``), not by the cycle's statistics.
 SMOOTHED_OUTPUTS = ("smoothed_mean", "smoothed_spread", "smoothed_ensemble")
+# Filled by a particle scheme only (``enkit.particle``; see ``assimilation.particles``).
+PARTICLE_OUTPUTS = ("log_weights", "ess")
 _ALIASES = {alias: name for name, aliases in OUTPUTS.items() for alias in aliases}
 
 # The finite-check (``assimilate(on_nonfinite=...)``): an internal output
@@ -81,14 +83,16 @@ UNKNOWN = 9  # the compiled scan's code: not finite, stage not looked for
 
 def resolve_outputs(store) -> tuple[str, ...]:
     """Canonical output names for ``store`` (enkit names or ADAO aliases;
-    the smoothed ones included)."""
+    the smoothed and the particle ones included)."""
     if isinstance(store, str):
         store = (store,)
     names = []
     for s in store:
-        name = s if s in OUTPUTS or s in SMOOTHED_OUTPUTS else _ALIASES.get(s)
+        known = s in OUTPUTS or s in SMOOTHED_OUTPUTS or s in PARTICLE_OUTPUTS
+        name = s if known else _ALIASES.get(s)
         if name is None:
-            valid = sorted(OUTPUTS) + list(SMOOTHED_OUTPUTS) + sorted(_ALIASES)
+            valid = (sorted(OUTPUTS) + list(SMOOTHED_OUTPUTS) + list(PARTICLE_OUTPUTS)
+                     + sorted(_ALIASES))
             raise ValueError(f"unknown output {s!r}; valid names: {', '.join(valid)}")
         if name not in names:
             names.append(name)

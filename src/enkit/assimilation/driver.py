@@ -46,6 +46,7 @@ from enkit.assimilation.types import (
     RunInfo,
     as_pytree,
     describe,
+    is_particle,
     is_stochastic,
     over_window,
 )
@@ -107,7 +108,11 @@ def assimilate(
     E0: (N, n) initial ensemble. observations: (K, m) array, or a list of
     K arrays of varying length m_k (Python path, h and R lists too).
     scheme: an L1 scheme with the uniform signature (bind options with
-    ``functools.partial``), or ``over_window(scheme)``.
+    ``functools.partial``), or ``over_window(scheme)``; or a particle
+    scheme (``enkit.particle.bootstrap_pf``, ``optimal_proposal_pf``),
+    whose log-weights the cycles carry and store (``log_weights``, ``ess``;
+    means and spreads weighted; no inflation, smoother, checkpoint or
+    Python path yet).
     h: callable or (m, n) matrix, or ``per_time(H)`` with H (K, m, n);
     R: covariance operator or array, or ``per_time``/``stack_covariances``.
     key: PRNG key or integer seed (needed by stochastic schemes, stochastic
@@ -283,7 +288,11 @@ def _check_nonfinite(result: AssimilationResult, mode: str, run) -> Assimilation
         "forecast after the last analysis": "the model diverged: check the model and its "
                                             "time step",
         "analysis": "check h, R and the observations of that cycle (an h that returns NaN/inf "
-                    "for some member?)",
+                    "for some member?)" + (
+                        "; a particle scheme returns NaN particles when it cannot weight "
+                        "them (weight degeneracy: every likelihood zero, or a NaN one): "
+                        "check y against h(E) and R, or use more particles"
+                        if is_particle(run.settings.scheme) else ""),
         "inflation before the analysis": "check the inflation's parameters",
         "inflation after the analysis": "check the inflation's parameters",
     }.get(stage, "re-running it did not reproduce the failure; run it with "
@@ -418,9 +427,18 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
                 )
     window = isinstance(scheme, over_window)
     inner = scheme.scheme if window else scheme
+    python_path = isinstance(model, BlackBoxModel) or ragged
+    if is_particle(inner):
+        outputs = _particle_outputs(outputs, window=window, smoother=smoother,
+                                    inflation=inflation, python_path=python_path,
+                                    checkpoint=checkpoint)
+    else:
+        wrong = [name for name in outputs if name in cycle.PARTICLE_OUTPUTS]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} are outputs of a particle scheme "
+                             "(enkit.particle.bootstrap_pf, optimal_proposal_pf)")
     if smoother is not None:
         smoother.check(K=K, scheme=inner)
-    python_path = isinstance(model, BlackBoxModel) or ragged
     if python_path and remat is not None:
         raise ValueError("remat applies to the compiled path (a JAX model and a (K, m) "
                          "observation array); a black-box model or ragged observations "
@@ -451,6 +469,30 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     times = steps * (float(dt) if dt is not None else 1)
     return PreparedRun(settings, record, E0, key, outputs, steps, times, int(forecast_steps),
                        plan, python_path)
+
+
+def _particle_outputs(outputs, *, window, smoother, inflation, python_path, checkpoint):
+    """The outputs of a particle run (its log-weights and ESS always among
+    them), after refusing what a particle run does not support yet."""
+    from enkit.assimilation.particles import SUPPORTED  # noqa: PLC0415
+
+    if window:
+        raise ValueError("over_window does not support particle schemes")
+    if smoother is not None:
+        raise ValueError("smoothers do not support particle schemes yet")
+    if not isinstance(inflation, NoInflation):
+        raise ValueError("a particle scheme takes no inflation (its resampled particles are "
+                         "jittered by the scheme's reg= option instead)")
+    if python_path:
+        raise ValueError("particle schemes run on the compiled path only (a JAX model and "
+                         "a (K, m) observation array, with mask= for absent values)")
+    if checkpoint is not None:
+        raise ValueError("checkpoints do not support particle schemes yet")
+    wrong = [name for name in outputs if name not in SUPPORTED]
+    if wrong:
+        raise ValueError(f"a particle run cannot store {', '.join(wrong)}; it stores "
+                         f"{', '.join(n for n in SUPPORTED if n != cycle.NONFINITE)}")
+    return (*outputs, *(name for name in cycle.PARTICLE_OUTPUTS if name not in outputs))
 
 
 def _check_remat(remat) -> None:

@@ -87,6 +87,17 @@ class AssimilationResult(NamedTuple):
     Under ``jit``/``grad`` of a whole run the driver can neither re-run nor
     raise: read the codes (9 for a failure) from the result.
 
+    Particle schemes (``enkit.particle``: a scheme marked ``particle =
+    True``) carry log-weights from cycle to cycle; their means, spreads,
+    covariances and simulated observations above are the weighted ones
+    (weights of the forecast: those carried from the previous analysis),
+    and they fill log_weights (K, N), the normalised log-weights of each
+    analysis ensemble (logsumexp 0; uniform −log N where it resampled), and
+    ess (K,), the effective sample size 1/Σ w̄ᵢ² of each analysis's updated
+    weights before any resampling (N at a cycle without observations).
+    ``ensemble`` holds the particles at the end; their log-weights are
+    ``log_weights[-1]``.
+
     info: a ``RunInfo`` (kind, method and options of the run; no array
     leaves, so it passes through ``jit``), filled by ``assimilate`` and the
     smoothers. ``to_xarray``/``to_netcdf`` write the result as an
@@ -122,6 +133,8 @@ class AssimilationResult(NamedTuple):
     smoothed_ensemble: Any = None
     nonfinite: Any = None
     info: Any = None
+    log_weights: Any = None
+    ess: Any = None
 
     def to_xarray(self, *, truth: ArrayLike | None = None,
                   observations: ArrayLike | None = None, mask: ArrayLike | None = None,
@@ -366,6 +379,21 @@ def is_stochastic(model) -> bool:
     by ``as_pytree``."""
     target = model.func if isinstance(model, jax.tree_util.Partial) else model
     return getattr(target, "stochastic", False) is True
+
+
+def is_particle(scheme) -> bool:
+    """True for a particle scheme (``enkit.particle``): a callable whose
+    ``particle`` attribute is True, also through ``functools.partial`` and
+    ``jax.tree_util.Partial`` (and ``as_pytree``) wrappers."""
+    target = scheme
+    for _ in range(8):
+        if getattr(target, "particle", False) is True:
+            return True
+        inner = getattr(target, "func", None)
+        if inner is None or inner is target:
+            return False
+        target = inner
+    return False
 
 
 def as_pytree(f):

@@ -1,0 +1,104 @@
+"""The bootstrap particle filter's analysis (sequential importance
+resampling with the model as proposal)."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+from jax.typing import ArrayLike
+
+from enkit._checks import is_concrete
+from enkit.covariance import as_covariance
+from enkit.filters._common import ObservationOperator, observe
+from enkit.particle._common import (
+    ParticleAnalysis,
+    as_operand,
+    check_threshold,
+    check_weights,
+    finish,
+    need_key,
+    prior_log_weights,
+    resample_if,
+    reweight,
+)
+from enkit.particle.resampling import regularize, systematic
+
+__all__ = ["bootstrap_pf", "gaussian_log_likelihood"]
+
+
+def gaussian_log_likelihood(Y: ArrayLike, y: ArrayLike, R) -> Array:
+    """log N(y; Yᵢ, R) for every row: −½‖R^{-½}(y − Yᵢ)‖² − ½ log det R
+    − (m/2) log 2π. Y: (N, m) simulated observations; y: (m,); R: a
+    covariance operator (m,). Returns (N,)."""
+    Y = jnp.asarray(Y)
+    r = R.whiten(jnp.asarray(y, Y.dtype) - Y)
+    m = Y.shape[-1]
+    return -0.5 * jnp.sum(r * r, axis=-1) - 0.5 * R.log_pdet - 0.5 * m * jnp.log(2.0 * jnp.pi)
+
+
+def bootstrap_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
+                 key: Array | None = None, log_weights: ArrayLike | None = None,
+                 threshold: ArrayLike = 0.5, resampler: Callable = systematic,
+                 reg: ArrayLike = 0.0, bandwidth: ArrayLike | None = None) -> ParticleAnalysis:
+    """Bootstrap particle filter analysis (Gordon, Salmond & Smith 1993).
+
+    The forecast particles xᵢ (drawn from the model, the proposal) are
+    reweighted by the likelihood, on the log scale,
+
+        log w̄ᵢ ← log w̄ᵢ + log N(y; h(xᵢ), R) − log Σⱼ w̄ⱼ N(y; h(xⱼ), R),
+
+    and, when ESS = 1/Σ w̄ᵢ² < threshold·N, resampled (``resampler``) to
+    uniform weights and jittered by ``regularize`` with ``reg`` (DAPPER's
+    ``PartFilt(NER=threshold, reg=reg)``); otherwise the weights are
+    carried to the next cycle (pass them back as ``log_weights``).
+
+    E: (N, n) forecast particles; y: (m,); h: callable on one member or
+    (m, n) matrix; R: covariance operator (or array) (m,). key: PRNG key
+    (required: the resampling draws). log_weights: (N,) the particles'
+    log-weights (any normalisation), None for uniform. threshold: in [0, 1]
+    (0: never resample, 1: whenever the weights are not uniform).
+    resampler: ``multinomial``, ``stratified``, ``systematic`` (default)
+    or ``residual`` (or any ``(key, log_w) -> ancestors``). reg: jitter
+    scale after resampling (0: none); bandwidth: the kernel bandwidth h
+    (None: ``scott_bandwidth(N, n)``).
+
+    Returns a ``ParticleAnalysis``. Every likelihood zero or a NaN one
+    raises ``WeightDegeneracyError`` when called with concrete values;
+    under ``jit`` (and in ``enkit.assimilate``) the analysis returns NaN
+    particles instead, flagged by ``degenerate``, which the driver's
+    finite-check reports as a failed analysis.
+    """
+    E = jnp.asarray(E)
+    N, n = E.shape
+    key = need_key(key, "bootstrap_pf")
+    check_threshold(threshold)
+    R = as_covariance(R, jnp.shape(y)[0], name="R").astype(E.dtype)
+    log_prior = prior_log_weights(log_weights, N, E.dtype)
+    jitter = not (is_concrete(reg) and float(reg) == 0.0)
+    result, log_lik = _bootstrap(E, jnp.asarray(y, E.dtype), as_operand(h), R, key, log_prior,
+                                 threshold, reg, bandwidth, resampler=resampler, jitter=jitter)
+    check_weights(log_prior, log_lik, "bootstrap_pf")
+    return result
+
+
+@partial(jax.jit, static_argnames=("resampler", "jitter"))
+def _bootstrap(E, y, h, R, key, log_prior, threshold, reg, bandwidth, *, resampler, jitter):
+    """The compiled body of ``bootstrap_pf``: (ParticleAnalysis, log-likelihoods)."""
+    log_lik = gaussian_log_likelihood(observe(h, E), y, R)
+    log_w, log_z, degenerate = reweight(log_prior, log_lik)
+    k_resample, k_jitter = jax.random.split(key)
+    ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
+    if jitter:
+        safe_w = jnp.where(degenerate, log_prior, log_w)
+        E_res = regularize(k_jitter, E, safe_w, ancestors, reg=reg, bandwidth=bandwidth)
+    else:
+        E_res = E[ancestors]  # no jitter: skip the (N, N) draws
+    E_new = jnp.where(resampled, E_res, E)
+    return finish(E_new, log_after, ess, resampled, log_z, degenerate), log_lik
+
+
+bootstrap_pf.particle = True

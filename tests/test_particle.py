@@ -1,0 +1,419 @@
+"""Particle filters (enkit.particle): resampling, ESS, the bootstrap and
+optimal-proposal analyses against the Kalman filter, and weighted
+ensembles through ``enkit.assimilate``."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import enkit
+from enkit import particle as pf
+from enkit.assimilation.compiled import run as _run
+
+N_COUNTS = 10
+W_COUNTS = np.array([0.3, 0.05, 0.15, 0.02, 0.08, 0.1, 0.12, 0.03, 0.1, 0.05])
+N_KEYS = 4000
+
+
+@jax.jit
+def _all_counts(keys, log_w):
+    """Offspring counts (keys, N) of every resampler (one compilation)."""
+    return {name: jax.vmap(lambda k, f=f: pf.offspring_counts(f(k, log_w), N_COUNTS))(keys)
+            for name, f in pf.RESAMPLERS.items()}
+
+
+@pytest.fixture(scope="module")
+def offspring():
+    """Offspring counts (N_KEYS, N) of each resampler on fixed weights."""
+    keys = jax.random.split(jax.random.key(0), N_KEYS)
+    return {k: np.asarray(v) for k, v in _all_counts(keys, np.log(W_COUNTS)).items()}
+
+
+@pytest.mark.parametrize("name", list(pf.RESAMPLERS))
+def test_resampler_unbiased(offspring, name):
+    counts = offspring[name]
+    assert counts.shape == (N_KEYS, N_COUNTS) and np.all(counts.sum(1) == N_COUNTS)
+    se = counts.std(0) / np.sqrt(N_KEYS) + 1e-12
+    # E[c_i] = N w_i, within 5 standard errors (members whose count is
+    # deterministic, se ≈ 0, must match to round-off).
+    assert np.all(np.abs(counts.mean(0) - N_COUNTS * W_COUNTS) <= 5 * se + 1e-9)
+
+
+def test_systematic_has_lowest_offspring_variance(offspring):
+    var = {name: offspring[name].var(0).sum() for name in offspring}
+    # multinomial: Σ N wᵢ (1 − wᵢ) in theory
+    assert var["multinomial"] == pytest.approx(N_COUNTS * (1 - np.sum(W_COUNTS ** 2)), rel=0.1)
+    assert all(var["systematic"] < var[name] for name in var if name != "systematic"), var
+    assert var["stratified"] < var["multinomial"] and var["residual"] < var["multinomial"]
+
+
+def test_resamplers_never_pick_zero_weight():
+    log_w = np.full(N_COUNTS, -np.inf)
+    log_w[[1, 3, 9]] = [0.0, -1.0, -3.0]
+    counts = _all_counts(jax.random.split(jax.random.key(1), N_KEYS), log_w)
+    for name, c in counts.items():
+        assert np.all(np.asarray(c)[:, [0, 2, 4, 5, 6, 7, 8]] == 0), name
+        assert c.dtype == jnp.int32
+    for name, f in pf.RESAMPLERS.items():
+        assert f(jax.random.key(2), log_w).dtype == jnp.int32
+
+
+def test_effective_sample_size():
+    assert pf.effective_sample_size(log_weights=jnp.zeros(7)) == pytest.approx(7.0)
+    one_hot = jnp.array([0.0, -jnp.inf, -jnp.inf])
+    assert pf.effective_sample_size(log_weights=one_hot) == pytest.approx(1.0)
+    # scale-free and stable: no underflow for log-weights around -1e4
+    lw = jnp.log(jnp.asarray(W_COUNTS))
+    ess = 1.0 / np.sum(W_COUNTS ** 2)
+    assert pf.effective_sample_size(log_weights=lw - 1e4) == pytest.approx(ess)
+    assert pf.effective_sample_size(log_weights=lw + 700.0) == pytest.approx(ess)
+
+
+def test_weighted_moments():
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(6, 3))
+    u = jnp.zeros(6)
+    np.testing.assert_allclose(pf.weighted_mean(E, u), E.mean(0), rtol=1e-12)
+    assert pf.weighted_spread(E, u) == pytest.approx(float(enkit.ensemble_spread(E)))
+    w = rng.random(6)
+    w /= w.sum()
+    np.testing.assert_allclose(pf.weighted_mean(E, np.log(w) + 3.0), w @ E, rtol=1e-12)
+    C12 = pf.weighted_covariance_root(E, np.log(w))
+    A = E - w @ E
+    np.testing.assert_allclose(C12.T @ C12, (A.T * w) @ A / (1 - np.sum(w ** 2)), rtol=1e-12)
+    # one member holding all the weight: the unweighted covariance is used
+    one = jnp.array([0.0] + [-jnp.inf] * 5)
+    C12 = pf.weighted_covariance_root(E, one)
+    np.testing.assert_allclose(C12.T @ C12, np.cov(E.T), rtol=1e-12)
+
+
+def test_bandwidths():
+    assert pf.scott_bandwidth(100, 2) == pytest.approx(100 ** (-1 / 6))
+    assert pf.silverman_bandwidth(100, 2) == pytest.approx((4 / 400) ** (1 / 6))
+
+
+def test_regularize_jitter_covariance():
+    rng = np.random.default_rng(1)
+    E = rng.normal(size=(40, 2)) @ np.array([[1.0, 0.5], [0.0, 0.7]])
+    lw = jnp.asarray(rng.normal(size=40))
+    a = pf.systematic(jax.random.key(0), lw)
+    key = jax.random.key(2)
+    np.testing.assert_array_equal(pf.regularize(key, E, lw, a, reg=0.0), E[a])
+    keys = jax.random.split(key, 500)
+    d = jax.jit(jax.vmap(lambda k: pf.regularize(k, E, lw, a, reg=0.5)))(keys) - E[a]
+    h = pf.scott_bandwidth(40, 2)
+    C12 = pf.weighted_covariance_root(E, lw)
+    emp = np.einsum("kni,knj->ij", d, d) / d.shape[0] / d.shape[1]
+    np.testing.assert_allclose(emp, (0.5 * h) ** 2 * C12.T @ C12, rtol=0.1, atol=2e-3)
+    d = pf.regularize(key, E, lw, a, reg=0.5, bandwidth=pf.silverman_bandwidth(40, 2)) - E[a]
+    assert np.all(np.isfinite(d)) and np.any(d != 0)
+
+
+# --- a one-step linear-Gaussian problem (2-D state, one observation) ---------
+
+MU = np.array([0.5, -1.0])
+P0 = np.array([[1.0, 0.4], [0.4, 0.6]])
+H1 = np.array([[1.0, 0.5]])
+R1 = 0.5
+Y1 = np.array([1.2])
+
+
+def kalman(mu, P, H, R, y):
+    S = H @ P @ H.T + R
+    K = P @ H.T @ np.linalg.inv(S)
+    return mu + K @ (y - H @ mu), P - K @ H @ P
+
+
+def prior_draws(key, N, mu=MU, P=P0):
+    """N draws of N(mu, P); key: a JAX key (traceable) or an int seed (NumPy)."""
+    if isinstance(key, int):
+        return mu + np.random.default_rng(key).normal(size=(N, 2)) @ np.linalg.cholesky(P).T
+    z = jax.random.normal(key, (N, 2), dtype=jnp.float64)
+    return mu + z @ np.linalg.cholesky(P).T
+
+
+@pytest.fixture(scope="module")
+def bootstrap_errors():
+    """RMS (over 48 seeds) error of the bootstrap PF's weighted mean and
+    variance against the Kalman posterior, at N = 200, 800, 3200."""
+    xa, Pa = kalman(MU, P0, H1, R1, Y1)
+
+    def one(key, N):
+        kp, ka = jax.random.split(key)
+        res = pf.bootstrap_pf(prior_draws(kp, N), Y1, H1, enkit.Scalar(R1, 1), key=ka,
+                              threshold=0.0)
+        m = pf.weighted_mean(res.ensemble, res.log_weights)
+        C = pf.weighted_covariance_root(res.ensemble, res.log_weights)
+        return m, jnp.sum(C * C, axis=0)
+
+    keys = jax.random.split(jax.random.key(3), 48)
+    out = {}
+    for N in (200, 800, 3200):
+        m, v = jax.jit(jax.vmap(partial(one, N=N)))(keys)
+        out[N] = (float(np.sqrt(np.mean((m - xa) ** 2))),
+                  float(np.sqrt(np.mean((v - np.diag(Pa)) ** 2))))
+    return out
+
+
+def test_bootstrap_converges_to_kalman_at_root_n(bootstrap_errors):
+    e = bootstrap_errors
+    assert e[3200][0] < 0.05 and e[3200][1] < 0.05
+    for k in (0, 1):  # mean, variance: N × 4 → error / 2, N × 16 → / 4
+        assert 1.4 < e[200][k] / e[800][k] < 2.9, e
+        assert 2.5 < e[200][k] / e[3200][k] < 6.5, e
+
+
+def test_optimal_proposal_exact_from_a_perfect_prior_point():
+    """All forecasts fᵢ = μ (the previous state known exactly): the weights
+    stay uniform and the particles are draws of the exact posterior
+    N(μ + K(y − Hμ), (I − KH)Q)."""
+    Q = enkit.Dense(P0)
+    E = jnp.tile(jnp.asarray(MU), (4000, 1))
+    res = pf.optimal_proposal_pf(E, Y1, H1, enkit.Scalar(R1, 1), Q=Q, key=jax.random.key(4))
+    xa, Pa = kalman(MU, P0, H1, R1, Y1)
+    np.testing.assert_allclose(res.log_weights, -np.log(4000), rtol=1e-12)
+    assert res.ess == pytest.approx(4000) and not res.resampled
+    se = np.sqrt(np.diag(Pa) / 4000)
+    assert np.all(np.abs(res.ensemble.mean(0) - xa) < 4 * se)
+    np.testing.assert_allclose(np.cov(res.ensemble.T), Pa, atol=0.06)
+    # log p(y) = log N(y; Hμ, H Q Hᵀ + R) exactly
+    S = H1 @ P0 @ H1.T + R1
+    d = Y1 - H1 @ MU
+    exact = -0.5 * (d @ np.linalg.solve(S, d) + np.log(np.linalg.det(2 * np.pi * S)))
+    assert float(res.log_evidence) == pytest.approx(float(exact), rel=1e-12)
+
+
+def test_optimal_proposal_matches_kalman_in_expectation():
+    """fᵢ drawn from N(μ, P0), x = f + η: the posterior is the Kalman one
+    with prior covariance P0 + Q; the mean over seeds of the weighted mean
+    matches it within Monte Carlo error."""
+    Qm = np.array([[0.3, 0.0], [0.0, 0.2]])
+    xa, Pa = kalman(MU, P0 + Qm, H1, R1, Y1)
+
+    def one(key):
+        kp, ka = jax.random.split(key)
+        res = pf.optimal_proposal_pf(prior_draws(kp, 300), Y1, H1, enkit.Scalar(R1, 1),
+                                     Q=enkit.Dense(Qm), key=ka)
+        C = pf.weighted_covariance_root(res.ensemble, res.log_weights)
+        return pf.weighted_mean(res.ensemble, res.log_weights), jnp.sum(C * C, axis=0)
+
+    m, v = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(5), 64))
+    assert np.all(np.abs(m.mean(0) - xa) < 4 * m.std(0) / 8 + 1e-3)
+    np.testing.assert_allclose(v.mean(0), np.diag(Pa), rtol=0.05)
+
+
+def test_observation_matrix_of_a_linear_callable():
+    x = np.array([3.0, -2.0])
+    np.testing.assert_array_equal(pf.observation_matrix(lambda v: jnp.asarray(H1) @ v, x), H1)
+    np.testing.assert_array_equal(pf.observation_matrix(H1, x), H1)
+
+
+def test_resampling_threshold():
+    E = prior_draws(8, 64)
+    R = enkit.Scalar(R1, 1)
+    kept = pf.bootstrap_pf(E, Y1, H1, R, key=jax.random.key(0), threshold=0.0)
+    lik = pf.gaussian_log_likelihood(E @ H1.T, Y1, R)
+    np.testing.assert_allclose(kept.log_weights, pf.normalize_log_weights(lik), rtol=1e-12)
+    np.testing.assert_array_equal(kept.ensemble, E)
+    assert not kept.resampled and kept.ess < 64
+    # carried weights enter the update: prior log-weights + likelihood
+    again = pf.bootstrap_pf(E, Y1, H1, R, key=jax.random.key(0), threshold=0.0,
+                            log_weights=kept.log_weights)
+    np.testing.assert_allclose(again.log_weights, pf.normalize_log_weights(2 * lik), rtol=1e-12)
+    res = pf.bootstrap_pf(E, Y1, H1, R, key=jax.random.key(0), threshold=1.0)
+    assert res.resampled and res.ess == pytest.approx(float(kept.ess))
+    np.testing.assert_allclose(res.log_weights, -np.log(64), rtol=1e-12)
+    rows = {tuple(r) for r in np.asarray(E)}
+    assert all(tuple(r) in rows for r in np.asarray(res.ensemble))
+    jit = pf.bootstrap_pf(E, Y1, H1, R, key=jax.random.key(0), threshold=1.0, reg=0.3)
+    assert not any(tuple(r) in rows for r in np.asarray(jit.ensemble))
+
+
+def test_degenerate_weights_raise_outside_jit():
+    E = prior_draws(9, 64)
+    far = np.array([1e200])
+    R = enkit.Scalar(1e-200, 1)
+    with pytest.raises(pf.WeightDegeneracyError, match="zero weight"):
+        pf.bootstrap_pf(E, far, H1, R, key=jax.random.key(0))
+    with pytest.raises(pf.WeightDegeneracyError, match="zero weight"):
+        pf.optimal_proposal_pf(E, Y1, H1, R1, Q=enkit.Dense(P0), key=jax.random.key(0),
+                               log_weights=jnp.full(64, -jnp.inf))
+    bad = lambda x: jnp.where(x[0] > 0, jnp.nan, x[:1])  # noqa: E731
+    with pytest.raises(pf.WeightDegeneracyError, match="NaN for"):
+        pf.bootstrap_pf(E, Y1, bad, R1, key=jax.random.key(0))
+
+
+def test_degenerate_weights_inside_jit_flagged_as_nan():
+    E = prior_draws(9, 64)
+    f = jax.jit(lambda E, y: pf.bootstrap_pf(E, y, H1, enkit.Scalar(1e-200, 1),
+                                             key=jax.random.key(0)))
+    res = f(E, np.array([1e200]))
+    assert bool(res.degenerate) and np.all(np.isnan(res.ensemble))
+    assert np.all(np.isnan(res.log_weights)) and not bool(res.resampled)
+    ok = f(E, np.array([0.0]))
+    assert not bool(ok.degenerate) and np.all(np.isfinite(ok.ensemble))
+
+
+def test_bad_arguments():
+    E = prior_draws(0, 10)
+    with pytest.raises(TypeError, match="pass key="):
+        pf.bootstrap_pf(E, Y1, H1, R1)
+    with pytest.raises(ValueError, match="threshold"):
+        pf.bootstrap_pf(E, Y1, H1, R1, key=jax.random.key(0), threshold=1.5)
+    with pytest.raises(ValueError, match=r"shape \(N,\)"):
+        pf.bootstrap_pf(E, Y1, H1, R1, key=jax.random.key(0), log_weights=jnp.zeros(3))
+
+
+def test_jit_does_not_recompile():
+    traces = []
+
+    @jax.jit
+    def f(E, y, key):
+        traces.append(1)
+        return pf.bootstrap_pf(E, y, H1, enkit.Scalar(R1, 1), key=key, reg=0.2)
+
+    f(prior_draws(0, 64), Y1, jax.random.key(1))
+    f(prior_draws(2, 64), Y1 + 1.0, jax.random.key(3))
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("scheme", ["bootstrap", "optimal"])
+def test_float32_smoke(scheme):
+    E = np.asarray(prior_draws(0, 64), np.float32)
+    y, H = np.float32(Y1), np.float32(H1)
+    R = enkit.Scalar(np.float32(R1), 1)
+    if scheme == "bootstrap":
+        res = pf.bootstrap_pf(E, y, H, R, key=jax.random.key(1), reg=0.5, threshold=1.0)
+    else:
+        res = pf.optimal_proposal_pf(E, y, H, R, Q=enkit.Dense(np.float32(P0)),
+                                     key=jax.random.key(1))
+    assert res.ensemble.dtype == jnp.float32 and res.log_weights.dtype == jnp.float32
+    assert np.all(np.isfinite(res.ensemble)) and np.all(np.isfinite(res.log_weights))
+
+
+# --- weighted ensembles through enkit.assimilate ---------------------------
+
+A2 = np.array([[0.9, 0.2], [-0.1, 0.8]])
+Q2 = np.array([[0.2, 0.05], [0.05, 0.1]])
+K2 = 6
+CARRY = partial(pf.bootstrap_pf, threshold=0.0)  # one object: one compilation
+OPTIMAL = partial(pf.optimal_proposal_pf, Q=enkit.Dense(Q2))
+
+
+def linear_model(x):
+    return jnp.asarray(A2) @ x
+
+
+def kalman_filter(m, P, ys):
+    means, stds = [], []
+    for y in ys:
+        m, P = A2 @ m, A2 @ P @ A2.T + Q2
+        m, P = kalman(m, P, H1, R1, y)
+        means.append(m)
+        stds.append(np.sqrt(np.trace(P) / 2))
+    return np.array(means), np.array(stds)
+
+
+def twin(seed, K=K2):
+    rng = np.random.default_rng(seed)
+    x, ys = rng.normal(size=2), []
+    for _ in range(K):
+        x = A2 @ x + rng.multivariate_normal(np.zeros(2), Q2)
+        ys.append(H1 @ x + np.sqrt(R1) * rng.normal(size=1))
+    return np.array(ys)
+
+
+@pytest.fixture(scope="module")
+def cycled():
+    """Bootstrap and optimal-proposal runs of N = 1500 against the Kalman filter."""
+    ys = twin(0)
+    E0 = np.random.default_rng(1).normal(size=(1500, 2))
+    kf = kalman_filter(np.zeros(2), np.eye(2), ys)
+    run = partial(enkit.assimilate, linear_model, E0, ys, h=H1, R=enkit.Scalar(R1, 1), key=3)
+    return kf, run(pf.bootstrap_pf, model_noise=enkit.Dense(Q2)), run(OPTIMAL)
+
+
+@pytest.mark.parametrize("which", [1, 2], ids=["bootstrap", "optimal"])
+def test_cycled_pf_follows_kalman(cycled, which):
+    (mean, std), res = cycled[0], cycled[which]
+    assert res.log_weights.shape == (K2, 1500) and res.ess.shape == (K2,)
+    np.testing.assert_allclose(jax.scipy.special.logsumexp(res.log_weights, axis=1), 0.0,
+                               atol=1e-10)
+    assert np.all((res.ess >= 1) & (res.ess <= 1500))
+    assert np.max(np.abs(res.analysis_mean - mean)) < 0.08
+    np.testing.assert_allclose(res.analysis_spread, std, rtol=0.12)
+    assert res.ess.mean() > (700 if which == 2 else 300)  # the optimal proposal keeps more
+
+
+def small_run(ys, E0, mask, **kw):
+    return enkit.assimilate(linear_model, E0, ys, CARRY, h=H1, R=enkit.Scalar(R1, 1), key=5,
+                            mask=mask, store=("forecast_mean", "analysis_mean", "analysis_spread",
+                                              "forecast_ensemble", "analysis_ensemble"), **kw)
+
+
+def test_driver_carries_weights_and_returns_weighted_means():
+    ys = twin(4)
+    mask = np.ones((K2, 1), bool)
+    mask[2] = False  # a cycle without observations: weights carried unchanged
+    E0 = prior_draws(11, 64)
+    res = small_run(ys, E0, mask)
+    E, total = np.asarray(E0), np.zeros(64)
+    for k in range(K2):
+        E = E @ A2.T
+        if mask[k, 0]:
+            total = total + pf.gaussian_log_likelihood(E @ H1.T, ys[k], enkit.Scalar(R1, 1))
+        lw = pf.normalize_log_weights(total)
+        np.testing.assert_allclose(res.log_weights[k], lw, rtol=1e-9, atol=1e-9)
+        ess = pf.effective_sample_size(log_weights=lw)
+        assert float(res.ess[k]) == pytest.approx(float(ess))
+        np.testing.assert_allclose(res.analysis_ensemble[k], E, rtol=1e-12)
+    np.testing.assert_allclose(res.log_weights[2], res.log_weights[1], rtol=1e-12)
+    np.testing.assert_allclose(res.ensemble, E, rtol=1e-12)
+    for k in range(K2):
+        np.testing.assert_allclose(res.analysis_mean[k], pf.weighted_mean(
+            res.analysis_ensemble[k], res.log_weights[k]), rtol=1e-12)
+        np.testing.assert_allclose(res.analysis_spread[k], pf.weighted_spread(
+            res.analysis_ensemble[k], res.log_weights[k]), rtol=1e-12)
+        prior = res.log_weights[k - 1] if k else np.zeros(64)
+        np.testing.assert_allclose(res.forecast_mean[k], pf.weighted_mean(
+            res.forecast_ensemble[k], prior), rtol=1e-12)
+    assert not np.allclose(res.analysis_mean[-1], res.analysis_ensemble[-1].mean(0))
+    # a second run with new values reuses the compiled program
+    size = _run._cache_size()
+    small_run(twin(5), prior_draws(12, 64), mask)
+    assert _run._cache_size() == size
+
+
+def test_driver_weight_degeneracy_is_an_error():
+    ys = twin(4)
+    ys[3] = 1e200
+    mask = np.ones((K2, 1), bool)
+    E0 = prior_draws(11, 64)
+    run = partial(enkit.assimilate, linear_model, E0, ys, CARRY, h=H1,
+                  R=enkit.Scalar(1e-200, 1), key=5, mask=mask)
+    with pytest.raises(enkit.NonFiniteError, match="weight degeneracy") as err:
+        run()
+    assert err.value.cycle == 4 and err.value.stage == "analysis"
+    assert err.value.result.log_weights.shape == (3, 64)
+    with pytest.warns(RuntimeWarning, match="weight degeneracy"):
+        res = run(on_nonfinite="warn")
+    assert np.all(np.isnan(res.log_weights[3:]))
+
+
+def test_driver_refuses_what_particles_do_not_support():
+    ys = twin(4)
+    E0 = prior_draws(11, 64)
+    run = partial(enkit.assimilate, linear_model, E0, observations=ys, h=H1, R=R1, key=5)
+    with pytest.raises(ValueError, match="outputs of a particle scheme"):
+        run(scheme=enkit.etkf, store=("analysis_mean", "log_weights"))
+    with pytest.raises(ValueError, match="no inflation"):
+        run(scheme=CARRY, inflation=1.1)
+    with pytest.raises(ValueError, match="cannot store cost_J"):
+        run(scheme=CARRY, store=("analysis_mean", "cost_J"))
+    with pytest.raises(ValueError, match="over_window"):
+        run(scheme=enkit.over_window(CARRY))
+    with pytest.raises(ValueError, match="compiled path"):
+        run(scheme=CARRY, observations=list(ys))
