@@ -58,7 +58,8 @@ def test_resamplers_never_pick_zero_weight():
         assert np.all(np.asarray(c)[:, [0, 2, 4, 5, 6, 7, 8]] == 0), name
         assert c.dtype == jnp.int32
     for name, f in pf.RESAMPLERS.items():
-        assert f(jax.random.key(2), log_w).dtype == jnp.int32
+        out = jax.eval_shape(f, jax.random.key(2), log_w)
+        assert out.dtype == jnp.int32 and out.shape == (N_COUNTS,)
 
 
 def test_effective_sample_size():
@@ -102,14 +103,20 @@ def test_regularize_jitter_covariance():
     a = pf.systematic(jax.random.key(0), lw)
     key = jax.random.key(2)
     np.testing.assert_array_equal(pf.regularize(key, E, lw, a, reg=0.0), E[a])
-    keys = jax.random.split(key, 500)
-    d = jax.jit(jax.vmap(lambda k: pf.regularize(k, E, lw, a, reg=0.5)))(keys) - E[a]
     h = pf.scott_bandwidth(40, 2)
-    C12 = pf.weighted_covariance_root(E, lw)
-    emp = np.einsum("kni,knj->ij", d, d) / d.shape[0] / d.shape[1]
-    np.testing.assert_allclose(emp, (0.5 * h) ** 2 * C12.T @ C12, rtol=0.1, atol=2e-3)
-    d = pf.regularize(key, E, lw, a, reg=0.5, bandwidth=pf.silverman_bandwidth(40, 2)) - E[a]
-    assert np.all(np.isfinite(d)) and np.any(d != 0)
+
+    @jax.jit
+    def jitter(keys, bandwidth):
+        d = jax.vmap(lambda k: pf.regularize(k, E, lw, a, reg=0.5, bandwidth=bandwidth))(keys)
+        d = d - E[a]
+        return jnp.einsum("kni,knj->ij", d, d) / d.shape[0] / d.shape[1]
+
+    C = pf.weighted_covariance_root(E, lw)
+    C = C.T @ C
+    keys = jax.random.split(key, 500)
+    np.testing.assert_allclose(jitter(keys, h), (0.5 * h) ** 2 * C, rtol=0.1, atol=2e-3)
+    hs = pf.silverman_bandwidth(40, 2)  # None means Scott's: the same draws
+    np.testing.assert_allclose(jitter(keys, hs), (hs / h) ** 2 * jitter(keys, h), rtol=1e-10)
 
 
 # --- a one-step linear-Gaussian problem (2-D state, one observation) ---------
@@ -138,7 +145,7 @@ def prior_draws(key, N, mu=MU, P=P0):
 @pytest.fixture(scope="module")
 def bootstrap_errors():
     """RMS (over 48 seeds) error of the bootstrap PF's weighted mean and
-    variance against the Kalman posterior, at N = 200, 800, 3200."""
+    variance against the Kalman posterior, at N = 200 and 3200."""
     xa, Pa = kalman(MU, P0, H1, R1, Y1)
 
     def one(key, N):
@@ -151,7 +158,7 @@ def bootstrap_errors():
 
     keys = jax.random.split(jax.random.key(3), 48)
     out = {}
-    for N in (200, 800, 3200):
+    for N in (200, 3200):
         m, v = jax.jit(jax.vmap(partial(one, N=N)))(keys)
         out[N] = (float(np.sqrt(np.mean((m - xa) ** 2))),
                   float(np.sqrt(np.mean((v - np.diag(Pa)) ** 2))))
@@ -161,29 +168,42 @@ def bootstrap_errors():
 def test_bootstrap_converges_to_kalman_at_root_n(bootstrap_errors):
     e = bootstrap_errors
     assert e[3200][0] < 0.05 and e[3200][1] < 0.05
-    for k in (0, 1):  # mean, variance: N × 4 → error / 2, N × 16 → / 4
-        assert 1.4 < e[200][k] / e[800][k] < 2.9, e
+    for k in (0, 1):  # mean, variance: N × 16 → error / 4
         assert 2.5 < e[200][k] / e[3200][k] < 6.5, e
+
+
+@jax.jit
+def _optimal_runs(keys, L0, Q):
+    """optimal_proposal_pf on 300 forecasts fᵢ = μ + L0 zᵢ, one run per key;
+    with the weighted mean and variances of each."""
+    def one(key):
+        kp, ka = jax.random.split(key)
+        F = MU + jax.random.normal(kp, (300, 2), dtype=L0.dtype) @ L0.T
+        res = pf.optimal_proposal_pf(F, Y1, H1, enkit.Scalar(R1, 1), Q=enkit.Dense(Q), key=ka)
+        C = pf.weighted_covariance_root(res.ensemble, res.log_weights)
+        return res, pf.weighted_mean(res.ensemble, res.log_weights), jnp.sum(C * C, axis=0)
+
+    return jax.vmap(one)(keys)
 
 
 def test_optimal_proposal_exact_from_a_perfect_prior_point():
     """All forecasts fᵢ = μ (the previous state known exactly): the weights
     stay uniform and the particles are draws of the exact posterior
     N(μ + K(y − Hμ), (I − KH)Q)."""
-    Q = enkit.Dense(P0)
-    E = jnp.tile(jnp.asarray(MU), (4000, 1))
-    res = pf.optimal_proposal_pf(E, Y1, H1, enkit.Scalar(R1, 1), Q=Q, key=jax.random.key(4))
+    res, _, _ = _optimal_runs(jax.random.split(jax.random.key(4), 64), np.zeros((2, 2)), P0)
     xa, Pa = kalman(MU, P0, H1, R1, Y1)
-    np.testing.assert_allclose(res.log_weights, -np.log(4000), rtol=1e-12)
-    assert res.ess == pytest.approx(4000) and not res.resampled
-    se = np.sqrt(np.diag(Pa) / 4000)
-    assert np.all(np.abs(res.ensemble.mean(0) - xa) < 4 * se)
-    np.testing.assert_allclose(np.cov(res.ensemble.T), Pa, atol=0.06)
+    np.testing.assert_allclose(res.log_weights, -np.log(300), rtol=1e-12)
+    np.testing.assert_allclose(res.ess, 300, rtol=1e-12)
+    assert not np.any(res.resampled)
+    X = np.asarray(res.ensemble).reshape(-1, 2)  # 19200 draws
+    se = np.sqrt(np.diag(Pa) / X.shape[0])
+    assert np.all(np.abs(X.mean(0) - xa) < 4 * se)
+    np.testing.assert_allclose(np.cov(X.T), Pa, atol=0.03)
     # log p(y) = log N(y; Hμ, H Q Hᵀ + R) exactly
     S = H1 @ P0 @ H1.T + R1
     d = Y1 - H1 @ MU
     exact = -0.5 * (d @ np.linalg.solve(S, d) + np.log(np.linalg.det(2 * np.pi * S)))
-    assert float(res.log_evidence) == pytest.approx(float(exact), rel=1e-12)
+    np.testing.assert_allclose(res.log_evidence, float(exact), rtol=1e-12)
 
 
 def test_optimal_proposal_matches_kalman_in_expectation():
@@ -192,15 +212,7 @@ def test_optimal_proposal_matches_kalman_in_expectation():
     matches it within Monte Carlo error."""
     Qm = np.array([[0.3, 0.0], [0.0, 0.2]])
     xa, Pa = kalman(MU, P0 + Qm, H1, R1, Y1)
-
-    def one(key):
-        kp, ka = jax.random.split(key)
-        res = pf.optimal_proposal_pf(prior_draws(kp, 300), Y1, H1, enkit.Scalar(R1, 1),
-                                     Q=enkit.Dense(Qm), key=ka)
-        C = pf.weighted_covariance_root(res.ensemble, res.log_weights)
-        return pf.weighted_mean(res.ensemble, res.log_weights), jnp.sum(C * C, axis=0)
-
-    m, v = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(5), 64))
+    _, m, v = _optimal_runs(jax.random.split(jax.random.key(5), 64), np.linalg.cholesky(P0), Qm)
     assert np.all(np.abs(m.mean(0) - xa) < 4 * m.std(0) / 8 + 1e-3)
     np.testing.assert_allclose(v.mean(0), np.diag(Pa), rtol=0.05)
 
@@ -239,22 +251,28 @@ def test_degenerate_weights_raise_outside_jit():
     with pytest.raises(pf.WeightDegeneracyError, match="zero weight"):
         pf.bootstrap_pf(E, far, H1, R, key=jax.random.key(0))
     with pytest.raises(pf.WeightDegeneracyError, match="zero weight"):
-        pf.optimal_proposal_pf(E, Y1, H1, R1, Q=enkit.Dense(P0), key=jax.random.key(0),
-                               log_weights=jnp.full(64, -jnp.inf))
-    bad = lambda x: jnp.where(x[0] > 0, jnp.nan, x[:1])  # noqa: E731
-    with pytest.raises(pf.WeightDegeneracyError, match="NaN for"):
-        pf.bootstrap_pf(E, Y1, bad, R1, key=jax.random.key(0))
+        pf.bootstrap_pf(E, Y1, H1, R, key=jax.random.key(0), log_weights=jnp.full(64, -jnp.inf))
+    bad = np.array(E)
+    bad[[3, 7]] = np.nan  # h(x) NaN for two members
+    with pytest.raises(pf.WeightDegeneracyError, match=r"NaN for 2 .* \(members \[3, 7\]"):
+        pf.bootstrap_pf(bad, Y1, H1, R, key=jax.random.key(0))
 
 
-def test_degenerate_weights_inside_jit_flagged_as_nan():
-    E = prior_draws(9, 64)
-    f = jax.jit(lambda E, y: pf.bootstrap_pf(E, y, H1, enkit.Scalar(1e-200, 1),
-                                             key=jax.random.key(0)))
-    res = f(E, np.array([1e200]))
+def test_degenerate_weights_inside_jit_flagged_as_nan_and_no_recompilation():
+    """...and a second call with new values does not recompile."""
+    traces = []
+
+    @jax.jit
+    def f(E, y, key):
+        traces.append(1)
+        return pf.bootstrap_pf(E, y, H1, enkit.Scalar(1e-200, 1), key=key, reg=0.2)
+
+    res = f(prior_draws(9, 64), np.array([1e200]), jax.random.key(0))
     assert bool(res.degenerate) and np.all(np.isnan(res.ensemble))
     assert np.all(np.isnan(res.log_weights)) and not bool(res.resampled)
-    ok = f(E, np.array([0.0]))
+    ok = f(prior_draws(10, 64), np.array([0.0]), jax.random.key(1))
     assert not bool(ok.degenerate) and np.all(np.isfinite(ok.ensemble))
+    assert len(traces) == 1
 
 
 def test_bad_arguments():
@@ -265,19 +283,6 @@ def test_bad_arguments():
         pf.bootstrap_pf(E, Y1, H1, R1, key=jax.random.key(0), threshold=1.5)
     with pytest.raises(ValueError, match=r"shape \(N,\)"):
         pf.bootstrap_pf(E, Y1, H1, R1, key=jax.random.key(0), log_weights=jnp.zeros(3))
-
-
-def test_jit_does_not_recompile():
-    traces = []
-
-    @jax.jit
-    def f(E, y, key):
-        traces.append(1)
-        return pf.bootstrap_pf(E, y, H1, enkit.Scalar(R1, 1), key=key, reg=0.2)
-
-    f(prior_draws(0, 64), Y1, jax.random.key(1))
-    f(prior_draws(2, 64), Y1 + 1.0, jax.random.key(3))
-    assert len(traces) == 1
 
 
 @pytest.mark.parametrize("scheme", ["bootstrap", "optimal"])
@@ -381,6 +386,9 @@ def test_driver_carries_weights_and_returns_weighted_means():
         np.testing.assert_allclose(res.forecast_mean[k], pf.weighted_mean(
             res.forecast_ensemble[k], prior), rtol=1e-12)
     assert not np.allclose(res.analysis_mean[-1], res.analysis_ensemble[-1].mean(0))
+    ds = res.to_xarray()
+    assert ds["log_weights"].dims == ("time", "member") and ds["ess"].dims == ("time",)
+    np.testing.assert_array_equal(ds["log_weights"].values, res.log_weights)
     # a second run with new values reuses the compiled program
     size = _run._cache_size()
     small_run(twin(5), prior_draws(12, 64), mask)

@@ -8,7 +8,8 @@ covariances) and ``obs`` (m):
 
     steps, nonfinite (int8), forecast_spread, analysis_spread,
         smoothed_spread, cost_J, cost_Jb, cost_Jo, innovation_chi2,
-        log_likelihood, dfs (time)
+        log_likelihood, dfs, ess (time)
+    log_weights (time, member): a particle scheme's normalised log-weights
     forecast_mean, analysis_mean, smoothed_mean, analysis_variances,
         analysis_std, bma (time, state)
     forecast_ensemble, analysis_ensemble, smoothed_ensemble
@@ -65,10 +66,11 @@ __all__ = ["assimilation_to_xarray", "calibration_to_xarray", "file_format", "re
            "write_netcdf"]
 
 _TIME = ("steps", "nonfinite", "forecast_spread", "analysis_spread", "smoothed_spread",
-         "cost_J", "cost_Jb", "cost_Jo", "innovation_chi2", "log_likelihood", "dfs")
+         "cost_J", "cost_Jb", "cost_Jo", "innovation_chi2", "log_likelihood", "dfs", "ess")
 _STATE = ("forecast_mean", "analysis_mean", "smoothed_mean", "analysis_variances",
           "analysis_std", "bma")
 _MEMBERS = ("forecast_ensemble", "analysis_ensemble", "smoothed_ensemble")
+_WEIGHTS = ("log_weights",)
 _COVARIANCES = ("forecast_covariance", "analysis_covariance")
 _OBS = ("innovation_forecast", "innovation_analysis", "simulated_obs_forecast",
         "simulated_obs_analysis")
@@ -143,6 +145,7 @@ def assimilation_to_xarray(result, *, truth=None, observations=None, mask=None,
 
     for names, dims in ((_TIME, ("time",)), (_STATE, ("time", "state")),
                         (_MEMBERS, ("time", "member", "state")),
+                        (_WEIGHTS, ("time", "member")),
                         (_COVARIANCES, ("time", "state", "state_b"))):
         for name in names:
             value = getattr(result, name)
