@@ -425,3 +425,18 @@ def test_driver_refuses_what_particles_do_not_support():
         run(scheme=enkit.over_window(CARRY))
     with pytest.raises(ValueError, match="compiled path"):
         run(scheme=CARRY, observations=list(ys))
+
+
+def test_driver_windows_equal_one_scan():
+    """The windowed scan (``progress=True``, checkpoints) carries the weights too."""
+    from enkit.assimilation import compiled, driver
+
+    mask = np.ones((K2, 1), bool)
+    run = driver.prepare(linear_model, prior_draws(11, 64), twin(4), CARRY, h=H1,
+                         R=enkit.Scalar(R1, 1), key=5, mask=mask)
+    one = compiled.run(run.settings, run.record, run.E0, run.key, forecast_steps=0,
+                       outputs=run.outputs)
+    windows = compiled.run_windows(run.settings, run.record, run.E0, run.key, 0, run.outputs,
+                                   None, every=2)
+    for name in ("log_weights", "ess", "analysis_mean", "ensemble"):
+        np.testing.assert_allclose(getattr(windows, name), getattr(one, name), rtol=1e-12)
