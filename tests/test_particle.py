@@ -425,6 +425,8 @@ def test_driver_refuses_what_particles_do_not_support():
         run(scheme=enkit.over_window(CARRY))
     with pytest.raises(ValueError, match="compiled path"):
         run(scheme=CARRY, observations=list(ys))
+    with pytest.raises(ValueError, match="added twice"):
+        run(scheme=OPTIMAL, model_noise=enkit.Dense(Q2))
 
 
 def test_driver_windows_equal_one_scan():

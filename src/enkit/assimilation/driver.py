@@ -49,6 +49,7 @@ from enkit.assimilation.types import (
     is_particle,
     is_stochastic,
     over_window,
+    scheme_flag,
 )
 from enkit.covariance import Covariance, as_covariance
 from enkit.filters._common import SPREAD_ADVICE, ObservationOperator
@@ -432,6 +433,10 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
         outputs = _particle_outputs(outputs, window=window, smoother=smoother,
                                     inflation=inflation, python_path=python_path,
                                     checkpoint=checkpoint)
+        if model_noise is not None and scheme_flag(inner, "adds_model_noise"):
+            raise ValueError(
+                f"{describe(inner)} draws the model noise itself (bind Q to it): give no "
+                "model_noise=, or the noise would be added twice")
     else:
         wrong = [name for name in outputs if name in cycle.PARTICLE_OUTPUTS]
         if wrong:

@@ -385,9 +385,15 @@ def is_particle(scheme) -> bool:
     """True for a particle scheme (``enkit.particle``): a callable whose
     ``particle`` attribute is True, also through ``functools.partial`` and
     ``jax.tree_util.Partial`` (and ``as_pytree``) wrappers."""
+    return scheme_flag(scheme, "particle")
+
+
+def scheme_flag(scheme, name: str) -> bool:
+    """True when the attribute ``name`` of ``scheme`` is True, looked up
+    through ``functools.partial``/``Partial`` wrappers (their ``func``)."""
     target = scheme
     for _ in range(8):
-        if getattr(target, "particle", False) is True:
+        if getattr(target, name, False) is True:
             return True
         inner = getattr(target, "func", None)
         if inner is None or inner is target:

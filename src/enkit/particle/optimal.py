@@ -63,9 +63,11 @@ def optimal_proposal_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *
     possibly singular square root of (I − K H) Q is taken.
 
     In ``enkit.assimilate``, bind Q here (``functools.partial(
-    optimal_proposal_pf, Q=Q)``) and give no ``model_noise``: the forecast
-    then hands over fᵢ and this analysis is the filtering step of x_k =
-    M(x_{k−1}) + η_k observed every ``steps_per_obs=1`` step.
+    optimal_proposal_pf, Q=Q)``) and give no ``model_noise`` (refused:
+    the noise would be added twice): the forecast then hands over fᵢ, and
+    this analysis is the filtering step of x_k = M(x_{k−1}) + η_k observed
+    at every step (``steps_per_obs=1``; with more steps, the model is
+    deterministic between analyses and η is drawn once per cycle).
 
     E: (N, n); y: (m,); h: (m, n) matrix or a linear callable (its Jacobian
     at the particle mean is taken as H; for a nonlinear h this is a
@@ -120,3 +122,4 @@ def _optimal(E, y, h, R, Q, key, log_prior, threshold, *, resampler):
 
 
 optimal_proposal_pf.particle = True
+optimal_proposal_pf.adds_model_noise = True  # assimilate refuses model_noise= with it
