@@ -28,7 +28,7 @@ class ParticleAnalysis(NamedTuple):
     ensemble was resampled (ess < threshold·N); log_evidence: the estimate
     log Σᵢ w̄ᵢ p(y | xᵢ) of log p(y | past observations); degenerate: bool,
     True when the weights could not be formed (every likelihood zero, or a
-    NaN one): then ensemble and log_weights are NaN (see ``check_weights``).
+    NaN one): then ensemble and log_weights are NaN (see ``bootstrap_pf``).
     """
 
     ensemble: Any
