@@ -98,25 +98,29 @@ def test_bandwidths():
 
 def test_regularize_jitter_covariance():
     rng = np.random.default_rng(1)
-    E = rng.normal(size=(40, 2)) @ np.array([[1.0, 0.5], [0.0, 0.7]])
-    lw = jnp.asarray(rng.normal(size=40))
-    a = pf.systematic(jax.random.key(0), lw)
-    key = jax.random.key(2)
-    np.testing.assert_array_equal(pf.regularize(key, E, lw, a, reg=0.0), E[a])
-    h = pf.scott_bandwidth(40, 2)
+    E = jnp.asarray(rng.normal(size=(40, 2)) @ np.array([[1.0, 0.5], [0.0, 0.7]]))
+    lw = rng.normal(size=40)
+    h, hs = pf.scott_bandwidth(40, 2), pf.silverman_bandwidth(40, 2)
 
     @jax.jit
-    def jitter(keys, bandwidth):
-        d = jax.vmap(lambda k: pf.regularize(k, E, lw, a, reg=0.5, bandwidth=bandwidth))(keys)
-        d = d - E[a]
-        return jnp.einsum("kni,knj->ij", d, d) / d.shape[0] / d.shape[1]
+    def jitter(key):
+        """(plain, jitter covariance with Scott's h, with Silverman's, C_w)."""
+        a = pf.systematic(jax.random.key(0), lw)
+        keys = jax.random.split(key, 500)
 
-    C = pf.weighted_covariance_root(E, lw)
-    C = C.T @ C
-    keys = jax.random.split(key, 500)
-    np.testing.assert_allclose(jitter(keys, h), (0.5 * h) ** 2 * C, rtol=0.1, atol=2e-3)
-    hs = pf.silverman_bandwidth(40, 2)  # None means Scott's: the same draws
-    np.testing.assert_allclose(jitter(keys, hs), (hs / h) ** 2 * jitter(keys, h), rtol=1e-10)
+        def cov(bandwidth):
+            d = jax.vmap(lambda k: pf.regularize(k, E, lw, a, reg=0.5,
+                                                 bandwidth=bandwidth))(keys) - E[a]
+            return jnp.einsum("kni,knj->ij", d, d) / d.shape[0] / d.shape[1]
+
+        C = pf.weighted_covariance_root(E, lw)
+        return (pf.regularize(key, E, lw, a, reg=0.0) - E[a], cov(None), cov(hs), C.T @ C)
+
+    plain, scott, silverman, C = jitter(jax.random.key(2))
+    np.testing.assert_array_equal(plain, 0.0)
+    np.testing.assert_allclose(scott, (0.5 * h) ** 2 * C, rtol=0.1, atol=2e-3)
+    # the same draws: the bandwidth only scales them
+    np.testing.assert_allclose(silverman, (hs / h) ** 2 * scott, rtol=1e-10)
 
 
 # --- a one-step linear-Gaussian problem (2-D state, one observation) ---------
@@ -240,8 +244,6 @@ def test_resampling_threshold():
     np.testing.assert_allclose(res.log_weights, -np.log(64), rtol=1e-12)
     rows = {tuple(r) for r in np.asarray(E)}
     assert all(tuple(r) in rows for r in np.asarray(res.ensemble))
-    jit = pf.bootstrap_pf(E, Y1, H1, R, key=jax.random.key(0), threshold=1.0, reg=0.3)
-    assert not any(tuple(r) in rows for r in np.asarray(jit.ensemble))
 
 
 def test_degenerate_weights_raise_outside_jit():
@@ -259,19 +261,24 @@ def test_degenerate_weights_raise_outside_jit():
 
 
 def test_degenerate_weights_inside_jit_flagged_as_nan_and_no_recompilation():
-    """...and a second call with new values does not recompile."""
+    """...and a second call with new values does not recompile; with reg > 0
+    the resampled particles are jittered (none equals a forecast particle)."""
     traces = []
 
     @jax.jit
-    def f(E, y, key):
+    def f(E, y, R, key, threshold):
         traces.append(1)
-        return pf.bootstrap_pf(E, y, H1, enkit.Scalar(1e-200, 1), key=key, reg=0.2)
+        return pf.bootstrap_pf(E, y, H1, R, key=key, reg=0.2, threshold=threshold)
 
-    res = f(prior_draws(9, 64), np.array([1e200]), jax.random.key(0))
+    res = f(prior_draws(9, 64), np.array([1e200]), enkit.Scalar(1e-200, 1), jax.random.key(0),
+            0.5)
     assert bool(res.degenerate) and np.all(np.isnan(res.ensemble))
     assert np.all(np.isnan(res.log_weights)) and not bool(res.resampled)
-    ok = f(prior_draws(10, 64), np.array([0.0]), jax.random.key(1))
-    assert not bool(ok.degenerate) and np.all(np.isfinite(ok.ensemble))
+    E = prior_draws(10, 64)
+    ok = f(E, np.array([0.0]), enkit.Scalar(R1, 1), jax.random.key(1), 1.0)
+    assert not bool(ok.degenerate) and bool(ok.resampled)
+    rows = {tuple(r) for r in E}
+    assert not any(tuple(r) in rows for r in np.asarray(ok.ensemble))
     assert len(traces) == 1
 
 
@@ -285,16 +292,12 @@ def test_bad_arguments():
         pf.bootstrap_pf(E, Y1, H1, R1, key=jax.random.key(0), log_weights=jnp.zeros(3))
 
 
-@pytest.mark.parametrize("scheme", ["bootstrap", "optimal"])
-def test_float32_smoke(scheme):
+def test_float32_smoke():
+    """bootstrap_pf in float32 (optimal_proposal_pf: test_driver_float32_smoke)."""
     E = np.asarray(prior_draws(0, 64), np.float32)
     y, H = np.float32(Y1), np.float32(H1)
     R = enkit.Scalar(np.float32(R1), 1)
-    if scheme == "bootstrap":
-        res = pf.bootstrap_pf(E, y, H, R, key=jax.random.key(1), reg=0.5, threshold=1.0)
-    else:
-        res = pf.optimal_proposal_pf(E, y, H, R, Q=enkit.Dense(np.float32(P0)),
-                                     key=jax.random.key(1))
+    res = pf.bootstrap_pf(E, y, H, R, key=jax.random.key(1), reg=0.5, threshold=1.0)
     assert res.ensemble.dtype == jnp.float32 and res.log_weights.dtype == jnp.float32
     assert np.all(np.isfinite(res.ensemble)) and np.all(np.isfinite(res.log_weights))
 
@@ -309,7 +312,7 @@ OPTIMAL = partial(pf.optimal_proposal_pf, Q=enkit.Dense(Q2))
 
 
 def linear_model(x):
-    return jnp.asarray(A2) @ x
+    return jnp.asarray(A2, x.dtype) @ x
 
 
 def kalman_filter(m, P, ys):
@@ -442,3 +445,20 @@ def test_driver_windows_equal_one_scan():
                                    None, every=2)
     for name in ("log_weights", "ess", "analysis_mean", "ensemble"):
         np.testing.assert_allclose(getattr(windows, name), getattr(one, name), rtol=1e-12)
+
+
+def test_driver_float32_smoke():
+    """float32 through the driver, with a callable (linear) h and an absent
+    observation: the optimal proposal takes H as the Jacobian of masked h."""
+    f32 = np.float32
+    mask = np.ones((K2, 1), bool)
+    mask[1] = False
+    Q = enkit.Dense(Q2.astype(f32))
+    res = enkit.assimilate(linear_model, prior_draws(11, 32).astype(f32), twin(4).astype(f32),
+                           partial(pf.optimal_proposal_pf, Q=Q),
+                           h=lambda x: jnp.asarray(H1, f32) @ x, R=enkit.Scalar(f32(R1), 1),
+                           key=0, mask=mask)
+    for a in (res.log_weights, res.ess, res.analysis_mean, res.ensemble):
+        assert a.dtype == jnp.float32 and np.all(np.isfinite(a))
+    # no observation at cycle 2: its weights are those cycle 1 handed on
+    np.testing.assert_array_equal(res.log_weights[1], res.log_weights[0])
