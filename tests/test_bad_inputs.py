@@ -273,6 +273,8 @@ BAD_OPTIONS = [
     # scheme options
     ("enkf center_perturbations", lambda: analyse("enkf", center_perturbations="yes"),
      TypeError, "center_perturbations must be a bool"),
+    ("enkf draw_dtype", lambda: analyse("enkf", draw_dtype="int32"),
+     TypeError, "draw_dtype must be None or a floating dtype"),
     ("kalman joseph", lambda: analyse("kalman", joseph=1), TypeError, "joseph must be a bool"),
     ("etkf_n return_info", lambda: analyse("etkf_n", return_info="yes"), TypeError,
      "return_info must be a bool"),

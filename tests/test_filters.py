@@ -83,7 +83,7 @@ def test_ensemble_with_covariance_is_exact_in_the_span():
     assert rel(ma, mean) < 1e-12 and rel(Ca, cov) < 1e-10
 
 
-def _enkf_errors(N, keys, center=False):
+def _enkf_errors(N, keys, center=False, draw_dtype=None):
     p = LinearGaussian(N)
     xf, Pf = sample_stats(p.E)
     xa, Pa = kalman_analysis(xf, Pf, p.y, p.H, p.R)
@@ -92,7 +92,7 @@ def _enkf_errors(N, keys, center=False):
     out = []
     for k in keys:
         Ea = enkit.enkf(p.E, p.y, p.H, p.R, key=jax.random.key(k),
-                        center_perturbations=center)
+                        center_perturbations=center, draw_dtype=draw_dtype)
         ma, Ca = sample_stats(Ea)
         out.append((ma - xa, rel(Ca, Pa)))
     return out, K, p
@@ -105,6 +105,32 @@ def test_enkf_within_monte_carlo_error_at_N2000():
     for dmean, crel in out:
         assert np.all(np.abs(dmean) < 5 * sd + 1e-12)
         assert crel < 0.1
+
+
+def test_enkf_float32_draws_within_monte_carlo_error_at_N2000():
+    out, K, p = _enkf_errors(2000, range(3), draw_dtype=jnp.float32)
+    sd = np.sqrt(np.diag(K @ p.R @ K.T) / p.N)
+    for dmean, crel in out:
+        assert np.all(np.abs(dmean) < 5 * sd + 1e-12)
+        assert crel < 0.1
+    out, _, _ = _enkf_errors(50, range(2), center=True, draw_dtype=jnp.float32)
+    for dmean, _ in out:
+        assert np.max(np.abs(dmean)) < 1e-10
+
+
+def test_enkf_draw_dtype_sets_only_the_standard_normal_draws():
+    p = LinearGaussian(12)
+    key = jax.random.key(3)
+    R = enkit.Diagonal(jnp.asarray(np.diag(p.R)))
+    a = enkit.enkf(p.E, p.y, p.H, R, key=key, draw_dtype=jnp.float32)
+    z = jax.random.normal(key, (p.N, p.y.shape[0]), dtype=jnp.float32)
+    D = jnp.asarray(p.y) + R.colorize(z.astype(jnp.float64))
+    np.testing.assert_array_equal(
+        enkit.perturbed_observations(key, jnp.asarray(p.y), R, p.N, draw_dtype=jnp.float32), D)
+    assert a.dtype == jnp.float64
+    assert not np.array_equal(a, enkit.enkf(p.E, p.y, p.H, R, key=key))
+    np.testing.assert_array_equal(enkit.enkf(p.E, p.y, p.H, R, key=key, draw_dtype=None),
+                                  enkit.enkf(p.E, p.y, p.H, R, key=key))
 
 
 def test_enkf_error_shrinks_like_one_over_sqrt_N():
