@@ -32,10 +32,7 @@ def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = Fa
         z = jax.random.normal(key, (N, R.dim), dtype=draw_dtype)
         eps = R.colorize(z.astype(R.dtype))
     if center:
-        # Centred as (I − 11ᵀ/N) ε, one matrix product: ``ε − mean(ε)`` has
-        # two consumers of ε, and XLA then computes the normal transform
-        # (most of the analysis cost at m = N = 40) in both.
-        eps = (jnp.eye(N, dtype=eps.dtype) - 1.0 / N) @ eps
+        eps = eps - jnp.mean(eps, axis=0, keepdims=True)
     return y + eps
 
 
