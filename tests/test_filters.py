@@ -259,3 +259,15 @@ def test_perturbed_observations():
     np.testing.assert_allclose(np.std(np.asarray(D), axis=0), [1, 2, 3], rtol=0.03)
     Dc = enkit.perturbed_observations(jax.random.key(0), y, R, 5, center=True)
     np.testing.assert_allclose(np.mean(np.asarray(Dc), axis=0), y, atol=1e-12)
+
+
+def test_centring_by_product_and_by_mean_agree_across_the_switch():
+    """Small ensembles centre the draws by one (N, N) product, large ones by
+    subtracting the mean: both remove the mean of the same draws."""
+    R = enkit.Diagonal(np.array([1.0, 4.0, 9.0]))
+    y = np.array([1.0, 2.0, 3.0])
+    for N in (5, 64, 65, 200):
+        D = np.asarray(enkit.perturbed_observations(jax.random.key(1), y, R, N))
+        Dc = np.asarray(enkit.perturbed_observations(jax.random.key(1), y, R, N, center=True))
+        np.testing.assert_allclose(Dc, D - D.mean(0) + y, atol=1e-12)
+        np.testing.assert_allclose(Dc.mean(0), y, atol=1e-12)
