@@ -32,28 +32,8 @@ def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = Fa
         z = jax.random.normal(key, (N, R.dim), dtype=draw_dtype)
         eps = R.colorize(z.astype(R.dtype))
     if center:
-        eps = _center(eps)
+        eps = eps - jnp.mean(eps, axis=0, keepdims=True)
     return y + eps
-
-
-# Up to this many members the perturbations are centred by one (N, N) product.
-_CENTER_BY_PRODUCT = 64
-
-
-def _center(eps: Array) -> Array:
-    """ε minus its mean over members (axis 0).
-
-    ``ε − mean(ε)`` gives the draw two consumers, and XLA then computes the
-    normal transform in both fusions. At small N the single product
-    ``(I − 11ᵀ/N) ε`` avoids that: Lorenz-96, m = N = 40, a whole cycle
-    0.069 ms against 0.082 (benchmarks/vs_dapper_enkf.py, load 1.3). Its
-    O(N² m) cost outgrows the transform's O(N m) beyond a few tens of
-    members, so larger ensembles subtract the mean.
-    """
-    N = eps.shape[0]
-    if N <= _CENTER_BY_PRODUCT:
-        return (jnp.eye(N, dtype=eps.dtype) - 1.0 / N) @ eps
-    return eps - jnp.mean(eps, axis=0, keepdims=True)
 
 
 def check_draw_dtype(draw_dtype) -> None:
