@@ -66,22 +66,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import enkit  # noqa: E402
+from vs_dapper import identity, make_twin  # noqa: E402  (the same truths as vs_dapper.py)
 
 INFL = 1.06
-
-
-def identity(x):
-    return x
-
-
-def make_twin(cycles, seed):
-    model = enkit.Lorenz96(n=40, F=8.0, dt=0.05)
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    x0 = model.F + jax.random.normal(k1, (40,))
-    twin = enkit.twin_experiment(model, x0, key=k2, n_obs=cycles, h=identity, R=1.0,
-                                 spinup=1000)
-    E0 = twin.x0 + jax.random.normal(k3, (40, 40))
-    return model, twin, E0
 
 
 def load():
