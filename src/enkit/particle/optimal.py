@@ -12,7 +12,7 @@ from jax import Array
 from jax.scipy.linalg import cho_solve
 from jax.typing import ArrayLike
 
-from enkit.covariance import as_covariance
+from enkit.covariance import Dense, as_covariance
 from enkit.filters._common import ObservationOperator, observe
 from enkit.particle._common import (
     ParticleAnalysis,
@@ -25,6 +25,7 @@ from enkit.particle._common import (
     resample_if,
     reweight,
 )
+from enkit.particle.bootstrap import gaussian_log_likelihood
 from enkit.particle.resampling import systematic
 
 __all__ = ["optimal_proposal_pf", "observation_matrix"]
@@ -100,23 +101,17 @@ def _optimal(E, y, h, R, Q, key, log_prior, threshold, *, resampler):
     """The compiled body of ``optimal_proposal_pf``: (ParticleAnalysis,
     predictive log-likelihoods)."""
     N, _ = E.shape
-    m = y.shape[0]
     H = observation_matrix(h, jnp.mean(E, axis=0))
-    Qd = Q.dense()
-    QHt = Qd @ H.T
-    S = H @ QHt + R.dense()
-    L = jnp.linalg.cholesky(0.5 * (S + S.T))
-    D = y - E @ H.T  # (N, m) innovations
-    Dw = jax.scipy.linalg.solve_triangular(L, D.T, lower=True).T
-    log_lik = (-0.5 * jnp.sum(Dw * Dw, axis=1) - jnp.sum(jnp.log(jnp.diagonal(L)))
-               - 0.5 * m * jnp.log(2.0 * jnp.pi))
+    QHt = Q.dense() @ H.T
+    S = Dense(H @ QHt + R.dense())  # the predictive covariance H Q Hᵀ + R
+    log_lik = gaussian_log_likelihood(E @ H.T, y, S)
     log_w, log_z, degenerate = reweight(log_prior, log_lik)
     k_resample, k_q, k_r = jax.random.split(key, 3)
     ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
     F = jnp.where(resampled, E[ancestors], E)
     X = F + Q.sample(k_q, (N,))
     V = R.sample(k_r, (N,))
-    Kt = cho_solve((L, True), QHt.T)  # Kᵀ = S⁻¹ H Q, (m, n)
+    Kt = cho_solve((S.factor, True), QHt.T)  # Kᵀ = S⁻¹ H Q, (m, n)
     E_new = X + (y - X @ H.T - V) @ Kt
     return finish(E_new, log_after, ess, resampled, log_z, degenerate), log_lik
 
