@@ -462,3 +462,66 @@ def test_driver_float32_smoke():
         assert a.dtype == jnp.float32 and np.all(np.isfinite(a))
     # no observation at cycle 2: its weights are those cycle 1 handed on
     np.testing.assert_array_equal(res.log_weights[1], res.log_weights[0])
+
+
+# --- DAPPER's variants: jitter of duplicates only, artificial noise ----------
+
+def test_regularize_duplicates_only():
+    """duplicates_only jitters exactly the members whose ancestor was drawn
+    more than once (every copy), leaves the others as they were, and the
+    jitter of the copies is the one of the full regularisation."""
+    rng = np.random.default_rng(5)
+    E = jnp.asarray(rng.normal(size=(30, 2)))
+    lw = jnp.asarray(3.0 * rng.normal(size=30))
+    for resampler in (pf.systematic, pf.residual):  # sorted and unsorted ancestors
+        a = resampler(jax.random.key(6), lw)
+        full = pf.regularize(jax.random.key(7), E, lw, a, reg=0.8)
+        dup = pf.regularize(jax.random.key(7), E, lw, a, reg=0.8, duplicates_only=True)
+        copied = np.asarray(pf.offspring_counts(a, 30))[np.asarray(a)] > 1
+        assert 0 < copied.sum() < 30
+        np.testing.assert_array_equal(dup[~copied], E[a][~copied])
+        np.testing.assert_allclose(dup[copied], full[copied], rtol=0, atol=1e-15)
+    res = pf.bootstrap_pf(E, Y1, H1 * np.ones((1, 2)) / 2, R1, key=jax.random.key(8),
+                          threshold=1.0, reg=0.5, duplicates_only=True)
+    assert bool(res.resampled) and np.all(np.isfinite(res.ensemble))
+
+
+def test_optimal_proposal_artificial_noise():
+    """Qs: the noise N(0, (Qs·h)² C_w) in the ensemble's terms gives the
+    weights of the fixed-Q analysis with that Q, draws with covariance
+    (I − KH) Q, and Qs = 0 is the bootstrap PF without jitter."""
+    rng = np.random.default_rng(2)
+    N, n = 4000, 3
+    E = jnp.asarray(rng.normal(size=(N, n)) @ np.array([[1, 0.3, 0], [0, 1, 0.2], [0, 0, 0.5]]))
+    H = jnp.asarray(rng.normal(size=(2, n)))
+    R, y = enkit.Scalar(0.5, 2), jnp.array([0.3, -0.2])
+    Q = (0.7 * pf.scott_bandwidth(N, n)) ** 2 * np.cov(np.asarray(E).T)
+    key = jax.random.key(1)
+    ens = pf.optimal_proposal_pf(E, y, H, R, Qs=0.7, key=key, threshold=0.0)
+    fixed = pf.optimal_proposal_pf(E, y, H, R, Q=Q, key=key, threshold=0.0)
+    np.testing.assert_allclose(ens.log_weights, fixed.log_weights, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(ens.log_evidence, fixed.log_evidence, rtol=1e-13)
+    S = H @ Q @ H.T + 0.5 * np.eye(2)
+    K = Q @ H.T @ np.linalg.inv(S)
+    D = np.asarray(ens.ensemble - (E + (y - E @ H.T) @ K.T))
+    np.testing.assert_allclose(np.cov(D.T), (np.eye(n) - K @ H) @ Q, atol=0.06 * Q.max())
+    none = pf.optimal_proposal_pf(E, y, H, R, Qs=0.0, key=key, threshold=1.0)
+    boot = pf.bootstrap_pf(E, y, H, R, key=key, threshold=1.0)
+    np.testing.assert_allclose(none.log_weights, boot.log_weights, rtol=0, atol=1e-12)
+    with pytest.raises(TypeError, match="exactly one of Q="):
+        pf.optimal_proposal_pf(E, y, H, R, key=key)
+    with pytest.raises(TypeError, match="exactly one of Q="):
+        pf.optimal_proposal_pf(E, y, H, R, Q=Q, Qs=0.5, key=key)
+    with pytest.raises(ValueError, match="Qs must be >= 0"):
+        pf.optimal_proposal_pf(E, y, H, R, Qs=-1.0, key=key)
+
+
+def test_driver_artificial_noise_on_lorenz63():
+    """Both DAPPER variants run through assimilate on a deterministic
+    chaotic model and stay near the truth (short smoke run; the published
+    figures are benchmarks/vs_dapper_pf.py's)."""
+    case = enkit.models.cases.sakov2012_lorenz63(cycles=30, burn_in=10)
+    for scheme in (partial(pf.bootstrap_pf, threshold=0.3, reg=2.4, duplicates_only=True),
+                   partial(pf.optimal_proposal_pf, Qs=1.0, threshold=0.3)):
+        run = case.run(scheme, N=100, seed=0)
+        assert np.isfinite(run.rmse) and run.rmse < 1.5

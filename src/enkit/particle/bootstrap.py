@@ -43,7 +43,8 @@ def gaussian_log_likelihood(Y: ArrayLike, y: ArrayLike, R) -> Array:
 def bootstrap_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
                  key: Array | None = None, log_weights: ArrayLike | None = None,
                  threshold: ArrayLike = 0.5, resampler: Callable = systematic,
-                 reg: ArrayLike = 0.0, bandwidth: ArrayLike | None = None) -> ParticleAnalysis:
+                 reg: ArrayLike = 0.0, bandwidth: ArrayLike | None = None,
+                 duplicates_only: bool = False) -> ParticleAnalysis:
     """Bootstrap particle filter analysis (Gordon, Salmond & Smith 1993).
 
     The forecast particles xᵢ (drawn from the model, the proposal) are
@@ -64,7 +65,9 @@ def bootstrap_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
     resampler: ``multinomial``, ``stratified``, ``systematic`` (default)
     or ``residual`` (or any ``(key, log_w) -> ancestors``). reg: jitter
     scale after resampling (0: none); bandwidth: the kernel bandwidth h
-    (None: ``scott_bandwidth(N, n)``).
+    (None: ``scott_bandwidth(N, n)``). duplicates_only: jitter only the
+    members resampled more than once (DAPPER's default ``nuj=True``; see
+    ``regularize``); False (default) jitters every resampled member.
 
     Returns a ``ParticleAnalysis``. Every likelihood zero or a NaN one
     raises ``WeightDegeneracyError`` when called with concrete values;
@@ -80,13 +83,15 @@ def bootstrap_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
     log_prior = prior_log_weights(log_weights, N, E.dtype)
     jitter = not (is_concrete(reg) and float(reg) == 0.0)
     result, log_lik = _bootstrap(E, jnp.asarray(y, E.dtype), as_operand(h), R, key, log_prior,
-                                 threshold, reg, bandwidth, resampler=resampler, jitter=jitter)
+                                 threshold, reg, bandwidth, resampler=resampler, jitter=jitter,
+                                 duplicates_only=bool(duplicates_only))
     check_weights(log_prior, log_lik, "bootstrap_pf")
     return result
 
 
-@partial(jax.jit, static_argnames=("resampler", "jitter"))
-def _bootstrap(E, y, h, R, key, log_prior, threshold, reg, bandwidth, *, resampler, jitter):
+@partial(jax.jit, static_argnames=("resampler", "jitter", "duplicates_only"))
+def _bootstrap(E, y, h, R, key, log_prior, threshold, reg, bandwidth, *, resampler, jitter,
+               duplicates_only):
     """The compiled body of ``bootstrap_pf``: (ParticleAnalysis, log-likelihoods)."""
     log_lik = gaussian_log_likelihood(observe(h, E), y, R)
     log_w, log_z, degenerate = reweight(log_prior, log_lik)
@@ -94,7 +99,8 @@ def _bootstrap(E, y, h, R, key, log_prior, threshold, reg, bandwidth, *, resampl
     ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
     if jitter:
         safe_w = jnp.where(degenerate, log_prior, log_w)
-        E_res = regularize(k_jitter, E, safe_w, ancestors, reg=reg, bandwidth=bandwidth)
+        E_res = regularize(k_jitter, E, safe_w, ancestors, reg=reg, bandwidth=bandwidth,
+                           duplicates_only=duplicates_only)
     else:
         E_res = E[ancestors]  # no jitter: skip the (N, N) draws
     E_new = jnp.where(resampled, E_res, E)

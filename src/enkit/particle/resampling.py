@@ -178,7 +178,8 @@ def silverman_bandwidth(N: int, n: int) -> float:
 
 
 def regularize(key: Array, E: ArrayLike, log_w: ArrayLike, ancestors: ArrayLike, *,
-               reg: ArrayLike = 1.0, bandwidth: ArrayLike | None = None) -> Array:
+               reg: ArrayLike = 1.0, bandwidth: ArrayLike | None = None,
+               duplicates_only: bool = False) -> Array:
     """Resample and jitter: the regularised particle filter's kernel step
     (Musso, Oudjane & Le Gland 2001; Doucet, de Freitas & Gordon 2001, §12.2.2).
 
@@ -188,15 +189,24 @@ def regularize(key: Array, E: ArrayLike, log_w: ArrayLike, ancestors: ArrayLike,
     of the ensemble before resampling (``weighted_covariance_root``) and h
     the bandwidth: ``scott_bandwidth(N, n)`` when None (DAPPER's
     convention: its ``PartFilt(reg=...)`` is this ``reg``), or pass
-    ``silverman_bandwidth(N, n)`` or any number. Every resampled member is
-    jittered (DAPPER's ``nuj=False``). reg = 0 gives plain resampling.
-    Costs O(N² n); no n × n matrix is formed.
+    ``silverman_bandwidth(N, n)`` or any number. By default every
+    resampled member is jittered (DAPPER's ``nuj=False``);
+    ``duplicates_only=True`` jitters only the members whose ancestor left
+    more than one offspring, every copy of it included, and leaves the
+    particles drawn once as they were (DAPPER's default ``nuj=True``, which
+    marks the same members for any order of the ancestors). reg = 0 gives
+    plain resampling. Costs O(N² n); no n × n matrix is formed.
 
     key: PRNG key; E: (N, n) ensemble before resampling; log_w: (N,) its
     log-weights; ancestors: (N,) from a resampler. Returns (N, n)."""
     E = jnp.asarray(E)
     N, n = E.shape
+    ancestors = jnp.asarray(ancestors)
     h = scott_bandwidth(N, n) if bandwidth is None else bandwidth
     C12 = weighted_covariance_root(E, log_w)
     z = jax.random.normal(key, (N, N), dtype=E.dtype)
-    return E[jnp.asarray(ancestors)] + (jnp.asarray(reg, E.dtype) * h) * (z @ C12)
+    jitter = (jnp.asarray(reg, E.dtype) * h) * (z @ C12)
+    if duplicates_only:
+        copied = offspring_counts(ancestors, N)[ancestors] > 1
+        jitter = jnp.where(copied[:, None], jitter, 0.0)
+    return E[ancestors] + jitter
