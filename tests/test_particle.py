@@ -525,3 +525,14 @@ def test_driver_artificial_noise_on_lorenz63():
                    partial(pf.optimal_proposal_pf, Qs=1.0, threshold=0.3)):
         run = case.run(scheme, N=100, seed=0)
         assert np.isfinite(run.rmse) and run.rmse < 1.5
+
+
+@pytest.mark.parametrize("k", [2, 7], ids=["wide", "tall"])
+def test_sample_with_root(k):
+    """Both roots (the given one for k ≤ n, its QR factor for k > n) draw
+    N(0, rootᵀ root)."""
+    root = jnp.asarray(np.random.default_rng(k).normal(size=(k, 3)))
+    z = pf.sample_with_root(jax.random.key(0), root, 20_000)
+    assert z.shape == (20_000, 3)
+    C = np.asarray(root.T @ root)
+    np.testing.assert_allclose(np.cov(np.asarray(z).T), C, atol=0.05 * np.abs(C).max())

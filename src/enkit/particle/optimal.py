@@ -27,7 +27,12 @@ from enkit.particle._common import (
     reweight,
 )
 from enkit.particle.bootstrap import gaussian_log_likelihood
-from enkit.particle.resampling import scott_bandwidth, systematic, weighted_covariance_root
+from enkit.particle.resampling import (
+    sample_with_root,
+    scott_bandwidth,
+    systematic,
+    weighted_covariance_root,
+)
 
 __all__ = ["optimal_proposal_pf", "observation_matrix"]
 
@@ -162,7 +167,7 @@ def _optimal_ensemble(E, y, h, R, key, log_prior, threshold, scale, *, resampler
     k_resample, k_q, k_r = jax.random.split(key, 3)
     ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
     F = jnp.where(resampled, E[ancestors], E)
-    X = F + jax.random.normal(k_q, (N, N), dtype=E.dtype) @ A
+    X = F + sample_with_root(k_q, A, N)
     V = R.sample(k_r, (N,))
     Kt = cho_solve((S.factor, True), AY.T) @ A  # Kᵀ = S⁻¹ Yᵀ A, (m, n)
     E_new = X + (y - observe(h, X) - V) @ Kt

@@ -26,6 +26,7 @@ __all__ = [
     "offspring_counts",
     "regularize",
     "residual",
+    "sample_with_root",
     "scott_bandwidth",
     "silverman_bandwidth",
     "stratified",
@@ -177,6 +178,18 @@ def silverman_bandwidth(N: int, n: int) -> float:
     return (4.0 / (N * (n + 2.0))) ** (1.0 / (n + 4))
 
 
+def sample_with_root(key: Array, root: ArrayLike, count: int) -> Array:
+    """``count`` draws of N(0, rootᵀ root), root (k, n), through the smaller
+    of two roots: root itself (z ~ N(0, I_k)) when k ≤ n, else the n × n
+    triangular factor of root's QR decomposition (z ~ N(0, I_n)), the same
+    distribution at O(count · n · min(k, n)). Returns (count, n)."""
+    root = jnp.asarray(root)
+    k, n = root.shape
+    if k > n:  # Rᵀ R = rootᵀ root with R (n, n)
+        root = jnp.linalg.qr(root, mode="r")
+    return jax.random.normal(key, (count, root.shape[0]), dtype=root.dtype) @ root
+
+
 def regularize(key: Array, E: ArrayLike, log_w: ArrayLike, ancestors: ArrayLike, *,
                reg: ArrayLike = 1.0, bandwidth: ArrayLike | None = None,
                duplicates_only: bool = False) -> Array:
@@ -195,7 +208,10 @@ def regularize(key: Array, E: ArrayLike, log_w: ArrayLike, ancestors: ArrayLike,
     more than one offspring, every copy of it included, and leaves the
     particles drawn once as they were (DAPPER's default ``nuj=True``, which
     marks the same members for any order of the ancestors). reg = 0 gives
-    plain resampling. Costs O(N² n); no n × n matrix is formed.
+    plain resampling. The jitter is drawn through the smaller of the two
+    roots of C_w: C½ itself (zⱼ ~ N(0, I_N)) when N ≤ n, else the n × n
+    triangular factor of C½'s QR decomposition (zⱼ ~ N(0, I_n)), the same
+    distribution at O(N n min(N, n)) cost.
 
     key: PRNG key; E: (N, n) ensemble before resampling; log_w: (N,) its
     log-weights; ancestors: (N,) from a resampler. Returns (N, n)."""
@@ -204,8 +220,7 @@ def regularize(key: Array, E: ArrayLike, log_w: ArrayLike, ancestors: ArrayLike,
     ancestors = jnp.asarray(ancestors)
     h = scott_bandwidth(N, n) if bandwidth is None else bandwidth
     C12 = weighted_covariance_root(E, log_w)
-    z = jax.random.normal(key, (N, N), dtype=E.dtype)
-    jitter = (jnp.asarray(reg, E.dtype) * h) * (z @ C12)
+    jitter = (jnp.asarray(reg, E.dtype) * h) * sample_with_root(key, C12, N)
     if duplicates_only:
         copied = offspring_counts(ancestors, N)[ancestors] > 1
         jitter = jnp.where(copied[:, None], jitter, 0.0)
