@@ -215,7 +215,13 @@ class SMC:
     and log Z counts the failed prior mass as zero likelihood), a failed
     proposal is rejected. ``calibrate(failure="ignore")`` passes them on so;
     the default ``"raise"`` stops at the first failure; ``"resample"`` is
-    refused (redrawing members would break the moves' invariance).
+    refused (redrawing members would break the moves' invariance). Ignore's
+    ``min_fraction`` still applies to every evaluation (more failed
+    proposals than that raise ``ForwardFailure``).
+
+    ``calibrate_scan`` runs it too (one compiled loop, ``n_iterations`` ≥
+    ``1 + K·n_moves`` tells; it stops when ``finished``, and tells traced
+    after the end leave the state unchanged).
 
     prior: ``GaussianPrior`` (m₀, C₀), required (a leaf); target_ess: the
     fraction of N kept by each reweighting, in (0, 1) (default 0.5; a
@@ -324,89 +330,102 @@ class SMC:
         if is_concrete(state.done) and bool(state.done):
             raise ValueError("this SMC run is finished (the moves at temperature 1 are done): "
                              "start again from init")
-        U = state.ensemble
-        N, p = U.shape
-        dtype = U.dtype
-        G, y, noise = _check_outputs(G, y, noise, N, dtype)
-        failed = ~jnp.all(jnp.isfinite(G), axis=1)
-        ll_new = gaussian_log_likelihood(jnp.where(failed[:, None], 0.0, G), y, noise)
-        ll_new = jnp.where(failed, -jnp.inf, ll_new)
-        k_acc, k_res, k_prop = jax.random.split(iteration_key(state), 3)
-        initial = state.iteration == 0
-        phi = state.temperature
-        P = state.proposals
-
-        # Metropolis accept/reject of the proposals (the initial draws are taken).
-        log_alpha = (phi * (ll_new - state.log_likelihood)
-                     + _prior_log_density(self.prior, P) - _prior_log_density(self.prior, U))
-        log_alpha = jnp.where(failed, -jnp.inf, log_alpha)
-        u = jax.random.uniform(k_acc, (N,), dtype)
-        accept = initial | (jnp.log(u) < log_alpha)
-        E = jnp.where(accept[:, None], P, U)
-        ll = jnp.where(accept, ll_new, state.log_likelihood)
-        acc = jnp.mean(accept.astype(dtype))
-        a_star = jnp.asarray(self.target_acceptance, dtype)
-        scale = jnp.where(initial, state.scale, state.scale * jnp.exp(2.0 * (acc - a_star)))
-        move = jnp.where(initial, self.n_moves, state.move + 1)
-        stage_end = move >= self.n_moves
-        reweight = stage_end & (phi < 1)
-        done = stage_end & (phi >= 1)
-
-        # Reweighting to the next temperature, resampling, new proposal covariance.
-        lw0 = state.log_weights
-        phi_next, ess = _next(self, ll, phi, lw0)
-        forced = state.stage >= self.max_stages - 1
-        phi_next = jnp.where(forced, jnp.ones((), dtype), phi_next)
-        ess = jnp.where(forced, tempered_ess(lw0, ll, 1.0 - phi), ess)
-        lw = lw0 + incremental_log_weights(ll, phi_next - phi)
-        log_z = logsumexp(lw)
-        lw = lw - log_z
-        root = _proposal_root(E, jnp.where(jnp.isfinite(log_z), lw, 0.0))
-        ancestors = self.resampler(k_res, jnp.where(jnp.isfinite(log_z), lw, 0.0))
-        degenerate = reweight & ~jnp.isfinite(log_z)
+        N = state.ensemble.shape[0]
+        G, y, noise = _check_outputs(G, y, noise, N, state.ensemble.dtype)
+        new, info, degenerate = _tell(self, state, G, y, noise)
         if is_concrete(degenerate) and bool(degenerate):
             raise WeightDegeneracyError(
-                f"SMC: every member has zero likelihood ({int(jnp.sum(failed))} of {N} "
+                f"SMC: every member has zero likelihood ({int(info.n_failed)} of {N} "
                 "failed, or all log-likelihoods are -inf): no weights can be formed")
-        E = jnp.where(reweight, E[ancestors], E)
-        E = jnp.where(degenerate, jnp.nan, E)
-        ll = jnp.where(reweight, ll[ancestors], ll)
-        k = state.stage
-        h = state.history
-        s_idx = jnp.minimum(k, self.max_stages - 1)
-        a_idx = jnp.maximum(k - 1, 0)
-        h = SMCHistory(
-            temperatures=jnp.where(reweight, h.temperatures.at[s_idx + 1].set(phi_next),
-                                   h.temperatures),
-            ess=jnp.where(reweight, h.ess.at[s_idx].set(ess), h.ess),
-            log_evidence_increments=jnp.where(
-                reweight, h.log_evidence_increments.at[s_idx].set(log_z),
-                h.log_evidence_increments),
-            acceptance=jnp.where(initial, h.acceptance,
-                                 h.acceptance.at[a_idx].add(acc / self.n_moves)),
-            scales=jnp.where(reweight, h.scales.at[s_idx].set(scale), h.scales))
-        new_phi = jnp.where(reweight, phi_next, phi)
-        root = jnp.where(reweight, root, state.root)
-        z = jax.random.normal(k_prop, (N, root.shape[0]), dtype)
-        proposals = jnp.where(done, E, E + scale * (z @ root))
-        new = SMCState(
-            ensemble=E,
-            log_weights=jnp.where(reweight, uniform_log_weights(N, dtype), lw0),
-            log_likelihood=ll, proposals=proposals, temperature=new_phi,
-            stage=k + reweight.astype(jnp.int32),
-            move=jnp.where(reweight, 0, move).astype(jnp.int32), scale=scale, root=root,
-            log_evidence=state.log_evidence + jnp.where(reweight, log_z, 0.0),
-            iteration=state.iteration + 1, done=done, key=state.key, history=h)
-        ok = ~failed
-        n_ok = jnp.maximum(jnp.sum(ok), 1)
-        g = jnp.sum(jnp.where(ok[:, None], G, 0.0), axis=0) / n_ok
-        r = noise.whiten(y - g)
-        info = SMCInfo(misfit=jnp.sqrt(jnp.sum(r * r)), dt=new_phi - phi,
-                       temperature=new_phi, acceptance_rate=acc,
-                       ess=jnp.where(reweight, ess, jnp.asarray(N, dtype)),
-                       n_failed=jnp.sum(failed).astype(jnp.int32),
-                       log_evidence=new.log_evidence)
         return new, info
+
+
+@jax.jit
+def _tell(smc: SMC, state: SMCState, G, y, noise):
+    """The numerics of ``SMC.tell`` (compiled once per shape; inlined when
+    the caller is itself traced, as in ``calibrate``)."""
+    U = state.ensemble
+    N, p = U.shape
+    dtype = U.dtype
+    failed = ~jnp.all(jnp.isfinite(G), axis=1)
+    ll_new = gaussian_log_likelihood(jnp.where(failed[:, None], 0.0, G), y, noise)
+    ll_new = jnp.where(failed, -jnp.inf, ll_new)
+    k_acc, k_res, k_prop = jax.random.split(iteration_key(state), 3)
+    initial = state.iteration == 0
+    phi = state.temperature
+    P = state.proposals
+
+    # Metropolis accept/reject of the proposals (the initial draws are taken).
+    log_alpha = (phi * (ll_new - state.log_likelihood)
+                 + _prior_log_density(smc.prior, P) - _prior_log_density(smc.prior, U))
+    log_alpha = jnp.where(failed, -jnp.inf, log_alpha)
+    u = jax.random.uniform(k_acc, (N,), dtype)
+    accept = initial | (jnp.log(u) < log_alpha)
+    E = jnp.where(accept[:, None], P, U)
+    ll = jnp.where(accept, ll_new, state.log_likelihood)
+    acc = jnp.mean(accept.astype(dtype))
+    a_star = jnp.asarray(smc.target_acceptance, dtype)
+    scale = jnp.where(initial, state.scale, state.scale * jnp.exp(2.0 * (acc - a_star)))
+    move = jnp.where(initial, smc.n_moves, state.move + 1)
+    stage_end = move >= smc.n_moves
+    reweight = stage_end & (phi < 1)
+    done = stage_end & (phi >= 1)
+
+    # Reweighting to the next temperature, resampling, new proposal covariance.
+    lw0 = state.log_weights
+    phi_next, ess = _next(smc, ll, phi, lw0)
+    forced = state.stage >= smc.max_stages - 1
+    phi_next = jnp.where(forced, jnp.ones((), dtype), phi_next)
+    ess = jnp.where(forced, tempered_ess(lw0, ll, 1.0 - phi), ess)
+    lw = lw0 + incremental_log_weights(ll, phi_next - phi)
+    log_z = logsumexp(lw)
+    lw = lw - log_z
+    root = _proposal_root(E, jnp.where(jnp.isfinite(log_z), lw, 0.0))
+    ancestors = smc.resampler(k_res, jnp.where(jnp.isfinite(log_z), lw, 0.0))
+    degenerate = reweight & ~jnp.isfinite(log_z)
+    E = jnp.where(reweight, E[ancestors], E)
+    E = jnp.where(degenerate, jnp.nan, E)
+    ll = jnp.where(reweight, ll[ancestors], ll)
+    k = state.stage
+    h = state.history
+    s_idx = jnp.minimum(k, smc.max_stages - 1)
+    a_idx = jnp.maximum(k - 1, 0)
+    h = SMCHistory(
+        temperatures=jnp.where(reweight, h.temperatures.at[s_idx + 1].set(phi_next),
+                               h.temperatures),
+        ess=jnp.where(reweight, h.ess.at[s_idx].set(ess), h.ess),
+        log_evidence_increments=jnp.where(
+            reweight, h.log_evidence_increments.at[s_idx].set(log_z),
+            h.log_evidence_increments),
+        acceptance=jnp.where(initial, h.acceptance,
+                             h.acceptance.at[a_idx].add(acc / smc.n_moves)),
+        scales=jnp.where(reweight, h.scales.at[s_idx].set(scale), h.scales))
+    new_phi = jnp.where(reweight, phi_next, phi)
+    root = jnp.where(reweight, root, state.root)
+    z = jax.random.normal(k_prop, (N, root.shape[0]), dtype)
+    proposals = jnp.where(done, E, E + scale * (z @ root))
+    new = SMCState(
+        ensemble=E,
+        log_weights=jnp.where(reweight, uniform_log_weights(N, dtype), lw0),
+        log_likelihood=ll, proposals=proposals, temperature=new_phi,
+        stage=k + reweight.astype(jnp.int32),
+        move=jnp.where(reweight, 0, move).astype(jnp.int32), scale=scale, root=root,
+        log_evidence=state.log_evidence + jnp.where(reweight, log_z, 0.0),
+        iteration=state.iteration + 1, done=done, key=state.key, history=h)
+    # A traced tell after the end (a fixed-length scan) changes nothing.
+    new = jax.tree_util.tree_map(lambda old, n: jnp.where(state.done, old, n),
+                                 state._replace(key=None), new._replace(key=None))
+    new = new._replace(key=state.key)
+    ok = ~failed
+    n_ok = jnp.maximum(jnp.sum(ok), 1)
+    g = jnp.sum(jnp.where(ok[:, None], G, 0.0), axis=0) / n_ok
+    r = noise.whiten(y - g)
+    info = SMCInfo(misfit=jnp.sqrt(jnp.sum(r * r)), dt=new.temperature - phi,
+                   temperature=new_phi, acceptance_rate=acc,
+                   ess=jnp.where(reweight, ess, jnp.asarray(N, dtype)),
+                   n_failed=jnp.sum(failed).astype(jnp.int32),
+                   log_evidence=new.log_evidence)
+    return new, info, degenerate & ~state.done
 
 
 def _next(smc, ll, phi, lw0):
