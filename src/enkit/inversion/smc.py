@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -371,21 +372,12 @@ def _tell(smc: SMC, state: SMCState, G, y, noise):
     reweight = stage_end & (phi < 1)
     done = stage_end & (phi >= 1)
 
-    # Reweighting to the next temperature, resampling, new proposal covariance.
-    lw0 = state.log_weights
-    phi_next, ess = _next(smc, ll, phi, lw0)
-    forced = state.stage >= smc.max_stages - 1
-    phi_next = jnp.where(forced, jnp.ones((), dtype), phi_next)
-    ess = jnp.where(forced, tempered_ess(lw0, ll, 1.0 - phi), ess)
-    lw = lw0 + incremental_log_weights(ll, phi_next - phi)
-    log_z = logsumexp(lw)
-    lw = lw - log_z
-    root = _proposal_root(E, jnp.where(jnp.isfinite(log_z), lw, 0.0))
-    ancestors = smc.resampler(k_res, jnp.where(jnp.isfinite(log_z), lw, 0.0))
+    # At the end of a stage below φ = 1: reweight, resample, new proposal root.
+    operands = (E, ll, state.log_weights, phi, state.stage, state.root, k_res)
+    E, ll, lw_next, phi_next, ess, log_z, root = jax.lax.cond(
+        reweight, partial(_reweight, smc), _keep, *operands)
     degenerate = reweight & ~jnp.isfinite(log_z)
-    E = jnp.where(reweight, E[ancestors], E)
     E = jnp.where(degenerate, jnp.nan, E)
-    ll = jnp.where(reweight, ll[ancestors], ll)
     k = state.stage
     h = state.history
     s_idx = jnp.minimum(k, smc.max_stages - 1)
@@ -400,13 +392,12 @@ def _tell(smc: SMC, state: SMCState, G, y, noise):
         acceptance=jnp.where(initial, h.acceptance,
                              h.acceptance.at[a_idx].add(acc / smc.n_moves)),
         scales=jnp.where(reweight, h.scales.at[s_idx].set(scale), h.scales))
-    new_phi = jnp.where(reweight, phi_next, phi)
-    root = jnp.where(reweight, root, state.root)
+    new_phi = phi_next
     z = jax.random.normal(k_prop, (N, root.shape[0]), dtype)
     proposals = jnp.where(done, E, E + scale * (z @ root))
     new = SMCState(
         ensemble=E,
-        log_weights=jnp.where(reweight, uniform_log_weights(N, dtype), lw0),
+        log_weights=lw_next,
         log_likelihood=ll, proposals=proposals, temperature=new_phi,
         stage=k + reweight.astype(jnp.int32),
         move=jnp.where(reweight, 0, move).astype(jnp.int32), scale=scale, root=root,
@@ -422,19 +413,36 @@ def _tell(smc: SMC, state: SMCState, G, y, noise):
     r = noise.whiten(y - g)
     info = SMCInfo(misfit=jnp.sqrt(jnp.sum(r * r)), dt=new.temperature - phi,
                    temperature=new_phi, acceptance_rate=acc,
-                   ess=jnp.where(reweight, ess, jnp.asarray(N, dtype)),
+                   ess=ess,
                    n_failed=jnp.sum(failed).astype(jnp.int32),
                    log_evidence=new.log_evidence)
     return new, info, degenerate & ~state.done
 
 
-def _next(smc, ll, phi, lw0):
-    """``next_temperature`` from φ (clamped below 1: the call is made on
-    every tell, and its result used only where a stage ends below φ = 1)."""
-    one = jnp.ones((), phi.dtype)
-    safe = jnp.minimum(phi, one - 4 * jnp.finfo(phi.dtype).eps)
-    new, ess = next_temperature(ll, safe, target=smc.target_ess, log_w=lw0)
-    return jnp.where(phi < 1, new, one), ess
+def _reweight(smc, E, ll, lw0, phi, stage, root, key):
+    """φ → φ' (``next_temperature``; straight to 1 at the stage capacity),
+    the increment log Σ w̄ᵢ exp((φ' − φ) ℓᵢ), the proposal root of the
+    reweighted particles, then resampling to uniform weights."""
+    dtype = E.dtype
+    one = jnp.ones((), dtype)
+    safe = jnp.minimum(phi, one - 4 * jnp.finfo(dtype).eps)  # φ < 1 here; guard a trace
+    phi_next, ess = next_temperature(ll, safe, target=smc.target_ess, log_w=lw0)
+    forced = stage >= smc.max_stages - 1
+    phi_next = jnp.where(forced, one, phi_next)
+    ess = jnp.where(forced, tempered_ess(lw0, ll, one - phi), ess)
+    lw = lw0 + incremental_log_weights(ll, phi_next - phi)
+    log_z = logsumexp(lw)
+    lw = jnp.where(jnp.isfinite(log_z), lw - log_z, 0.0)  # degenerate: flagged by caller
+    root = _proposal_root(E, lw)
+    ancestors = smc.resampler(key, lw)
+    N = E.shape[0]
+    return E[ancestors], ll[ancestors], uniform_log_weights(N, dtype), phi_next, ess, log_z, root
+
+
+def _keep(E, ll, lw0, phi, stage, root, key):
+    """No reweighting (a move within a stage, or the run is at φ = 1)."""
+    N = E.shape[0]
+    return E, ll, lw0, phi, jnp.asarray(N, E.dtype), jnp.zeros((), E.dtype), root
 
 
 register(SMC, data=["prior", "target_ess", "target_acceptance"],
