@@ -13,6 +13,7 @@ sd of log Ẑ is ≈ 0.045, of the bimodal mass ≈ 0.015 at N = 1000–2000).
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.scipy.special import logsumexp
 
 import enkit
 from enkit.inversion import (
@@ -419,3 +420,28 @@ def test_clear_errors_for_bad_arguments(lin):
         smc_summary(enkit.EKI(stochastic=False).init(None, U0))
     assert isinstance(state, SMCState)
     assert enkit.TemperedSMC is enkit.SMC is SMC
+
+
+def test_proposal_root_and_the_weighted_final_moments():
+    """rootᵀroot is the weighted covariance C_w for p < N (thin QR) and
+    p ≥ N (the N rows); calibrate's final mean/covariance of a weighted
+    state are the weighted ones."""
+    from enkit.inversion.calibrate import _final
+    from enkit.inversion.smc import _proposal_root
+    from enkit.particle import weighted_covariance_root, weighted_mean
+
+    rng = np.random.default_rng(20)
+    for N, p in [(40, 3), (5, 8)]:
+        E = jnp.asarray(rng.normal(size=(N, p)))
+        lw = jnp.asarray(rng.normal(size=N))
+        C12 = weighted_covariance_root(E, lw)
+        R = _proposal_root(E, lw)
+        assert R.shape == (min(N, p), p)
+        np.testing.assert_allclose(R.T @ R, C12.T @ C12, rtol=1e-10, atol=1e-12)
+    prior = GaussianPrior(np.zeros(3), np.ones(3))
+    state = SMC(prior).init(0, E[:, :3])
+    state = state._replace(log_weights=lw - logsumexp(lw))
+    m, C = _final(state)
+    np.testing.assert_allclose(m, weighted_mean(E[:, :3], lw), rtol=1e-12)
+    C12 = weighted_covariance_root(E[:, :3], lw)
+    np.testing.assert_allclose(C, C12.T @ C12, rtol=1e-12)
