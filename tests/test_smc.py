@@ -302,6 +302,7 @@ def test_failed_members_are_zero_likelihood_under_ignore(lin, kind):
                           failure=Ignore(min_fraction=0.2), black_box=kind == "raise")
     assert res.stopped_by == "finished"
     assert res.failed[0].any()
+    assert res.failed[1:].any()  # failed proposals of the moves too: rejected
     if kind == "raise":
         assert "solver diverged" in next(iter(res.errors[0].values()))
     E = np.asarray(res.state.ensemble)

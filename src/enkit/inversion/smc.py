@@ -273,6 +273,7 @@ class SMC:
 
     @property
     def needs_key(self) -> bool:
+        """Always True: ``init`` needs a key (resampling, proposals, acceptance)."""
         return True
 
     @property
