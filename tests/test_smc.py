@@ -446,3 +446,28 @@ def test_proposal_root_and_the_weighted_final_moments():
     np.testing.assert_allclose(m, weighted_mean(E[:, :3], lw), rtol=1e-12)
     C12 = weighted_covariance_root(E[:, :3], lw)
     np.testing.assert_allclose(C, C12.T @ C12, rtol=1e-12)
+
+
+def test_a_second_run_with_new_values_does_not_retrace(lin):
+    """The prior, target_ess and target_acceptance are leaves, the data and
+    Γ arguments: a second run with new values reuses the compiled tell (the
+    resampler, static, counts the traces)."""
+    from enkit.particle import systematic
+
+    traces = []
+
+    def counting(key, log_w):
+        traces.append(1)
+        return systematic(key, log_w)
+
+    U0 = lin.prior.sample(21, 100)
+    enkit.calibrate(lin.forward, SMC(lin.prior, n_moves=2, resampler=counting), U0, lin.y,
+                    lin.Gamma, key=1)
+    n = len(traces)
+    assert n >= 1
+    prior2 = GaussianPrior(lin.m0 + 0.1, 2 * lin.C0)
+    res = enkit.calibrate(lin.forward, SMC(prior2, target_ess=0.7, target_acceptance=0.3,
+                                           n_moves=2, resampler=counting),
+                          prior2.sample(22, 100), lin.y + 0.1, 2 * lin.Gamma, key=2)
+    assert len(traces) == n and res.stopped_by == "finished"
+    np.testing.assert_allclose(np.asarray(smc_summary(res.state).ess)[:-1], 70, rtol=1e-9)
