@@ -19,6 +19,10 @@ by ``enkit.as_covariance``. Sample covariances use N − 1.
   Stuart & Wu 2022; ℓ1 soft threshold and hard pruning);
 - samplers: ``EKS`` (Garbuno-Iñigo, Hoffmann, Li & Stuart 2020) and
   ``ALDI`` (Garbuno-Iñigo, Nüsken & Reich 2020), whose ``tell`` needs Δt;
+  ``SMC`` (alias ``TemperedSMC``), sequential Monte Carlo with adaptive
+  tempering and random-walk Metropolis moves (Del Moral, Doucet & Jasra
+  2006; Beskos et al. 2016): exact in the limit N → ∞ for any G, with a
+  log-evidence estimate (``smc_summary``);
 - schedulers for Δt: ``FixedStep``, ``DataMisfitController`` (Iglesias &
   Yang 2021), ``EKSStableScheduler`` (Δt = h/(‖D‖_F + δ)),
   ``LevenbergMarquardt`` (Iglesias 2016; ``lm_alpha``);
@@ -106,6 +110,14 @@ from enkit.inversion.process_inflation import (
     SubspaceInflation,
     subspace_residual_fraction,
 )
+from enkit.inversion.smc import (
+    SMC,
+    SMCHistory,
+    SMCInfo,
+    SMCState,
+    SMCSummary,
+    smc_summary,
+)
 from enkit.inversion.schedulers import (
     DataMisfitController,
     EKSStableScheduler,
@@ -134,6 +146,7 @@ TikhonovEKI = TEKI
 UnscentedKalmanInversion = UKI
 GaussNewtonKalmanInversion = GNKI
 EnsembleSmootherMDA = ESMDA
+TemperedSMC = SMC
 IterativeEnsembleSmoother = IES
 
 __all__ = [
@@ -171,6 +184,13 @@ __all__ = [
     "EKSStableScheduler",
     "stable_step",
     "SparseEKI",
+    "SMC",
+    "SMCHistory",
+    "SMCInfo",
+    "SMCState",
+    "SMCSummary",
+    "TemperedSMC",
+    "smc_summary",
     "aldi_update",
     "eks_update",
     "soft_threshold",

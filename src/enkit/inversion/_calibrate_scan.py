@@ -20,6 +20,7 @@ from enkit.inversion.calibrate import (
     _check_obs,
     _final,
     _misfit,
+    _inner,
     _setup,
 )
 from enkit.inversion.calibration_result import CalibrationResult
@@ -34,17 +35,19 @@ __all__ = ["calibrate_scan"]
 
 
 @partial(jax.jit, static_argnames=("forward", "n", "has_dt", "use_tau", "use_finished",
-                                   "central"))
+                                   "central", "ends_itself"))
 def _scan_run(forward, process, scheduler, state0, y, noise, tau, *, n, has_dt, use_tau,
-              use_finished, central):
+              use_finished, central, ends_itself):
     sqrt_d = jnp.sqrt(jnp.asarray(y.shape[0], y.dtype))
 
-    def stop_rule(t, m):
+    def stop_rule(t, m, state):
         s = jnp.asarray(False)
         if use_tau:
             s = s | (m <= tau * sqrt_d)
         if use_finished:
             s = s | scheduler.finished(t)
+        if ends_itself:
+            s = s | _inner(process).finished(state)
         return s
 
     def body(carry, _):
@@ -53,7 +56,7 @@ def _scan_run(forward, process, scheduler, state0, y, noise, tau, *, n, has_dt, 
         G = jax.vmap(forward)(U)
         m = _misfit(G, y, noise, central)
         # A non-finite member here comes from the previous update: stop.
-        stop = stopped | stop_rule(t, m) | ~jnp.all(jnp.isfinite(U))
+        stop = stopped | stop_rule(t, m, state) | ~jnp.all(jnp.isfinite(U))
         new, info = _advance_impl(process, scheduler, state, t, G, y, noise, has_dt)
         state = jax.lax.cond(stop, lambda a, b: a, lambda a, b: b, state, new)
         t_next = jnp.where(stop, t, t + info.dt)
@@ -64,7 +67,7 @@ def _scan_run(forward, process, scheduler, state0, y, noise, tau, *, n, has_dt, 
     U = process.ask(state)
     G = jax.vmap(forward)(U)
     m = _misfit(G, y, noise, central)
-    return state, recs, (U, G, m, t, stop_rule(t, m))
+    return state, recs, (U, G, m, t, stop_rule(t, m, state))
 
 
 def calibrate_scan(
@@ -88,7 +91,9 @@ def calibrate_scan(
     discrepancy principle (``tau``) and a scheduler's ``finished``, both
     evaluated inside the scan (later steps leave the state unchanged and
     the records are cut at the stop); otherwise it runs ``n_iterations``
-    updates. Only ``failure="raise"`` is possible inside a compiled loop:
+    updates (a process with ``finished(state)``, ``SMC``, stops when it
+    returns True: ``stopped_by="finished"``). Only ``failure="raise"`` is
+    possible inside a compiled loop:
     non-finite outputs are found after the scan and raise
     ``ForwardFailure`` naming the first failing iteration and its members;
     an update that leaves a non-finite member stops the scan there and
@@ -109,10 +114,12 @@ def calibrate_scan(
     y = y.astype(jnp.asarray(process.ask(state0)).dtype)
     noise = noise.astype(y.dtype)
     use_finished = callable(getattr(scheduler, "finished", None))
+    ends_itself = callable(getattr(_inner(process), "finished", None))
     tau_a = jnp.asarray(1.0 if tau is None else tau, y.dtype)
     state, r, last = _scan_run(forward, process, scheduler, state0, y, noise, tau_a, n=n,
                                has_dt=has_dt, use_tau=tau is not None,
-                               use_finished=use_finished, central=central)
+                               use_finished=use_finished, central=central,
+                               ends_itself=ends_itself)
     stops = np.asarray(r[5])
     I = int(np.argmax(stops)) if stops.any() else n
     U = jnp.concatenate([r[0][:I], last[0][None]]) if I == n else r[0][:I + 1]
@@ -130,6 +137,8 @@ def calibrate_scan(
     final_stop = bool(last[4]) if I == n else True
     if final_stop and tau is not None and float(m[-1]) <= float(tau) * np.sqrt(y.shape[0]):
         stopped_by = "discrepancy"
+    elif final_stop and ends_itself and bool(_inner(process).finished(state)):
+        stopped_by = "finished"
     elif final_stop and use_finished:
         stopped_by = "scheduler"
     else:

@@ -70,6 +70,7 @@ from enkit.inversion.failures import (
 from enkit.inversion.schedulers import FixedStep
 from enkit.inversion.stopping import ensemble_collapsed
 from enkit.io import run_checkpoint_path
+from enkit.particle.resampling import weighted_covariance_root, weighted_mean
 
 __all__ = ["calibrate"]
 
@@ -124,6 +125,12 @@ def _inner(process):
     return getattr(process, "process", process) if hasattr(process, "space") else process
 
 
+def _absorbs_failures(process) -> bool:
+    """Whether the (wrapped) process's tell takes the failed rows itself
+    (NaN/inf outputs as zero likelihood: SMC) under ``failure='ignore'``."""
+    return bool(getattr(_inner(process), "absorbs_failures", False))
+
+
 def _dt_default(process) -> tuple[bool, Any]:
     """(tell takes dt, its default) of the (wrapped) process."""
     params = inspect.signature(_inner(process).tell).parameters
@@ -150,6 +157,10 @@ def _setup(forward, process, scheduler, max_iterations, tau, collapse_tol, failu
     policy = as_policy(failure)
     takes_dt, dt0 = _dt_default(process)
     name = type(_inner(process)).__name__
+    if _absorbs_failures(process) and isinstance(policy, Resample):
+        raise ValueError(f"{name} takes a failed member as a zero likelihood: use "
+                         "failure='ignore' (or 'raise'); failure='resample' would redraw "
+                         "members and break the invariance of its moves")
     if scheduler is None and takes_dt and dt0 is inspect.Parameter.empty:
         raise ValueError(f"{name}.tell needs dt: give a scheduler (e.g. EKSStableScheduler())")
     if scheduler is None and takes_dt and dt0 is not None:
@@ -162,8 +173,10 @@ def _setup(forward, process, scheduler, max_iterations, tau, collapse_tol, failu
     if has_dt and not callable(getattr(scheduler, "step_size", None)):
         raise TypeError("scheduler must have step_size(time, G, y, noise) (e.g. FixedStep, "
                         f"DataMisfitController), got {type(scheduler).__name__}")
+    max_tells = getattr(_inner(process), "max_tells", None)  # a self-ending run (SMC)
     if max_iterations is None:
-        max_iterations = n_steps if n_steps is not None else DEFAULT_MAX_ITERATIONS
+        max_iterations = (n_steps if n_steps is not None else
+                          max_tells if max_tells is not None else DEFAULT_MAX_ITERATIONS)
     if (isinstance(max_iterations, bool) or not isinstance(max_iterations, (int, np.integer))
             or max_iterations < 0):
         raise ValueError(f"max_iterations must be an integer >= 0, got {max_iterations!r}")
@@ -223,6 +236,9 @@ def _final(state):
     state = innermost_state(state)
     if hasattr(state, "covariance"):
         return state.mean, state.covariance
+    if hasattr(state, "log_weights"):  # weighted particles (SMC)
+        C12 = weighted_covariance_root(state.ensemble, state.log_weights)
+        return weighted_mean(state.ensemble, state.log_weights), C12.T @ C12
     return ensemble_mean(state.ensemble), ensemble_covariance(state.ensemble)
 
 
@@ -263,7 +279,7 @@ def calibrate(
     ``black_box=True`` or an ``executor``, any Python callable on one
     member's NumPy parameters, run member by member (``failures.evaluate``),
     an exception becoming a failure of that member.
-    process: EKI, ETKI, TEKI, UKI, GNKI, ESMDA or a ``ConstrainedProcess``
+    process: EKI, ETKI, TEKI, UKI, GNKI, ESMDA, SMC or a ``ConstrainedProcess``
     (then ``forward`` receives constrained parameters).
     initial_ensemble: (N, p) initial members (UKI: or None for its prior),
     e.g. ``prior.sample(key, N)``; identical members raise (zero spread: no
@@ -289,8 +305,12 @@ def calibrate(
     principle, Iglesias 2016). collapse_tol: None, or stop when
     ``ensemble_collapsed(ensembles[k], ensembles[0], tol=collapse_tol)``.
     A scheduler with ``finished(time)`` (``DataMisfitController``) stops the
-    run when it returns True. failure: ``"raise"`` (default), ``"ignore"``,
-    ``"resample"`` or a policy object (``enkit.inversion.failures``). An
+    run when it returns True; so does a process with ``finished(state)``
+    (``SMC``, after its moves at temperature 1: ``stopped_by="finished"``;
+    its default max_iterations is its ``max_tells``). failure: ``"raise"`` (default), ``"ignore"``,
+    ``"resample"`` or a policy object (``enkit.inversion.failures``); a
+    process with ``absorbs_failures`` (``SMC``) is told the failed rows
+    under ``"ignore"`` (zero likelihood) and refuses ``"resample"``. An
     update that leaves NaN or inf in the ensemble (finite forward outputs,
     too long a step) stops the run with ``NonFiniteEnsemble`` naming the
     iteration, its members and Δt, whatever the policy. callback: called with an ``IterationRecord`` after each evaluation; a
@@ -335,7 +355,8 @@ def calibrate(
               else lambda k: None)
     state = process.init(k_proc, initial_ensemble)
     fields = member_fields(state)
-    if policy.needs_ensemble and fields is None:
+    absorbs = _absorbs_failures(process)
+    if policy.needs_ensemble and fields is None and not absorbs:
         raise ValueError(f"failure={policy} needs an ensemble process (state EnsembleState "
                          f"or GNKIState); {type(_inner(process)).__name__} carries a "
                          f"{type(state).__name__}, whose members cannot be dropped or "
@@ -418,6 +439,9 @@ def calibrate(
                 stop = "collapse"
             elif callable(getattr(scheduler, "finished", None)) and bool(scheduler.finished(t)):
                 stop = "scheduler"
+            elif callable(getattr(_inner(process), "finished", None)) and bool(
+                    _inner(process).finished(state)):
+                stop = "finished"
             elif k >= max_it:
                 stop = "max_iterations"
             if stop is not None:
@@ -425,7 +449,7 @@ def calibrate(
                 if checkpoint is not None:
                     save_run(checkpoint, template, state, rec, t, k, stopped_by, config)
                 break
-            if ok.all():
+            if ok.all() or absorbs:  # SMC: failed rows are zero likelihoods
                 state, info = _advance(process, scheduler, state, t, G, y_k, noise_k,
                                        has_dt=has_dt)
             else:  # Ignore: update the successful members, refill the failed ones

@@ -42,10 +42,13 @@ class CalibrationResult:
     failed; failed: (I+1, N) bool, those members; errors: I+1 dicts member
     → exception message of that first evaluation (black-box models);
     stopped_by: ``"discrepancy"``,
-    ``"collapse"``, ``"scheduler"``, ``"max_iterations"`` or ``"callback"``;
+    ``"collapse"``, ``"scheduler"``, ``"finished"`` (the process ended
+    itself: ``SMC``), ``"max_iterations"`` or ``"callback"``;
     mean, covariance: final estimate in the process's own (unconstrained)
     space, the sample mean and covariance (N − 1) of the final ensemble
-    (UKI: its Gaussian); state: the final process state; settings: the
+    (UKI: its Gaussian; SMC: the weighted mean and covariance of its
+    particles, ``weighted_covariance_root``); state: the final process
+    state; settings: the
     options in force (shown by ``repr``).
     """
 

@@ -8,13 +8,20 @@ log_evidence, degenerate), and is marked by the attribute ``particle =
 True``: ``enkit.assimilate`` then carries the log-weights from cycle to
 cycle and stores them per cycle (``log_weights``, ``ess``), its means
 and spreads being the weighted ones. ``effective_sample_size`` is the one
-of ``enkit.diagnostics`` (pass ``log_weights=``).
+of ``enkit.diagnostics`` (pass ``log_weights=``). Adaptive tempering
+(``next_temperature``: the next temperature at a target ESS, by bisection)
+serves the tempered SMC sampler ``enkit.inversion.SMC``.
 """
 
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
+from enkit.particle.tempering import (
+    incremental_log_weights,
+    next_temperature,
+    tempered_ess,
+)
 from enkit.particle.resampling import (
     RESAMPLERS,
     multinomial,
@@ -40,6 +47,9 @@ __all__ = [
     "bootstrap_pf",
     "effective_sample_size",
     "gaussian_log_likelihood",
+    "incremental_log_weights",
+    "next_temperature",
+    "tempered_ess",
     "multinomial",
     "normalize_log_weights",
     "observation_matrix",
