@@ -9,11 +9,24 @@ True``: ``enkit.assimilate`` then carries the log-weights from cycle to
 cycle and stores them per cycle (``log_weights``, ``ess``), its means
 and spreads being the weighted ones. ``effective_sample_size`` is the one
 of ``enkit.diagnostics`` (pass ``log_weights=``).
+
+Differentiable resampling (``SoftResampler``, ``OTResampler``, passed as
+``bootstrap_pf(resampler=...)``) keeps the filter a differentiable function
+of the model's parameters: see ``enkit.particle.differentiable``.
 """
 
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
+from enkit.particle.differentiable import (
+    EnsembleResampler,
+    OTResampler,
+    SinkhornResult,
+    SoftResampler,
+    ot_resample,
+    sinkhorn_plan,
+    soft_resample,
+)
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
 from enkit.particle.resampling import (
     RESAMPLERS,
@@ -34,7 +47,11 @@ from enkit.particle.resampling import (
 
 __all__ = [
     "RESAMPLERS",
+    "EnsembleResampler",
+    "OTResampler",
     "ParticleAnalysis",
+    "SinkhornResult",
+    "SoftResampler",
     "WeightDegeneracyError",
     "bootstrap_pf",
     "effective_sample_size",
@@ -44,10 +61,13 @@ __all__ = [
     "observation_matrix",
     "offspring_counts",
     "optimal_proposal_pf",
+    "ot_resample",
     "regularize",
     "residual",
     "scott_bandwidth",
     "silverman_bandwidth",
+    "sinkhorn_plan",
+    "soft_resample",
     "stratified",
     "systematic",
     "uniform_log_weights",
