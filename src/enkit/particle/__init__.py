@@ -44,6 +44,7 @@ from enkit.particle.resampling import (
     weighted_mean,
     weighted_spread,
 )
+from enkit.particle.weighted_enkf import kde_log_density, kde_weighted_enkf
 
 __all__ = [
     "RESAMPLERS",
@@ -56,6 +57,8 @@ __all__ = [
     "bootstrap_pf",
     "effective_sample_size",
     "gaussian_log_likelihood",
+    "kde_log_density",
+    "kde_weighted_enkf",
     "multinomial",
     "normalize_log_weights",
     "observation_matrix",
