@@ -34,6 +34,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 from jax.scipy.special import logsumexp
 from jax.typing import ArrayLike
@@ -51,6 +52,11 @@ __all__ = [
     "sinkhorn_plan",
     "soft_resample",
 ]
+
+
+def _is_count(k) -> bool:
+    """True for an integer (Python or NumPy, not bool) >= 1."""
+    return isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
 
 
 def _check_log_weights(log_w, N=None) -> Array:
@@ -152,7 +158,7 @@ def sinkhorn_plan(log_a: ArrayLike, log_b: ArrayLike, C: ArrayLike, *,
     if log_a.shape != (N,) or log_b.shape != (M,):
         raise ValueError(f"log_a and log_b must have shapes (N,) = ({N},) and (M,) = ({M},) "
                          f"to match C, got {log_a.shape} and {log_b.shape}")
-    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+    if not _is_count(iterations):
         raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
     if is_concrete(epsilon) and not float(epsilon) > 0.0:
         raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
@@ -288,9 +294,8 @@ class OTResampler(EnsembleResampler):
     tol: ArrayLike = 1e-6
 
     def __post_init__(self):
-        it = self.iterations
-        if not isinstance(it, int) or isinstance(it, bool) or it < 1:
-            raise ValueError(f"iterations must be an int >= 1, got {it!r}")
+        if not _is_count(self.iterations):
+            raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
         if is_concrete(self.epsilon) and not float(self.epsilon) > 0.0:
             raise ValueError(f"epsilon must be > 0, got {self.epsilon!r}")
 
