@@ -261,6 +261,9 @@ def test_bad_arguments():
                         resampler=pf.OTResampler())
     with pytest.raises(TypeError, match="resampler must be"):
         pf.bootstrap_pf(_draws(0, 8), Y1, H1, R1, key=jax.random.key(0), resampler="ot")
+    with pytest.raises(TypeError, match="work with bootstrap_pf"):
+        pf.optimal_proposal_pf(_draws(0, 8), Y1, H1, R1, Q=np.eye(2), key=jax.random.key(0),
+                               resampler=pf.OTResampler())
 
 
 # --- gradients of the log-likelihood of a linear-Gaussian state-space model ---
