@@ -97,6 +97,7 @@ from enkit.filters import (
     perturbed_observations,
     sqrt_kalman,
     sqrt_kalman_update,
+    student_t_enkf,
 )
 from enkit.filters.ensemble_space import ENSEMBLE_SPACE, analysis_transform, ensemble_space
 from enkit.inflation import (
@@ -219,6 +220,7 @@ from enkit.particle import (
     ParticleAnalysis,
     WeightDegeneracyError,
     bootstrap_pf,
+    kde_weighted_enkf,
     optimal_proposal_pf,
 )
 from enkit.models import (
@@ -424,6 +426,7 @@ __all__ = [
     "etkf_rotated",
     "sqrt_kalman",
     "sqrt_kalman_update",
+    "student_t_enkf",
     "etkf_n",
     "etkf_n_dual",
     "ienkf",
@@ -464,6 +467,7 @@ __all__ = [
     "ParticleAnalysis",
     "WeightDegeneracyError",
     "bootstrap_pf",
+    "kde_weighted_enkf",
     "optimal_proposal_pf",
     "multiplicative_inflation",
     "MeanPreservingRotation",

@@ -34,6 +34,7 @@ from enkit.filters.letkf import letkf
 from enkit.filters.mlef import mlef
 from enkit.filters.patches import patch_etkf
 from enkit.filters.sqrt_kalman import sqrt_kalman, sqrt_kalman_update
+from enkit.filters.student_t import student_t_enkf, student_t_weight
 from enkit.filters.rrsqrt import (
     RRSQRTResult,
     RRSQRTState,
@@ -98,4 +99,6 @@ __all__ = [
     "rrsqrt_reduce",
     "enkf_bucy",
     "enkf_bucy_analysis",
+    "student_t_enkf",
+    "student_t_weight",
 ]

@@ -11,11 +11,24 @@ and spreads being the weighted ones. ``effective_sample_size`` is the one
 of ``enkit.diagnostics`` (pass ``log_weights=``). Adaptive tempering
 (``next_temperature``: the next temperature at a target ESS, by bisection)
 serves the tempered SMC sampler ``enkit.inversion.SMC``.
+
+Differentiable resampling (``SoftResampler``, ``OTResampler``, passed as
+``bootstrap_pf(resampler=...)``) keeps the filter a differentiable function
+of the model's parameters: see ``enkit.particle.differentiable``.
 """
 
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
+from enkit.particle.differentiable import (
+    EnsembleResampler,
+    OTResampler,
+    SinkhornResult,
+    SoftResampler,
+    ot_resample,
+    sinkhorn_plan,
+    soft_resample,
+)
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
 from enkit.particle.tempering import (
     incremental_log_weights,
@@ -39,10 +52,15 @@ from enkit.particle.resampling import (
     weighted_mean,
     weighted_spread,
 )
+from enkit.particle.weighted_enkf import kde_log_density, kde_weighted_enkf
 
 __all__ = [
     "RESAMPLERS",
+    "EnsembleResampler",
+    "OTResampler",
     "ParticleAnalysis",
+    "SinkhornResult",
+    "SoftResampler",
     "WeightDegeneracyError",
     "bootstrap_pf",
     "effective_sample_size",
@@ -50,16 +68,21 @@ __all__ = [
     "incremental_log_weights",
     "next_temperature",
     "tempered_ess",
+    "kde_log_density",
+    "kde_weighted_enkf",
     "multinomial",
     "normalize_log_weights",
     "observation_matrix",
     "offspring_counts",
     "optimal_proposal_pf",
+    "ot_resample",
     "regularize",
     "residual",
     "sample_with_root",
     "scott_bandwidth",
     "silverman_bandwidth",
+    "sinkhorn_plan",
+    "soft_resample",
     "stratified",
     "systematic",
     "uniform_log_weights",

@@ -27,6 +27,7 @@ from enkit.particle._common import (
     reweight,
 )
 from enkit.particle.bootstrap import gaussian_log_likelihood
+from enkit.particle.differentiable import EnsembleResampler
 from enkit.particle.resampling import (
     sample_with_root,
     scott_bandwidth,
@@ -110,6 +111,11 @@ def optimal_proposal_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *
     N, n = E.shape
     key = need_key(key, "optimal_proposal_pf")
     check_threshold(threshold)
+    if isinstance(resampler, EnsembleResampler) or not callable(resampler):
+        raise TypeError(f"optimal_proposal_pf's resampler must be an ancestor resampler "
+                        f"(key, log_w) -> ancestors (it resamples the forecasts before its "
+                        f"draws), got {type(resampler).__name__}; the differentiable "
+                        f"resamplers work with bootstrap_pf")
     y = jnp.asarray(y, E.dtype)
     m = y.shape[0]
     R = as_covariance(R, m, name="R").astype(E.dtype)
