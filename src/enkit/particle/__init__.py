@@ -1,5 +1,5 @@
 """Particle filters: importance weights on the log scale, resampling, and
-the bootstrap and optimal-proposal analyses.
+the bootstrap, optimal-proposal and local (Penny & Miyoshi 2016) analyses.
 
 A particle analysis has the uniform signature of enkit's schemes plus the
 particles' log-weights, ``scheme(E, y, h, R, *, key, log_weights=None,
@@ -14,6 +14,7 @@ of ``enkit.diagnostics`` (pass ``log_weights=``).
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
+from enkit.particle.local import local_pf
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
 from enkit.particle.resampling import (
     RESAMPLERS,
@@ -39,6 +40,7 @@ __all__ = [
     "bootstrap_pf",
     "effective_sample_size",
     "gaussian_log_likelihood",
+    "local_pf",
     "multinomial",
     "normalize_log_weights",
     "observation_matrix",
