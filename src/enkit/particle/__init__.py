@@ -14,7 +14,7 @@ of ``enkit.diagnostics`` (pass ``log_weights=``).
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
-from enkit.particle.local import local_pf
+from enkit.particle.local import local_log_weights, local_pf
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
 from enkit.particle.resampling import (
     RESAMPLERS,
@@ -40,6 +40,7 @@ __all__ = [
     "bootstrap_pf",
     "effective_sample_size",
     "gaussian_log_likelihood",
+    "local_log_weights",
     "local_pf",
     "multinomial",
     "normalize_log_weights",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ from enkit.particle._common import (
 from enkit.particle.bootstrap import gaussian_log_likelihood
 from enkit.particle.resampling import systematic, uniform_log_weights
 
-__all__ = ["local_pf"]
+__all__ = ["local_log_weights", "local_pf"]
 
 
 def local_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
@@ -105,9 +106,68 @@ def local_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
     values; under ``jit`` (and in ``enkit.assimilate``) the ensemble and
     weights are NaN and ``degenerate`` is True, as in ``bootstrap_pf``.
     """
+    key = need_key(key, "local_pf")
+    prob = _setup(E, y, h, R, state_coords, obs_coords, radius, taper, distance, log_weights,
+                  chunk_size)
+    N, n = prob.E.shape
+    if smoothing_radius is not None:
+        check_number("smoothing_radius", smoothing_radius, low=0.0, low_open=False)
+    check_number("noise", noise, low=0.0, low_open=False)
+    neighbours = None
+    if smoothing_radius is not None:
+        neighbours = observation_lists(state_coords, state_coords, smoothing_radius,
+                                       _within, distance, None, prob.E.dtype)
+        if neighbours is None:  # traced: every grid point, masked by distance in the graph
+            dist = pairwise_distances(prob.points, prob.points, distance)
+            neighbours = (jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n)), dist,
+                          dist <= jnp.asarray(smoothing_radius, prob.E.dtype))
+    jitter = not (is_concrete(noise) and float(noise) == 0.0)
+    result, log_lik, local_ok = _local(
+        *prob, key, neighbours, jnp.asarray(noise, prob.E.dtype), taper=taper,
+        distance=distance, resampler=resampler, jitter=jitter, chunk_size=int(chunk_size))
+    _check_local(prob.log_prior, log_lik, local_ok)
+    return result
+
+
+def local_log_weights(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
+                      state_coords: ArrayLike, obs_coords: ArrayLike, radius: ArrayLike,
+                      taper: Callable[[Array, Array], Array] = gaspari_cohn,
+                      distance: Callable[[Array, Array], Array] = cartesian_distance,
+                      log_weights: ArrayLike | None = None, chunk_size: int = 64) -> Array:
+    """The normalised local log-weights of ``local_pf``, one row per grid point:
+
+        log wᵢʲ = log w̄ᵢ − ½ Σₖ ρⱼₖ (yₖ − h(xᵢ)ₖ)² / Rₖₖ − log Σₗ (same for l),
+
+    ρⱼₖ = taper(distance(state_coords[j], obs_coords[k]), radius) (terms with
+    ρ = 0 left out). A diagnostic (local ESS: ``effective_sample_size`` of
+    a row) and what ``local_pf`` resamples. Arguments as ``local_pf``.
+    Returns (n, N); a row whose weights cannot be normalised (all zero, or
+    a NaN likelihood) is NaN.
+    """
+    prob = _setup(E, y, h, R, state_coords, obs_coords, radius, taper, distance, log_weights,
+                  chunk_size)
+    return _weights_jit(*prob, taper=taper, distance=distance, chunk_size=int(chunk_size))
+
+
+class _Problem(NamedTuple):
+    """Checked inputs of a local particle analysis (the leading arguments of
+    the compiled bodies)."""
+
+    E: Array
+    y: Array
+    h: object
+    R: object
+    log_prior: Array
+    points: Array
+    obs_points: Array
+    radius: Array
+    lists: object
+
+
+def _setup(E, y, h, R, state_coords, obs_coords, radius, taper, distance, log_weights,
+           chunk_size) -> _Problem:
     E = jnp.asarray(E)
     N, n = E.shape
-    key = need_key(key, "local_pf")
     y = jnp.asarray(y, E.dtype)
     m = y.shape[0]
     R = as_covariance(R, m, name="R").astype(E.dtype)
@@ -119,31 +179,15 @@ def local_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
     points = _coordinates("state_coords", state_coords, n, "n", E.dtype)
     obs_points = _coordinates("obs_coords", obs_coords, m, "m", E.dtype)
     check_number("radius", radius, low=0.0)
-    if smoothing_radius is not None:
-        check_number("smoothing_radius", smoothing_radius, low=0.0, low_open=False)
-    check_number("noise", noise, low=0.0, low_open=False)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
             or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     log_prior = prior_log_weights(log_weights, N, E.dtype)
+    # Lists from the arguments as given: concrete unless traced by the caller.
     lists = observation_lists(state_coords, obs_coords, radius, taper, distance, None,
                               E.dtype) if m else None
-    neighbours = None
-    if smoothing_radius is not None:
-        neighbours = observation_lists(state_coords, state_coords, smoothing_radius,
-                                       _within, distance, None, E.dtype)
-        if neighbours is None:  # traced: every grid point, masked by distance in the graph
-            dist = pairwise_distances(points, points, distance)
-            neighbours = (jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n, n)), dist,
-                          dist <= jnp.asarray(smoothing_radius, E.dtype))
-    jitter = not (is_concrete(noise) and float(noise) == 0.0)
-    result, log_lik, local_ok = _local(
-        E, y, as_operand(h), R, key, log_prior, points, obs_points,
-        jnp.asarray(radius, E.dtype), lists,
-        neighbours, jnp.asarray(noise, E.dtype), taper=taper, distance=distance,
-        resampler=resampler, jitter=jitter, chunk_size=int(chunk_size))
-    _check_local(log_prior, log_lik, local_ok)
-    return result
+    return _Problem(E, y, as_operand(h), R, log_prior, points, obs_points,
+                    jnp.asarray(radius, E.dtype), lists)
 
 
 def _within(d, s):
@@ -168,51 +212,74 @@ def _check_local(log_prior, log_lik, local_ok) -> None:
             "check y against h(E) and R, or use more particles")
 
 
-@partial(jax.jit, static_argnames=("taper", "distance", "resampler", "jitter", "chunk_size"))
-def _local(E, y, h, R, key, log_prior, state_coords, obs_coords, radius, lists, neighbours,
-           noise, *, taper, distance, resampler, jitter, chunk_size):
-    """The compiled body of ``local_pf``: (ParticleAnalysis, global
-    log-likelihoods (N,), (n,) True where the local weights normalise)."""
+def _weights(E, y, h, R, log_prior, points, obs_points, radius, lists, *, taper, distance,
+             chunk_size, extra=None, per_block=None):
+    """Local log-weights (n, N) normalised (NaN rows where they cannot be),
+    (n,) True where they can, the global log-likelihoods (N,); with
+    ``per_block(lw_b, ok_b, *extra_b)`` its outputs on each block instead
+    of the weights (``extra``: more (n, ...) arrays to block)."""
     N, n = E.shape
     m = y.shape[0]
     Y = observe(h, E)
     log_lik = gaussian_log_likelihood(Y, y, R)
-    log_w, log_z, degenerate = reweight(log_prior, log_lik)
-    ess = effective_sample_size(log_weights=log_w)
-    k_resample, k_noise = jax.random.split(key)
-    if m:
-        r = R.whiten(y - Y)
-        q = r * r  # (N, m) squared whitened residuals
-        if lists is None:  # traced coordinates or radius: every observation, tapered
-            dist = pairwise_distances(state_coords, obs_coords, distance)
-            lists = (jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (n, m)), dist,
-                     jnp.ones((n, m), bool))
-    else:
-        q = None
+    r = R.whiten(y - Y) if m else None
+    q = None if r is None else r * r  # (N, m) squared whitened residuals
+    if m and lists is None:  # traced coordinates or radius: every observation, tapered
+        dist = pairwise_distances(points, obs_points, distance)
+        lists = (jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (n, m)), dist,
+                 jnp.ones((n, m), bool))
+    if not m:  # no observations: placeholders, the prior weights at every grid point
+        lists = (jnp.zeros((n, 1), jnp.int32), jnp.zeros((n, 1), E.dtype),
+                 jnp.zeros((n, 1), bool))
 
-    def block(idx, dist, valid, x_b):
-        """Ancestors (B, N), local weights ok (B,), local std (B,) of B grid points."""
+    def block(idx, dist, valid, *extra_b):
+        """The normalised local log-weights (B, N) of B grid points."""
         if q is None:
-            lw = jnp.broadcast_to(log_prior, (x_b.shape[0], N))
+            lw = jnp.broadcast_to(log_prior, (idx.shape[0], N))
         else:
             rho = taper(dist, radius)  # (B, k)
             keep = valid & (rho > 0)
             qb = jnp.moveaxis(q[:, idx], 0, 1)  # (B, N, k)
             ell = -0.5 * jnp.sum(jnp.where(keep[:, None, :], rho[:, None, :] * qb, 0.0), -1)
-            lw = log_prior + ell  # (B, N)
+            lw = log_prior + ell
         lz = logsumexp(lw, axis=1, keepdims=True)
         ok = jnp.isfinite(lz[:, 0])
-        lw = jnp.where(ok[:, None], lw - lz, uniform_log_weights(N, E.dtype))
-        ancestors = jax.vmap(lambda lw_j: resampler(k_resample, lw_j))(lw)
+        lw = jnp.where(ok[:, None], lw - lz, jnp.nan)
+        if per_block is None:
+            return lw, ok
+        return per_block(lw, ok, *extra_b)
+
+    out = map_in_blocks(block, (*lists, *(extra or ())), n, chunk_size)
+    return out, log_lik
+
+
+@partial(jax.jit, static_argnames=("taper", "distance", "chunk_size"))
+def _weights_jit(*args, taper, distance, chunk_size):
+    (lw, _), _ = _weights(*args, taper=taper, distance=distance, chunk_size=chunk_size)
+    return lw
+
+
+@partial(jax.jit, static_argnames=("taper", "distance", "resampler", "jitter", "chunk_size"))
+def _local(E, y, h, R, log_prior, points, obs_points, radius, lists, key, neighbours, noise,
+           *, taper, distance, resampler, jitter, chunk_size):
+    """The compiled body of ``local_pf``: (ParticleAnalysis, global
+    log-likelihoods (N,), (n,) True where the local weights normalise)."""
+    N, n = E.shape
+    k_resample, k_noise = jax.random.split(key)
+
+    def resample(lw, ok, x_b):
+        """Ancestors (B, N), ok (B,), local posterior std (B,) of B grid points."""
+        lw = jnp.where(ok[:, None], lw, uniform_log_weights(N, E.dtype))
+        ancestors = jax.vmap(lambda lw_j: resampler(k_resample, lw_j))(lw)  # shared key
         w = jnp.exp(lw)
         mean = jnp.sum(w * x_b, axis=1, keepdims=True)
-        std = jnp.sqrt(jnp.sum(w * (x_b - mean) ** 2, axis=1))
-        return ancestors, ok, std
+        return ancestors, ok, jnp.sqrt(jnp.sum(w * (x_b - mean) ** 2, axis=1))
 
-    if lists is None:  # m = 0: placeholders, the prior weights at every grid point
-        lists = (jnp.zeros((n, 1), jnp.int32), jnp.zeros((n, 1), E.dtype),
-                 jnp.zeros((n, 1), bool))
-    A, local_ok, std = map_in_blocks(lambda *b: block(*b), (*lists, E.T), n, chunk_size)
+    (A, local_ok, std), log_lik = _weights(
+        E, y, h, R, log_prior, points, obs_points, radius, lists, taper=taper,
+        distance=distance, chunk_size=chunk_size, extra=(E.T,), per_block=resample)
+    log_w, log_z, degenerate = reweight(log_prior, log_lik)
+    ess = effective_sample_size(log_weights=log_w)
     cols = jnp.arange(n)
     if neighbours is None:
         E_new = E[A.T, cols]  # (N, n): xₐ,ᵢⱼ = x_{aᵢʲ, j}
@@ -224,8 +291,8 @@ def _local(E, y, h, R, key, log_prior, state_coords, obs_coords, radius, lists, 
     if jitter:
         E_new = E_new + noise * std * jax.random.normal(k_noise, (N, n), E.dtype)
     degenerate = degenerate | ~jnp.all(local_ok)
-    resampled = jnp.asarray(True)
-    result = finish(E_new, uniform_log_weights(N, E.dtype), ess, resampled, log_z, degenerate)
+    result = finish(E_new, uniform_log_weights(N, E.dtype), ess, jnp.asarray(True), log_z,
+                    degenerate)
     return result, log_lik, local_ok
 
 
