@@ -281,13 +281,13 @@ def _local(E, y, h, R, log_prior, points, obs_points, radius, lists, key, neighb
     log_w, log_z, degenerate = reweight(log_prior, log_lik)
     ess = effective_sample_size(log_weights=log_w)
     cols = jnp.arange(n)
-    if neighbours is None:
-        E_new = E[A.T, cols]  # (N, n): xₐ,ᵢⱼ = x_{aᵢʲ, j}
-    else:
+    E_new = E[A.T, cols]  # (N, n): xₐ,ᵢⱼ = x_{aᵢʲ, j}
+    if neighbours is not None:
         nb, _, valid = neighbours  # (n, k_s)
-        vals = E[A[nb], cols[:, None, None]]  # (n, k_s, N): x_{aᵢˡ, j} for l near j
+        # x_{aᵢʲ, j} + mean_l (x_{aᵢˡ, j} − x_{aᵢʲ, j}): exact where the ancestors agree
+        dev = E[A[nb], cols[:, None, None]] - E_new.T[:, None, :]  # (n, k_s, N)
         count = jnp.sum(valid, axis=1)[:, None]
-        E_new = (jnp.sum(jnp.where(valid[..., None], vals, 0.0), axis=1) / count).T
+        E_new = E_new + (jnp.sum(jnp.where(valid[..., None], dev, 0.0), axis=1) / count).T
     if jitter:
         E_new = E_new + noise * std * jax.random.normal(k_noise, (N, n), E.dtype)
     degenerate = degenerate | ~jnp.all(local_ok)
