@@ -13,6 +13,7 @@ import pytest
 
 import enkit
 from enkit import particle as pf
+from enkit.assimilation.compiled import run as _run
 from enkit.localization import periodic_distance, step
 from enkit.models import Lorenz96
 from enkit.models.twin import twin_experiment
@@ -131,7 +132,8 @@ def test_local_weights_are_the_tapered_likelihood():
 
 def test_smoothing_averages_the_neighbours_selections():
     """smoothing_radius 1 on the ring: x_ij = mean over l ∈ {j−1, j, j+1} of
-    x at j of l's ancestors; radius 0 is no smoothing."""
+    x at j of l's ancestors, a strength α moving the values α of the way
+    there; radius 0 is no smoothing."""
     E, y, H, R, lw = small_problem(N=6, seed=2)
     kw = dict(state_coords=COORDS, obs_coords=COORDS[::2], radius=1.0, distance=RING_DIST,
               key=jax.random.key(4), log_weights=lw)
@@ -143,6 +145,10 @@ def test_smoothing_averages_the_neighbours_selections():
                      for j in range(RING)], axis=1)
     got = pf.local_pf(E, y, H, R, smoothing_radius=1.0, **kw)
     np.testing.assert_allclose(got.ensemble, want, rtol=1e-12)
+    plain = np.stack([E[A[j], j] for j in range(RING)], axis=1)
+    half = pf.local_pf(E, y, H, R, smoothing_radius=1.0, smoothing_strength=0.25, **kw)
+    np.testing.assert_allclose(half.ensemble, plain + 0.25 * (want - plain), rtol=1e-12,
+                               atol=1e-14)
     np.testing.assert_array_equal(pf.local_pf(E, y, H, R, smoothing_radius=0.0, **kw).ensemble,
                                   pf.local_pf(E, y, H, R, **kw).ensemble)
 
@@ -263,7 +269,8 @@ L96_K = 90
 def lorenz96():
     """n = 40, every variable observed (R = I) every step (dt = 0.05), N = 20:
     the local PF (Gaspari–Cohn radius 2, noise 0.5) and the bootstrap PF
-    (regularised, reg = 1), 10% of the observations absent."""
+    (regularised, reg = 1), 10% of the observations absent; a second local
+    run with another key reuses the compiled program."""
     model = Lorenz96()
     n = model.n
     R = enkit.Scalar(1.0, n)
@@ -274,9 +281,13 @@ def lorenz96():
     c = np.arange(n, dtype=float)
     local = partial(pf.local_pf, state_coords=c, obs_coords=c, radius=2.0,
                     distance=partial(periodic_distance, period=float(n)), noise=0.5)
-    run = partial(enkit.assimilate, model, E0, tw.observations, h=np.eye(n), R=R, key=3,
+    run = partial(enkit.assimilate, model, E0, tw.observations, h=np.eye(n), R=R,
                   mask=mask, on_nonfinite="warn")
-    return np.asarray(tw.truth), run(local), run(partial(pf.bootstrap_pf, reg=1.0))
+    loc = run(local, key=3)
+    size = _run._cache_size()
+    again = run(local, key=4)  # new values, same program
+    assert _run._cache_size() == size and np.all(np.isfinite(again.ensemble))
+    return np.asarray(tw.truth), loc, run(partial(pf.bootstrap_pf, reg=1.0), key=3)
 
 
 def test_lorenz96_local_pf_beats_the_bootstrap_pf(lorenz96):
