@@ -62,12 +62,16 @@ def cases():
     for radius in (1.0, 3.0, 4.0):
         out.append((f"local_pf r={radius:g} γ=0.5", 40,
                     partial(local, radius=radius, noise=0.5), {}))
-    for gamma in (0.25, 1.0):
+    for gamma in (0.25, 0.75, 1.0):
         out.append((f"local_pf r=2 γ={gamma:g}", 40, partial(local, radius=2.0, noise=gamma),
                     {}))
     for alpha in (1.0, 0.5, 0.25):
         out.append((f"local_pf r=2 γ=0.5 smooth=1 α={alpha:g}", 40,
                     partial(local, radius=2.0, noise=0.5, smoothing_radius=1.0,
+                            smoothing_strength=alpha), {}))
+    for gamma, alpha in ((1.0, 1.0), (0.75, 0.5)):
+        out.append((f"local_pf r=2 γ={gamma:g} smooth=1 α={alpha:g}", 40,
+                    partial(local, radius=2.0, noise=gamma, smoothing_radius=1.0,
                             smoothing_strength=alpha), {}))
     out.append(("local_pf r=2 γ=0 (no noise)", 40, partial(local, radius=2.0), {}))
     for N in (40, 80):
