@@ -81,8 +81,10 @@ def local_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *,
     ``smoothing_strength`` (1: their plain mean; a strength in [0, 1] as
     in Farchi & Bocquet's 2018 review of local PFs); l = j alone when s is
     None, the default; exact copies where the ancestors agree. The mean
-    shrinks the spread: on the Lorenz-96 case below, α = 1 with s = 1
-    loses the truth (``benchmarks/local_pf.py``).
+    shrinks the spread, so smoothing wants more noise: on the Lorenz-96
+    case below (s = 1, N = 40) α = 1 loses the truth with γ = 0.5 and gives
+    RMSE 0.44 with γ = 1 (0.56 unsmoothed), α = 0.5 with γ = 0.75 0.38
+    (0.46 unsmoothed).
 
     Noise: ``noise`` = γ > 0 adds γ σⱼ εᵢⱼ, ε ~ N(0, 1) independent, with
     σⱼ² = Σᵢ wᵢʲ (xᵢⱼ − Σₗ wₗʲ xₗⱼ)² the local posterior variance estimated
