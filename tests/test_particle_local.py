@@ -232,8 +232,8 @@ def diagonal():
         kw = dict(state_coords=coords, obs_coords=coords, radius=0.5, taper=step)
         loc = pf.local_pf(E, y, np.eye(DIAG_N), R, key=key, **kw)
         glob = pf.bootstrap_pf(E, y, np.eye(DIAG_N), R, key=key, threshold=1.0)
-        local_ess = pf.effective_sample_size(
-            log_weights=pf.local_log_weights(E, y, np.eye(DIAG_N), R, **kw))
+        # each grid point's local weights: its own observation's likelihood
+        local_ess = pf.effective_sample_size(log_weights=(-0.5 * (y - E) ** 2 / R_DIAG).T)
         out[N] = {
             "local": np.sqrt(np.mean((loc.ensemble.mean(0) - kf_mean) ** 2)),
             "local_var": float(np.mean(np.var(loc.ensemble, axis=0, ddof=1))),
