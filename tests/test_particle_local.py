@@ -154,8 +154,9 @@ def test_smoothing_averages_the_neighbours_selections():
 
 
 def test_traced_coordinates_chunks_and_float32():
-    """The in-graph search (traced coordinates and radius) and any chunk size
-    give the analysis of the precomputed lists; float32 stays float32."""
+    """The in-graph search (traced coordinates, a vmap over radii) and any
+    chunk size give the analysis of the precomputed lists; float32 stays
+    float32."""
     E, y, H, R, lw = small_problem()
     key = jax.random.key(1)
     kw = dict(distance=RING_DIST, key=key, log_weights=lw, smoothing_radius=1.0, noise=0.3)
@@ -166,8 +167,12 @@ def test_traced_coordinates_chunks_and_float32():
     def traced(sc, oc, radius):
         return pf.local_pf(E, y, H, R, state_coords=sc, obs_coords=oc, radius=radius, **kw)
 
-    got = traced(COORDS, COORDS[::2], 1.5)
-    np.testing.assert_allclose(got.ensemble, ref.ensemble, rtol=1e-12, atol=1e-12)
+    # a sweep over radii is a vmap (traced radius: the taper applied in the graph)
+    got = jax.vmap(traced, in_axes=(None, None, 0))(COORDS, COORDS[::2], jnp.array([1.5, 2.5]))
+    np.testing.assert_allclose(got.ensemble[0], ref.ensemble, rtol=1e-12, atol=1e-12)
+    wide = pf.local_pf(E, y, H, R, state_coords=COORDS, obs_coords=COORDS[::2], radius=2.5,
+                       **kw)
+    np.testing.assert_allclose(got.ensemble[1], wide.ensemble, rtol=1e-12, atol=1e-12)
     chunked = pf.local_pf(E, y, H, R, state_coords=COORDS, obs_coords=COORDS[::2], radius=1.5,
                           chunk_size=3, **kw)
     np.testing.assert_array_equal(chunked.ensemble, ref.ensemble)
