@@ -130,7 +130,9 @@ def main():
     lines += ["", "global ESS: time mean of the ESS of the untapered weights at each analysis "
               "(a particle scheme's `ess`; nan for the LETKF)",
               f"the truth's climatological spread (std about its time mean): {clim:.2f}; "
-              f"a filter that has lost the truth scores about {np.sqrt(2) * clim:.1f}"]
+              f"a filter that has lost the truth scores about {np.sqrt(2) * clim:.1f}",
+              "ms/cycle were measured on a shared 2-core machine with other jobs running: "
+              "they swing by up to 2-3x between runs of the same case"]
     text = "\n".join(lines)
     print(text)
     if not args.quick:
