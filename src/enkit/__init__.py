@@ -221,6 +221,7 @@ from enkit.particle import (
     WeightDegeneracyError,
     bootstrap_pf,
     kde_weighted_enkf,
+    local_pf,
     optimal_proposal_pf,
 )
 from enkit.models import (
@@ -468,6 +469,7 @@ __all__ = [
     "WeightDegeneracyError",
     "bootstrap_pf",
     "kde_weighted_enkf",
+    "local_pf",
     "optimal_proposal_pf",
     "multiplicative_inflation",
     "MeanPreservingRotation",

@@ -221,7 +221,8 @@ def _coordinates(name, coords, count, letter, dtype):
 
 def map_in_blocks(f, xs, n, chunk):
     """``f`` on blocks of ``chunk`` rows of xs (a tuple of pytrees whose
-    leaves have leading axis n; None entries pass through), concatenated;
+    leaves have leading axis n; None entries pass through), concatenated
+    (leaf by leaf when f returns a pytree);
     f receives each block whole (a batch), never under ``vmap``."""
     if chunk >= n:
         return f(*xs)
@@ -233,4 +234,4 @@ def map_in_blocks(f, xs, n, chunk):
         return a.reshape((n_chunks, chunk) + a.shape[1:])
 
     out = jax.lax.map(lambda b: f(*b), jax.tree.map(blocks, tuple(xs)))
-    return out.reshape((n_chunks * chunk,) + out.shape[2:])[:n]
+    return jax.tree.map(lambda o: o.reshape((n_chunks * chunk,) + o.shape[2:])[:n], out)

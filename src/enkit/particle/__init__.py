@@ -1,5 +1,5 @@
 """Particle filters: importance weights on the log scale, resampling, and
-the bootstrap and optimal-proposal analyses.
+the bootstrap, optimal-proposal and local (Penny & Miyoshi 2016) analyses.
 
 A particle analysis has the uniform signature of enkit's schemes plus the
 particles' log-weights, ``scheme(E, y, h, R, *, key, log_weights=None,
@@ -29,12 +29,8 @@ from enkit.particle.differentiable import (
     sinkhorn_plan,
     soft_resample,
 )
+from enkit.particle.local import local_log_weights, local_pf
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
-from enkit.particle.tempering import (
-    incremental_log_weights,
-    next_temperature,
-    tempered_ess,
-)
 from enkit.particle.resampling import (
     RESAMPLERS,
     multinomial,
@@ -52,13 +48,18 @@ from enkit.particle.resampling import (
     weighted_mean,
     weighted_spread,
 )
+from enkit.particle.tempering import (
+    incremental_log_weights,
+    next_temperature,
+    tempered_ess,
+)
 from enkit.particle.weighted_enkf import kde_log_density, kde_weighted_enkf
 
 __all__ = [
-    "RESAMPLERS",
     "EnsembleResampler",
     "OTResampler",
     "ParticleAnalysis",
+    "RESAMPLERS",
     "SinkhornResult",
     "SoftResampler",
     "WeightDegeneracyError",
@@ -66,11 +67,12 @@ __all__ = [
     "effective_sample_size",
     "gaussian_log_likelihood",
     "incremental_log_weights",
-    "next_temperature",
-    "tempered_ess",
     "kde_log_density",
     "kde_weighted_enkf",
+    "local_log_weights",
+    "local_pf",
     "multinomial",
+    "next_temperature",
     "normalize_log_weights",
     "observation_matrix",
     "offspring_counts",
@@ -85,6 +87,7 @@ __all__ = [
     "soft_resample",
     "stratified",
     "systematic",
+    "tempered_ess",
     "uniform_log_weights",
     "weighted_covariance_root",
     "weighted_mean",
