@@ -9,23 +9,19 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax import Array
-from jax.scipy.linalg import cho_solve
 from jax.typing import ArrayLike
 
-from enkit.covariance import Dense, as_covariance
+from enkit.covariance import as_covariance
 from enkit.filters._common import ObservationOperator, observe
 from enkit.particle._common import (
     ParticleAnalysis,
     as_operand,
     check_threshold,
     check_weights,
-    finish,
     need_key,
     prior_log_weights,
-    resample_if,
-    reweight,
 )
-from enkit.particle.bootstrap import gaussian_log_likelihood
+from enkit.particle._mixture import mixture_analysis
 from enkit.particle.resampling import systematic
 
 __all__ = ["optimal_proposal_pf", "observation_matrix"]
@@ -103,17 +99,9 @@ def _optimal(E, y, h, R, Q, key, log_prior, threshold, *, resampler):
     N, _ = E.shape
     H = observation_matrix(h, jnp.mean(E, axis=0))
     QHt = Q.dense() @ H.T
-    S = Dense(H @ QHt + R.dense())  # the predictive covariance H Q Hᵀ + R
-    log_lik = gaussian_log_likelihood(E @ H.T, y, S)
-    log_w, log_z, degenerate = reweight(log_prior, log_lik)
     k_resample, k_q, k_r = jax.random.split(key, 3)
-    ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
-    F = jnp.where(resampled, E[ancestors], E)
-    X = F + Q.sample(k_q, (N,))
-    V = R.sample(k_r, (N,))
-    Kt = cho_solve((S.factor, True), QHt.T)  # Kᵀ = S⁻¹ H Q, (m, n)
-    E_new = X + (y - X @ H.T - V) @ Kt
-    return finish(E_new, log_after, ess, resampled, log_z, degenerate), log_lik
+    return mixture_analysis((k_resample, k_r), E, Q.sample(k_q, (N,)), log_prior, y, H, R,
+                            QHt, H @ QHt, 1.0, threshold, resampler)
 
 
 optimal_proposal_pf.particle = True
