@@ -1,5 +1,7 @@
 """Particle filters: importance weights on the log scale, resampling, and
-the bootstrap and optimal-proposal analyses.
+the bootstrap, optimal-proposal and auxiliary particle filters, and the
+hybrids with Kalman updates: the ensemble Kalman particle filter and the
+Gaussian-mixture filter.
 
 A particle analysis has the uniform signature of enkit's schemes plus the
 particles' log-weights, ``scheme(E, y, h, R, *, key, log_weights=None,
@@ -13,7 +15,10 @@ of ``enkit.diagnostics`` (pass ``log_weights=``).
 
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
+from enkit.particle.auxiliary import auxiliary_pf
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
+from enkit.particle.enkpf import enkpf
+from enkit.particle.gaussian_mixture import gaussian_mixture_filter
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
 from enkit.particle.resampling import (
     RESAMPLERS,
@@ -36,9 +41,12 @@ __all__ = [
     "RESAMPLERS",
     "ParticleAnalysis",
     "WeightDegeneracyError",
+    "auxiliary_pf",
     "bootstrap_pf",
     "effective_sample_size",
+    "enkpf",
     "gaussian_log_likelihood",
+    "gaussian_mixture_filter",
     "multinomial",
     "normalize_log_weights",
     "observation_matrix",
