@@ -60,7 +60,8 @@ def gaussian_mixture_filter(E: ArrayLike, y: ArrayLike, h: ObservationOperator, 
 
     The kernels are resampled when ESS < threshold·N, and one particle is
     drawn from each posterior kernel, xᵢᵃ = c_{aᵢ} + ηᵢ + K (y − H(c_{aᵢ}
-    + ηᵢ) − vᵢ), ηᵢ = h C½ᵀ zᵢ ~ N(0, h² P), vᵢ ~ N(0, R) (law
+    + ηᵢ) − vᵢ), ηᵢ = h Lᵀ zᵢ ~ N(0, h² P) with LᵀL = P (L the triangular
+    factor of a QR of C½ when N > n, else C½ itself), vᵢ ~ N(0, R) (law
     N(μ_{aᵢ}, Pₐ), no square root of Pₐ taken; the ensemble so represents
     the posterior mixture, and the next analysis re-reads it as kernels).
 
@@ -77,8 +78,9 @@ def gaussian_mixture_filter(E: ArrayLike, y: ArrayLike, h: ObservationOperator, 
     (required). log_weights: (N,) or None (uniform). bandwidth: h, a
     scalar in [0, 1] with ``shrink`` (any h ≥ 0 without), None for
     ``silverman_bandwidth(N, n)``; an array leaf (a sweep is a vmap).
-    threshold, resampler: as ``bootstrap_pf``. Costs O(N² n) for the
-    kernel draws (as ``regularize``) and O(m³ + N n m); no n × n matrix.
+    threshold, resampler: as ``bootstrap_pf``. Costs O(N n min(N, n)) for
+    the kernel draws and O(m³ + N n m); the only n × n matrix is the
+    triangular factor when N > n.
     Returns a ``ParticleAnalysis``; degenerate weights as in
     ``bootstrap_pf``. DAPPER's nearest relative is ``PFxN`` (resampling
     from a kernel density without the kernel Kalman update); it has no
@@ -114,7 +116,7 @@ def gaussian_mixture_filter(E: ArrayLike, y: ArrayLike, h: ObservationOperator, 
 def _gmf(E, y, h, R, bandwidth, key, log_prior, threshold, *, shrink, resampler):
     """The compiled body of ``gaussian_mixture_filter``: (ParticleAnalysis,
     the kernels' predictive log-likelihoods)."""
-    N, _ = E.shape
+    N, n = E.shape
     xbar = weighted_mean(E, log_prior)
     H = observation_matrix(h, xbar)
     C12 = weighted_covariance_root(E, log_prior)  # P = C½ᵀ C½
@@ -125,7 +127,11 @@ def _gmf(E, y, h, R, bandwidth, key, log_prior, threshold, *, shrink, resampler)
     h2 = bandwidth ** 2
     Y12 = C12 @ H.T
     k_resample, k_eta, k_r = jax.random.split(key, 3)
-    Eta = bandwidth * jax.random.normal(k_eta, (N, N), dtype=E.dtype) @ C12
+    if N > n:  # P = C½ᵀ C½ = R̃ᵀ R̃ with C½ = Q̃ R̃ (QR, stable when P is singular)
+        root = jnp.linalg.qr(C12, mode="r")
+    else:
+        root = C12
+    Eta = bandwidth * jax.random.normal(k_eta, (N, root.shape[0]), dtype=E.dtype) @ root
     return mixture_analysis((k_resample, k_r), C, Eta, log_prior, y, H, R, h2 * C12.T @ Y12,
                             h2 * Y12.T @ Y12, 1.0, threshold, resampler)
 
