@@ -77,7 +77,7 @@ def gaussian_mixture_filter(E: ArrayLike, y: ArrayLike, h: ObservationOperator, 
     nonlinear h); R: covariance operator (or array) (m,). key: PRNG key
     (required). log_weights: (N,) or None (uniform). bandwidth: h, a
     scalar in [0, 1] with ``shrink`` (any h ≥ 0 without), None for
-    ``silverman_bandwidth(N, n)``; an array leaf (a sweep is a vmap).
+    ``silverman_bandwidth(N, n)`` (capped at 1); an array leaf (a sweep is a vmap).
     threshold, resampler: as ``bootstrap_pf``. Costs O(N n min(N, n)) for
     the kernel draws and O(m³ + N n m); the only n × n matrix is the
     triangular factor when N > n.
@@ -97,7 +97,7 @@ def gaussian_mixture_filter(E: ArrayLike, y: ArrayLike, h: ObservationOperator, 
     check_threshold(threshold)
     check_bool("shrink", shrink)
     if bandwidth is None:
-        bandwidth = silverman_bandwidth(N, n)
+        bandwidth = min(silverman_bandwidth(N, n), 1.0)  # above 1 only for N(n + 2) < 4
     elif is_concrete(bandwidth):
         b = float(bandwidth)
         if not (b >= 0.0 and (b <= 1.0 or not shrink)):
