@@ -146,6 +146,11 @@ def test_enkpf_gamma_zero_is_the_bootstrap_pf():
     np.testing.assert_array_equal(res.ensemble, E)
     assert float(res.log_evidence) == pytest.approx(float(boot.log_evidence), rel=1e-12)
     assert float(res.ess) == pytest.approx(float(boot.ess), rel=1e-12)
+    # carried weights enter α as they enter the bootstrap weights
+    lw = np.linspace(-1.0, 1.0, 100)
+    res = pf.enkpf(E, Y1, H1, RS, gamma=0.0, key=key, threshold=0.0, log_weights=lw)
+    carried = pf.bootstrap_pf(E, Y1, H1, RS, key=key, threshold=0.0, log_weights=lw)
+    np.testing.assert_allclose(res.log_weights, carried.log_weights, rtol=1e-12, atol=1e-12)
     # resampled: the particles are forecast particles, without jitter
     res = pf.enkpf(E, Y1, H1, RS, gamma=0.0, key=key)
     assert bool(res.resampled)
@@ -210,6 +215,11 @@ def test_gmf_bandwidth_zero_is_the_bootstrap_pf():
     np.testing.assert_allclose(res.log_weights, boot.log_weights, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(res.ensemble, E, rtol=1e-14, atol=1e-15)  # x̄ + 1·(xᵢ − x̄)
     assert float(res.log_evidence) == pytest.approx(float(boot.log_evidence), rel=1e-12)
+    lw = np.linspace(-1.0, 1.0, 100)
+    res = pf.gaussian_mixture_filter(E, Y1, H1, RS, key=key, bandwidth=0.0, threshold=0.0,
+                                     log_weights=lw)
+    boot = pf.bootstrap_pf(E, Y1, H1, RS, key=key, threshold=0.0, log_weights=lw)
+    np.testing.assert_allclose(res.log_weights, boot.log_weights, rtol=1e-12, atol=1e-12)
 
 
 def test_gmf_bandwidth_one_draws_the_kalman_posterior_of_the_ensemble():
