@@ -403,3 +403,20 @@ def test_driver_refuses_model_noise_twice_for_the_apf():
     with pytest.raises(ValueError, match="added twice"):
         enkit.assimilate(linear_model, draws(0, 16), np.zeros((2, 1)), DRIVEN["auxiliary_pf"][0],
                          h=H1, R=RS, key=0, model_noise=enkit.Dense(Q2))
+
+
+def test_driver_float32_callable_h_and_a_missing_observation():
+    """The APF (optimal proposal: H the Jacobian of the masked callable h)
+    through the driver in float32; no observation at cycle 2: the weights
+    of cycle 1 are handed on."""
+    f32 = np.float32
+    mask = np.ones((K2, 1), bool)
+    mask[1] = False
+    ys = np.random.default_rng(2).normal(size=(K2, 1)).astype(f32)
+    scheme = partial(pf.auxiliary_pf, Q=enkit.Dense(Q2.astype(f32)), proposal="optimal")
+    res = enkit.assimilate(linear_model, draws(11, 32).astype(f32), ys, scheme,
+                           h=lambda x: jnp.asarray(H1, f32) @ x, R=enkit.Scalar(f32(R1), 1),
+                           key=0, mask=mask)
+    for a in (res.log_weights, res.ess, res.analysis_mean, res.ensemble):
+        assert a.dtype == jnp.float32 and np.all(np.isfinite(a))
+    np.testing.assert_array_equal(res.log_weights[1], res.log_weights[0])
