@@ -79,7 +79,9 @@ def auxiliary_pf(E: ArrayLike, y: ArrayLike, h: ObservationOperator, R, *, Q,
     (n,), required. key: PRNG key (required). log_weights, resampler: as
     ``bootstrap_pf``; threshold: in [0, 1], on the first-stage ESS.
     predictive: "gaussian" or "point"; proposal: "prior" or "optimal"
-    (the last forms Q and (I − KH)Q densely, n × n). Returns a
+    (the last forms Q and (I − KH)Q densely, n × n, and evaluates their
+    densities: it needs Q positive definite; "prior" draws from a singular
+    Q too). Returns a
     ``ParticleAnalysis`` whose ``ess`` is that of the first-stage weights
     w̃ (the one the threshold is compared with) and whose log_weights are
     the second-stage ones; every first- or second-stage weight zero (or a
