@@ -1,5 +1,8 @@
 """Particle filters: importance weights on the log scale, resampling, and
-the bootstrap, optimal-proposal and local (Penny & Miyoshi 2016) analyses.
+the bootstrap, optimal-proposal, auxiliary and local (Penny & Miyoshi
+2016) particle filters, and the hybrids with Kalman updates: the
+ensemble Kalman particle filter, the Gaussian-mixture filter and the
+KDE-weighted EnKF.
 
 A particle analysis has the uniform signature of enkit's schemes plus the
 particles' log-weights, ``scheme(E, y, h, R, *, key, log_weights=None,
@@ -19,6 +22,7 @@ of the model's parameters: see ``enkit.particle.differentiable``.
 
 from enkit.diagnostics import effective_sample_size
 from enkit.particle._common import ParticleAnalysis, WeightDegeneracyError
+from enkit.particle.auxiliary import auxiliary_pf
 from enkit.particle.bootstrap import bootstrap_pf, gaussian_log_likelihood
 from enkit.particle.differentiable import (
     EnsembleResampler,
@@ -29,6 +33,8 @@ from enkit.particle.differentiable import (
     sinkhorn_plan,
     soft_resample,
 )
+from enkit.particle.enkpf import enkpf
+from enkit.particle.gaussian_mixture import gaussian_mixture_filter
 from enkit.particle.local import local_log_weights, local_pf
 from enkit.particle.optimal import observation_matrix, optimal_proposal_pf
 from enkit.particle.resampling import (
@@ -63,9 +69,12 @@ __all__ = [
     "SinkhornResult",
     "SoftResampler",
     "WeightDegeneracyError",
+    "auxiliary_pf",
     "bootstrap_pf",
     "effective_sample_size",
+    "enkpf",
     "gaussian_log_likelihood",
+    "gaussian_mixture_filter",
     "incremental_log_weights",
     "kde_log_density",
     "kde_weighted_enkf",

@@ -9,24 +9,20 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from jax import Array
-from jax.scipy.linalg import cho_solve
 from jax.typing import ArrayLike
 
 from enkit._checks import is_concrete
-from enkit.covariance import Dense, as_covariance
+from enkit.covariance import as_covariance
 from enkit.filters._common import ObservationOperator, observe
 from enkit.particle._common import (
     ParticleAnalysis,
     as_operand,
     check_threshold,
     check_weights,
-    finish,
     need_key,
     prior_log_weights,
-    resample_if,
-    reweight,
 )
-from enkit.particle.bootstrap import gaussian_log_likelihood
+from enkit.particle._mixture import mixture_analysis
 from enkit.particle.differentiable import EnsembleResampler
 from enkit.particle.resampling import (
     sample_with_root,
@@ -146,17 +142,9 @@ def _optimal(E, y, h, R, Q, key, log_prior, threshold, *, resampler):
     N, _ = E.shape
     H = observation_matrix(h, jnp.mean(E, axis=0))
     QHt = Q.dense() @ H.T
-    S = Dense(H @ QHt + R.dense())  # the predictive covariance H Q Hᵀ + R
-    log_lik = gaussian_log_likelihood(E @ H.T, y, S)
-    log_w, log_z, degenerate = reweight(log_prior, log_lik)
     k_resample, k_q, k_r = jax.random.split(key, 3)
-    ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
-    F = jnp.where(resampled, E[ancestors], E)
-    X = F + Q.sample(k_q, (N,))
-    V = R.sample(k_r, (N,))
-    Kt = cho_solve((S.factor, True), QHt.T)  # Kᵀ = S⁻¹ H Q, (m, n)
-    E_new = X + (y - X @ H.T - V) @ Kt
-    return finish(E_new, log_after, ess, resampled, log_z, degenerate), log_lik
+    return mixture_analysis((k_resample, k_r), E, Q.sample(k_q, (N,)), log_prior, y, H, R,
+                            QHt, H @ QHt, 1.0, threshold, resampler)
 
 
 @partial(jax.jit, static_argnames=("resampler",))
@@ -164,20 +152,12 @@ def _optimal_ensemble(E, y, h, R, key, log_prior, threshold, scale, *, resampler
     """The compiled body of ``optimal_proposal_pf`` with the artificial
     noise N(0, scale² C_w): (ParticleAnalysis, predictive log-likelihoods)."""
     N, _ = E.shape
-    Y = observe(h, E)
     A = scale * weighted_covariance_root(E, log_prior)  # the noise root, (N, n)
-    AY = scale * weighted_covariance_root(Y, log_prior)  # its image in observation space
-    S = Dense(AY.T @ AY + R.dense())
-    log_lik = gaussian_log_likelihood(Y, y, S)
-    log_w, log_z, degenerate = reweight(log_prior, log_lik)
+    AY = scale * weighted_covariance_root(observe(h, E), log_prior)  # its image, (N, m)
     k_resample, k_q, k_r = jax.random.split(key, 3)
-    ancestors, log_after, ess, resampled = resample_if(k_resample, log_w, threshold, resampler)
-    F = jnp.where(resampled, E[ancestors], E)
-    X = F + sample_with_root(k_q, A, N)
-    V = R.sample(k_r, (N,))
-    Kt = cho_solve((S.factor, True), AY.T) @ A  # Kᵀ = S⁻¹ Yᵀ A, (m, n)
-    E_new = X + (y - observe(h, X) - V) @ Kt
-    return finish(E_new, log_after, ess, resampled, log_z, degenerate), log_lik
+    return mixture_analysis((k_resample, k_r), E, sample_with_root(k_q, A, N), log_prior, y,
+                            partial(observe, h), R, A.T @ AY, AY.T @ AY, 1.0, threshold,
+                            resampler)
 
 
 optimal_proposal_pf.particle = True
