@@ -1,10 +1,31 @@
-"""Tests run in float64; each scheme family also has a float32 smoke test."""
+"""Tests run in float64; each scheme family also has a float32 smoke test.
+
+Compiled programs are shared across test modules and the two xdist workers
+through JAX's persistent compilation cache, in a directory made for the run
+(removed at its end) unless ENKIT_TEST_JAX_CACHE names one to keep: the
+modules release their in-memory programs (``_release_compiled_programs``),
+and many compile the same ones (the driver's scan on the same model and
+scheme). A cached program is the same executable, so no result changes.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
+
+_CACHE = "ENKIT_TEST_JAX_CACHE"
+if _CACHE not in os.environ:  # the first process (xdist's controller): workers inherit it
+    os.environ[_CACHE] = tempfile.mkdtemp(prefix="enkit-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ[_CACHE], True)
+jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.05)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class LinearGaussian:
