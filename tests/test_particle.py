@@ -8,6 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.particle_problem import (
+    A2,
+    H1,
+    MU,
+    P0,
+    Q2,
+    R1,
+    Y1,
+    kalman,
+    kalman_filter,
+    linear_model,
+    prior_draws,
+)
 
 import enkit
 from enkit import particle as pf
@@ -123,27 +136,8 @@ def test_regularize_jitter_covariance():
     np.testing.assert_allclose(silverman, (hs / h) ** 2 * scott, rtol=1e-10)
 
 
-# --- a one-step linear-Gaussian problem (2-D state, one observation) ---------
-
-MU = np.array([0.5, -1.0])
-P0 = np.array([[1.0, 0.4], [0.4, 0.6]])
-H1 = np.array([[1.0, 0.5]])
-R1 = 0.5
-Y1 = np.array([1.2])
-
-
-def kalman(mu, P, H, R, y):
-    S = H @ P @ H.T + R
-    K = P @ H.T @ np.linalg.inv(S)
-    return mu + K @ (y - H @ mu), P - K @ H @ P
-
-
-def prior_draws(key, N, mu=MU, P=P0):
-    """N draws of N(mu, P); key: a JAX key (traceable) or an int seed (NumPy)."""
-    if isinstance(key, int):
-        return mu + np.random.default_rng(key).normal(size=(N, 2)) @ np.linalg.cholesky(P).T
-    z = jax.random.normal(key, (N, 2), dtype=jnp.float64)
-    return mu + z @ np.linalg.cholesky(P).T
+# --- a one-step linear-Gaussian problem (2-D state, one observation; from
+# reference.particle_problem, as the cycled one below) -------------------------
 
 
 @pytest.fixture(scope="module")
@@ -304,25 +298,9 @@ def test_float32_smoke():
 
 # --- weighted ensembles through enkit.assimilate ---------------------------
 
-A2 = np.array([[0.9, 0.2], [-0.1, 0.8]])
-Q2 = np.array([[0.2, 0.05], [0.05, 0.1]])
 K2 = 6
 CARRY = partial(pf.bootstrap_pf, threshold=0.0)  # one object: one compilation
 OPTIMAL = partial(pf.optimal_proposal_pf, Q=enkit.Dense(Q2))
-
-
-def linear_model(x):
-    return jnp.asarray(A2, x.dtype) @ x
-
-
-def kalman_filter(m, P, ys):
-    means, stds = [], []
-    for y in ys:
-        m, P = A2 @ m, A2 @ P @ A2.T + Q2
-        m, P = kalman(m, P, H1, R1, y)
-        means.append(m)
-        stds.append(np.sqrt(np.trace(P) / 2))
-    return np.array(means), np.array(stds)
 
 
 def twin(seed, K=K2):

@@ -9,32 +9,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.particle_problem import (
+    A2,
+    H1,
+    MU,
+    P0,
+    Q2,
+    R1,
+    Y1,
+    kalman,
+    kalman_filter,
+    linear_model,
+)
+from reference.particle_problem import prior_draws as draws
 
 import enkit
 from enkit import particle as pf
 
-MU = np.array([0.5, -1.0])
-P0 = np.array([[1.0, 0.4], [0.4, 0.6]])
 QM = np.array([[0.3, 0.0], [0.0, 0.2]])
-H1 = np.array([[1.0, 0.5]])
-R1 = 0.5
-Y1 = np.array([1.2])
 RS = enkit.Scalar(R1, 1)
 NS = (100, 1600)
 SEEDS = 32
-
-
-def kalman(mu, P, H, R, y):
-    S = H @ P @ H.T + R
-    K = P @ H.T @ np.linalg.inv(S)
-    return mu + K @ (y - H @ mu), P - K @ H @ P
-
-
-def draws(key, N, mu=MU, P=P0):
-    """N draws of N(mu, P); key: a JAX key (traceable) or an int seed (NumPy)."""
-    if isinstance(key, int):
-        return mu + np.random.default_rng(key).normal(size=(N, 2)) @ np.linalg.cholesky(P).T
-    return mu + jax.random.normal(key, (N, 2), dtype=jnp.float64) @ np.linalg.cholesky(P).T
 
 
 def moments(res):
@@ -348,28 +343,12 @@ def test_float32_smoke(name):
 
 # --- through enkit.assimilate ---------------------------------------------------
 
-A2 = np.array([[0.9, 0.2], [-0.1, 0.8]])
-Q2 = np.array([[0.2, 0.05], [0.05, 0.1]])
 K2, N2 = 6, 800
 DRIVEN = {
     "auxiliary_pf": (partial(pf.auxiliary_pf, Q=enkit.Dense(Q2)), None),
     "enkpf": (partial(pf.enkpf, gamma=0.3), enkit.Dense(Q2)),
     "gaussian_mixture_filter": (pf.gaussian_mixture_filter, enkit.Dense(Q2)),
 }
-
-
-def linear_model(x):
-    return jnp.asarray(A2, x.dtype) @ x
-
-
-def kalman_filter(m, P, ys):
-    means, stds = [], []
-    for y in ys:
-        m, P = A2 @ m, A2 @ P @ A2.T + Q2
-        m, P = kalman(m, P, H1, R1, y)
-        means.append(m)
-        stds.append(np.sqrt(np.trace(P) / 2))
-    return np.array(means), np.array(stds)
 
 
 @pytest.fixture(scope="module")

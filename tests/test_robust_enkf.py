@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from reference.particle_problem import H1, MU, P0, R1, Y1, kalman
 
 import enkit
 from enkit import particle as pf
@@ -126,18 +127,6 @@ def test_student_t_no_observations_and_bad_arguments():
 
 
 # --- the KDE-weighted EnKF ------------------------------------------------------
-
-MU = np.array([0.5, -1.0])
-P0 = np.array([[1.0, 0.4], [0.4, 0.6]])
-H1 = np.array([[1.0, 0.5]])
-R1 = 0.5
-Y1 = np.array([1.2])
-
-
-def kalman(mu, P, H, R, y):
-    S = H @ P @ H.T + R
-    K = P @ H.T @ np.linalg.inv(S)
-    return mu + K @ (y - H @ mu), P - K @ H @ P
 
 
 def test_kde_log_density_matches_scipy():
