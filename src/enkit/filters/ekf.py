@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_bool
+from enkit._checks import check_bool, check_number
 from enkit.covariance import as_covariance
 from enkit.filters._common import ObservationOperator, linearize
 from enkit.filters._gaussian import (
@@ -84,12 +84,14 @@ def _update(mean, cov, y, h, R, joseph=True):
 
 
 def ekf_forecast(model: Callable[[Array], Array], mean: ArrayLike, cov: ArrayLike, *,
-                 Q: Any = None) -> tuple[Array, Array]:
-    """One EKF forecast step: ``x̄ ← M(x̄)``, ``P ← 𝐌 P 𝐌ᵀ + Q`` with the
-    Jacobian ``𝐌 = ∂M/∂x(x̄)`` by ``jax.jacfwd`` (a JAX-differentiable model).
+                 Q: Any = None, inflation: ArrayLike = 1.0) -> tuple[Array, Array]:
+    """One EKF forecast step: ``x̄ ← M(x̄)``, ``P ← ρ 𝐌 P 𝐌ᵀ + Q`` with the
+    Jacobian ``𝐌 = ∂M/∂x(x̄)`` (at the mean before the step) by ``jax.jacfwd``
+    (a JAX-differentiable model).
 
     model: ``(n,) -> (n,)``; mean: (n,); cov: (n, n); Q: None or a covariance
-    of dimension n. Returns ``(mean (n,), cov (n, n))``.
+    of dimension n; inflation: ρ > 0, the factor of each step (1: none;
+    DAPPER's ``ExtKF(infl=c)`` is ρ = c^Δt). Returns ``(mean (n,), cov (n, n))``.
     """
     mean, cov = check_gaussian(mean, cov, names=("mean", "cov"))
     out = jax.eval_shape(model, mean)
@@ -97,23 +99,24 @@ def ekf_forecast(model: Callable[[Array], Array], mean: ArrayLike, cov: ArrayLik
         raise ValueError(f"model must map a state of shape {mean.shape} to the same shape, "
                          f"got {out.shape}")
     Qd = model_noise_matrix(Q, mean.shape[0], mean.dtype)
-    return _forecast(model, mean, cov, Qd)
+    check_number("inflation", inflation, low=0.0)
+    return _forecast(model, mean, cov, Qd, jnp.asarray(inflation, mean.dtype))
 
 
-def _forecast(model, mean, cov, Q):
+def _forecast(model, mean, cov, Q, inflation):
     f = lambda x: model(x).astype(mean.dtype)  # noqa: E731
     M = jax.jacfwd(f)(mean)
-    P = M @ cov @ M.T + Q
+    P = inflation * (M @ cov @ M.T) + Q
     return f(mean), 0.5 * (P + P.T)
 
 
 def _ekf_forecast_step(args, mean, cov):
-    model, _, _, Q = args
-    return _forecast(model, mean, cov, Q)
+    model, _, _, Q, inflation = args
+    return _forecast(model, mean, cov, Q, inflation)
 
 
 def _ekf_analysis_step(args, mean, cov, y):
-    _, h, R, _ = args
+    _, h, R, _, _ = args
     if R is None:
         return mean, cov
     return _update(mean, cov, y, h, R)
@@ -129,6 +132,7 @@ def ekf_filter(
     R: Any,
     Q: Any = None,
     steps_per_obs: int = 1,
+    inflation: ArrayLike = 1.0,
 ) -> GaussianFilterResult:
     """Cycle EKF forecasts (``ekf_forecast``, Q after every model step) and
     analyses (``ekf_update``, Joseph form) in one compiled ``lax.scan``.
@@ -139,7 +143,8 @@ def ekf_filter(
     ``enkit.models.Lorenz63`` or any function); mean0: (n,); cov0: a
     covariance of dimension n; observations: (K, m); h: callable or (m, n)
     matrix; R: covariance operator or array; Q: None or the model-error
-    covariance per model step; steps_per_obs: int ≥ 1. Returns a
+    covariance per model step; steps_per_obs: int ≥ 1; inflation: ρ > 0,
+    the factor on 𝐌 P 𝐌ᵀ at every model step (a leaf). Returns a
     ``GaussianFilterResult``. Compiled once per shape: a second call with
     new values reuses the program. Dense (K, m) observations only (see the
     module docstring for the driver).
@@ -148,5 +153,7 @@ def ekf_filter(
     """
     model, mean0, cov0, ys, h, R, Qd, steps = prepare_cycle(
         model, mean0, cov0, observations, h, R, Q, steps_per_obs)
-    return gaussian_filter_scan(_ekf_forecast_step, _ekf_analysis_step, (model, h, R, Qd),
+    check_number("inflation", inflation, low=0.0)
+    args = (model, h, R, Qd, jnp.asarray(inflation, mean0.dtype))
+    return gaussian_filter_scan(_ekf_forecast_step, _ekf_analysis_step, args,
                                 mean0, cov0, ys, steps=steps)

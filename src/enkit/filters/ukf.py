@@ -144,23 +144,26 @@ def _update(mean, cov, y, h, R, scaling):
 
 
 def ukf_forecast(model: Callable[[Array], Array], mean: ArrayLike, cov: ArrayLike, *,
-                 Q: Any = None, alpha: ArrayLike = 1.0, beta: ArrayLike = 0.0,
-                 kappa: ArrayLike = 0.0) -> tuple[Array, Array]:
+                 Q: Any = None, inflation: ArrayLike = 1.0, alpha: ArrayLike = 1.0,
+                 beta: ArrayLike = 0.0, kappa: ArrayLike = 0.0) -> tuple[Array, Array]:
     """One UKF forecast step: the UT of the model plus model error,
-    ``x̄_f = Σ wᵐᵢ M(χᵢ)``, ``P_f = Σ wᶜᵢ (M(χᵢ) − x̄_f)(·)ᵀ + Q``.
+    ``x̄_f = Σ wᵐᵢ M(χᵢ)``, ``P_f = ρ Σ wᶜᵢ (M(χᵢ) − x̄_f)(·)ᵀ + Q``.
     model: ``(n,) -> (n,)`` (JAX-traceable); mean: (n,); cov: (n, n);
-    Q: None or a covariance of dimension n. Returns ((n,), (n, n))."""
+    Q: None or a covariance of dimension n; inflation: ρ > 0 (1: none).
+    Returns ((n,), (n, n))."""
     mean, cov = check_gaussian(mean, cov, names=("mean", "cov"))
     _check_scaling(alpha, beta, kappa, mean.shape[0])
     Qd = model_noise_matrix(Q, mean.shape[0], mean.dtype)
-    return _forecast(model, mean, cov, Qd, (alpha, beta, kappa))
+    check_number("inflation", inflation, low=0.0)
+    return _forecast(model, mean, cov, Qd, jnp.asarray(inflation, mean.dtype),
+                     (alpha, beta, kappa))
 
 
-def _forecast(model, mean, cov, Q, scaling):
+def _forecast(model, mean, cov, Q, inflation, scaling):
     alpha, beta, kappa = scaling
     sigma = unscented_sigma_points(mean, cov, alpha=alpha, beta=beta, kappa=kappa)
     ut = unscented_transform(model, sigma)
-    return ut.mean, ut.covariance + Q
+    return ut.mean, inflation * ut.covariance + Q
 
 
 def ukf(
@@ -209,12 +212,12 @@ def ukf(
 
 
 def _ukf_forecast_step(args, mean, cov):
-    model, _, _, Q, scaling = args
-    return _forecast(model, mean, cov, Q, scaling)
+    model, _, _, Q, inflation, scaling = args
+    return _forecast(model, mean, cov, Q, inflation, scaling)
 
 
 def _ukf_analysis_step(args, mean, cov, y):
-    _, h, R, _, scaling = args
+    _, h, R, _, _, scaling = args
     if R is None:
         return mean, cov
     return _update(mean, cov, y, as_function(h, mean.dtype), R, scaling)
@@ -230,6 +233,7 @@ def ukf_filter(
     R: Any,
     Q: Any = None,
     steps_per_obs: int = 1,
+    inflation: ArrayLike = 1.0,
     alpha: ArrayLike = 1.0,
     beta: ArrayLike = 0.0,
     kappa: ArrayLike = 0.0,
@@ -241,7 +245,8 @@ def ukf_filter(
     cov0: covariance of dimension n; observations: (K, m); h: callable or
     (m, n) matrix; R: covariance operator or array; Q: None or the model
     error covariance per model step; steps_per_obs: model steps per
-    analysis (int ≥ 1); alpha, beta, kappa: the unscented scaling.
+    analysis (int ≥ 1); inflation: ρ > 0, the factor on the propagated
+    covariance at every model step; alpha, beta, kappa: the unscented scaling.
     Returns a ``GaussianFilterResult`` (means and covariances, forecast and
     analysis). Compiled once per shape: new values reuse the program.
 
@@ -250,6 +255,8 @@ def ukf_filter(
     model, mean0, cov0, ys, h, R, Qd, steps = prepare_cycle(
         model, mean0, cov0, observations, h, R, Q, steps_per_obs)
     _check_scaling(alpha, beta, kappa, mean0.shape[0])
+    check_number("inflation", inflation, low=0.0)
     scaling = tuple(jnp.asarray(v, mean0.dtype) for v in (alpha, beta, kappa))
-    return gaussian_filter_scan(_ukf_forecast_step, _ukf_analysis_step,
-                                (model, h, R, Qd, scaling), mean0, cov0, ys, steps=steps)
+    args = (model, h, R, Qd, jnp.asarray(inflation, mean0.dtype), scaling)
+    return gaussian_filter_scan(_ukf_forecast_step, _ukf_analysis_step, args,
+                                mean0, cov0, ys, steps=steps)
