@@ -349,3 +349,22 @@ def test_clear_errors(lin):
         enkit.ekf_update(lin.x0, lin.P0, lin.ys[0], lambda x: x, lin.R)
     with pytest.raises(TypeError, match="model must be a callable"):
         enkit.ekf_filter(None, lin.x0, lin.P0, lin.ys, h=lin.H, R=lin.R)
+
+
+def test_ukf_in_the_driver_over_a_window_of_several_steps(lin):
+    """steps_per_obs = 3: the points go through M³ without a redraw and the
+    scheme's model_noise is added once per window, P_f = M³ P M³ᵀ + Q."""
+    M3 = np.linalg.matrix_power(lin.M, 3)
+    x, P, want = lin.x0, lin.P0, []
+    for y in lin.ys:
+        x, P = M3 @ x, M3 @ P @ M3.T + lin.Q
+        S = lin.H @ P @ lin.H.T + lin.R
+        K = np.linalg.solve(S, lin.H @ P).T
+        x, P = x + K @ (y - lin.H @ x), P - K @ S @ K.T
+        want.append((x, P))
+    res = enkit.assimilate(lin.model, enkit.ukf_ensemble(lin.x0, lin.P0), lin.ys,
+                           partial(enkit.ukf, model_noise=lin.Q), h=lin.H, R=lin.R,
+                           steps_per_obs=3, store=("analysis_ensemble",))
+    ma, Ca = jax.vmap(enkit.ukf_moments)(res.analysis_ensemble)
+    np.testing.assert_allclose(ma, np.array([w[0] for w in want]), atol=1e-10)
+    np.testing.assert_allclose(Ca, np.array([w[1] for w in want]), atol=1e-10)
