@@ -46,6 +46,9 @@ from enkit.filters.rrsqrt import (
     rrsqrt_init,
     rrsqrt_reduce,
 )
+from enkit.filters._gaussian import GaussianFilterResult
+from enkit.filters.ekf import ekf_filter, ekf_forecast, ekf_update
+from enkit.filters.ukf import ukf, ukf_ensemble, ukf_filter, ukf_forecast, ukf_moments, ukf_update
 
 SCHEMES = {
     "enkf": enkf,
@@ -101,4 +104,14 @@ __all__ = [
     "enkf_bucy_analysis",
     "student_t_enkf",
     "student_t_weight",
+    "GaussianFilterResult",
+    "ekf_filter",
+    "ekf_forecast",
+    "ekf_update",
+    "ukf",
+    "ukf_ensemble",
+    "ukf_filter",
+    "ukf_forecast",
+    "ukf_moments",
+    "ukf_update",
 ]

@@ -30,6 +30,7 @@ from enkit.inversion._common import (
 )
 from enkit.inversion.prior import GaussianPrior, check_prior
 from enkit.linalg import spd_solve
+from enkit.sigma_points import central_weights, symmetric_sigma_points
 
 __all__ = ["UKI", "UKIState"]
 
@@ -52,6 +53,7 @@ class UKI:
     linear-Gaussian problems.
 
     The state is a Gaussian N(m, C). ``ask`` returns the 2p + 1 sigma points
+    (``enkit.sigma_points.central_sigma_points``: the L0 symmetric set)
     ``χ₀ = m``, ``χ±ⱼ = m ± s Lⱼ`` (Lⱼ the columns of the Cholesky factor of
     C, s = ``spread``). Their weights are non-negative for every p: the
     predicted output is the central point's, ``F̄ = F(χ₀)`` (mean weights
@@ -124,8 +126,7 @@ class UKI:
         """The 2p + 1 sigma points, rows ``(χ₀, χ₊₁…χ₊ₚ, χ₋₁…χ₋ₚ)``: (2p+1, p)."""
         m, C = state.mean, state.covariance
         s = self._spread(m.shape[0], m.dtype)
-        L = jnp.linalg.cholesky(C)
-        return jnp.concatenate([m[None], m + s * L.T, m - s * L.T], axis=0)
+        return symmetric_sigma_points(m, jnp.linalg.cholesky(C), s)
 
     def tell(self, state: UKIState, G, y, noise, *, dt=0.5
              ) -> tuple[UKIState, InversionInfo]:
@@ -141,7 +142,8 @@ class UKI:
         dt = check_dt(dt, m.dtype, below_one=True)
         chi = self.ask(state)
         s = self._spread(p, m.dtype)
-        sw = 1.0 / (jnp.sqrt(2.0) * s)  # √w, w = 1/(2s²)
+        _, wc = central_weights(p, s, m.dtype)  # (0, 1/(2s²), …)
+        sw = jnp.sqrt(wc[1:])[:, None]
         X = sw * (chi[1:] - m)  # (2p, p): XᵀX = C
         Y = jnp.concatenate([sw * (G[1:] - G[0]), X], axis=1)  # (2p, d+p)
         sigma = BlockDiagonal(noise, self.prior.covariance.astype(m.dtype))
