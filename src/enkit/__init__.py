@@ -19,6 +19,7 @@ from enkit import (
     models,
     particle,
     smoothers,
+    variational,
 )
 from enkit import assimilate as _assimilate_module  # noqa: F401  (loaded before the name
 # ``assimilate`` is bound to the function below, so a later ``from enkit.assimilate import``
@@ -279,10 +280,16 @@ from enkit.smoothers import (
     ienks,
     rts_gain_step,
 )
+from enkit.variational import Var3DResult, Var4DResult, var3d, var4d  # noqa: E402
 from enkit import losses  # noqa: E402  (after the driver: losses builds on it)
 from enkit.observation_io import ObservationData, read_observations  # noqa: E402
 
 __all__ = [
+    "variational",
+    "Var3DResult",
+    "Var4DResult",
+    "var3d",
+    "var4d",
     "losses",
     "ObservationData",
     "read_observations",
