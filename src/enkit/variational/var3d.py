@@ -123,7 +123,7 @@ def _var3d(xb, B, y, h, R, *, max_iterations, tolerance, memory_size):
     def more(carry):
         _, state = carry
         count = otu.tree_get(state, "count")
-        grad_norm = otu.tree_l2_norm(otu.tree_get(state, "grad"))
+        grad_norm = jnp.linalg.norm(otu.tree_get(state, "grad"))
         return (count == 0) | ((count < max_iterations) & (grad_norm > tolerance))
 
     v0 = jnp.zeros_like(xb)
