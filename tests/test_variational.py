@@ -184,15 +184,13 @@ def test_second_call_does_not_recompile(linear):
 # --- 4D-Var, nonlinear ------------------------------------------------------------------
 
 
-def test_var4d_nonlinear_h_stationary_point(linear, nonlinear):
-    p = linear
+def test_var4d_nonlinear_h_stationary_point(nonlinear):
     q = nonlinear
     model = jax.tree_util.Partial(lambda x: x[:3] + 0.1 * jnp.sin(x[:3]))
     ys = np.stack([q["y"], q["y"] + 0.1])
     r = var4d(model, q["xb"], q["B"], ys, q["h"], q["R"], outer_loops=30)
     assert float(r.cost) < float(r.initial_cost)
     assert float(r.gradient_norm) < 1e-8
-    del p
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +225,23 @@ def test_var4d_lorenz63_closer_to_truth_than_background(lorenz_cycles):
     for r in results:
         assert float(r.cost) <= float(r.initial_cost)
         assert float(r.gradient_norm) < 1e-4
+
+
+def test_var4d_cycle_equals_python_loop_of_var4d(lorenz_cycles):
+    """The compiled cycle over windows = the Python loop of var4d calls in the fixture."""
+    _, _, results = lorenz_cycles
+    case = sakov2012_lorenz63(cycles=12)
+    twin = case.twin(seed=0, cycles=12)
+    xb = twin.x0 + 2.0**0.5 * jax.random.normal(jax.random.key(5), (3,))
+    c = enkit.var4d_cycle(case.model, xb, 2.0, twin.observations, case.h, case.R, window=2,
+                          steps_per_obs=case.steps_per_obs)
+    assert c.analysis.shape == (12, 3) and c.x0.shape == (6, 3)
+    np.testing.assert_allclose(c.analysis, np.concatenate([r.trajectory for r in results]),
+                               rtol=0, atol=1e-8)
+    np.testing.assert_allclose(c.cost, [float(r.cost) for r in results], rtol=1e-8)
+    np.testing.assert_allclose(c.background[1:], c.analysis[1::2][:-1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="multiple of window = 5"):
+        enkit.var4d_cycle(case.model, xb, 2.0, twin.observations, case.h, case.R, window=5)
 
 
 # --- float32 and errors -----------------------------------------------------------------

@@ -280,7 +280,14 @@ from enkit.smoothers import (
     ienks,
     rts_gain_step,
 )
-from enkit.variational import Var3DResult, Var4DResult, var3d, var4d  # noqa: E402
+from enkit.variational import (  # noqa: E402
+    Var3DResult,
+    Var4DCycleResult,
+    Var4DResult,
+    var3d,
+    var4d,
+    var4d_cycle,
+)
 from enkit import losses  # noqa: E402  (after the driver: losses builds on it)
 from enkit.observation_io import ObservationData, read_observations  # noqa: E402
 
@@ -290,6 +297,8 @@ __all__ = [
     "Var4DResult",
     "var3d",
     "var4d",
+    "Var4DCycleResult",
+    "var4d_cycle",
     "losses",
     "ObservationData",
     "read_observations",

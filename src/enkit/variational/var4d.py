@@ -10,7 +10,6 @@ Hollingsworth 1994).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -25,7 +24,7 @@ from enkit.filters._common import ObservationOperator
 from enkit.variational._common import (apply_h, check_count, check_h, check_state,
                                        check_tolerance, gauss_newton, half_sq)
 
-__all__ = ["Var4DResult", "var4d"]
+__all__ = ["Var4DResult", "prepare", "var4d", "window"]
 
 
 class Var4DResult(NamedTuple):
@@ -109,6 +108,16 @@ def var4d(
     References: Le Dimet & Talagrand (1986), Tellus 38A; Courtier, Thépaut
     & Hollingsworth (1994), QJRMS 120; Trémolet (2006), QJRMS 132.
     """
+    args, options = prepare(model, xb, B, observations, h, R, Q=Q, steps_per_obs=steps_per_obs,
+                            outer_loops=outer_loops, tolerance=tolerance,
+                            inner_iterations=inner_iterations, inner_tolerance=inner_tolerance)
+    return _var4d(*args, **options)
+
+
+def prepare(model, xb, B, observations, h, R, *, Q, steps_per_obs, outer_loops, tolerance,
+            inner_iterations, inner_tolerance):
+    """Validate var4d's arguments (naming the wrong one); returns the core's
+    positional arguments ``(model, xb, B, ys, h, R, Q)`` and its static options."""
     if not callable(model):
         raise TypeError(f"model must be a callable model(x) -> x, got {type(model).__name__}")
     xb = check_state("xb", xb)
@@ -125,17 +134,17 @@ def var4d(
     R = as_covariance(R, m).astype(xb.dtype)
     if Q is not None:
         Q = as_covariance(Q, n, name="Q").astype(xb.dtype)
-    steps_per_obs = check_count("steps_per_obs", steps_per_obs)
-    outer_loops = check_count("outer_loops", outer_loops)
-    inner_iterations = check_count("inner_iterations", inner_iterations)
-    tolerance = check_tolerance("tolerance", tolerance, xb.dtype)
-    inner_tolerance = check_tolerance("inner_tolerance", inner_tolerance, xb.dtype)
+    options = dict(
+        steps_per_obs=check_count("steps_per_obs", steps_per_obs),
+        outer_loops=check_count("outer_loops", outer_loops),
+        tolerance=check_tolerance("tolerance", tolerance, xb.dtype),
+        inner_iterations=check_count("inner_iterations", inner_iterations),
+        inner_tolerance=check_tolerance("inner_tolerance", inner_tolerance, xb.dtype),
+    )
     x_test = jax.eval_shape(model, xb)
     if x_test.shape != (n,):
         raise ValueError(f"model must map an (n,) = ({n},) state to ({n},), got {x_test.shape}")
-    return _var4d(as_pytree(model), xb, B, ys, as_pytree(h), R, Q,
-                  steps_per_obs=steps_per_obs, outer_loops=outer_loops, tolerance=tolerance,
-                  inner_iterations=inner_iterations, inner_tolerance=inner_tolerance)
+    return (as_pytree(model), xb, B, ys, as_pytree(h), R, Q), options
 
 
 def _trajectory(model, xb, B, Q, controls, n_obs, steps_per_obs):
@@ -156,10 +165,10 @@ def _trajectory(model, xb, B, Q, controls, n_obs, steps_per_obs):
     return x0, states
 
 
-@partial(jax.jit, static_argnames=("steps_per_obs", "outer_loops", "tolerance",
-                                   "inner_iterations", "inner_tolerance"))
-def _var4d(model, xb, B, ys, h, R, Q, *, steps_per_obs, outer_loops, tolerance,
+def window(model, xb, B, ys, h, R, Q, *, steps_per_obs, outer_loops, tolerance,
            inner_iterations, inner_tolerance):
+    """The 4D-Var analysis of one window on validated arguments (traceable:
+    ``var4d`` jits it, ``var4d_cycle`` scans it). Returns a ``Var4DResult``."""
     K, n = ys.shape[0], xb.shape[0]
     weak = Q is not None
     v0 = jnp.zeros_like(xb)
@@ -193,3 +202,7 @@ def _var4d(model, xb, B, ys, h, R, Q, *, steps_per_obs, outer_loops, tolerance,
     eta = jax.vmap(jax.vmap(Q.colorize))(w) if weak else None
     return Var4DResult(x0, states, eta, Jb + Jo + Jq, Jb, Jo, Jq, cost(start), grad_norm,
                        loops)
+
+
+STATIC = ("steps_per_obs", "outer_loops", "tolerance", "inner_iterations", "inner_tolerance")
+_var4d = jax.jit(window, static_argnames=STATIC)
