@@ -195,7 +195,9 @@ def main():
     import enkit
 
     load = [os.getloadavg()[0]]
+    start = time.perf_counter()
     Kd, burn = min(args.dapper_cycles, args.cycles), args.burn_in
+    burn_side = min(burn, Kd // 5)  # the side-by-side run's burn-in
     records = [make_record(args.cycles, seed) for seed in (0, 1)]
     side, full = [], []
     dapper_version = None
@@ -203,14 +205,17 @@ def main():
         clim = np.cov(xx.T)
         d = None
         if args.dapper_python and seed == 0:
-            d = run_dapper(args.dapper_python, xx, ys[:Kd], xb0, clim, burn, args.repeats)
+            d = run_dapper(args.dapper_python, xx, ys[:Kd], xb0, clim, burn_side, args.repeats)
+            print(f"DAPPER done, {time.perf_counter() - start:.0f} s", file=sys.stderr)
             dapper_version = d["version"]
         for i, xB in enumerate(XBS):
             if seed == 0:
-                e = run_enkit(truth[:Kd], ys[:Kd], xb0, xB * clim, burn, args.repeats)
+                e = run_enkit(truth[:Kd], ys[:Kd], xb0, xB * clim, burn_side, args.repeats)
                 side.append((xB, e, d["rows"][i] if d else None))
             f = run_enkit(truth, ys, xb0, xB * clim, burn, 1)
             full.append((seed, xB, f))
+            print(f"seed {seed} xB {xB}: {f[0]:.4f}, {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr)
     load.append(os.getloadavg()[0])
 
     lines = [
@@ -220,7 +225,7 @@ def main():
         f"DAPPER {dapper_version or 'not run'}, numpy {np.__version__}; {os.cpu_count()} cores, "
         f"1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end",
         "",
-        f"Side by side: the first {Kd} cycles of record 0 (burn-in {burn}), median of "
+        f"Side by side: the first {Kd} cycles of record 0 (burn-in {burn_side}), median of "
         f"{args.repeats} runs",
         f"{'xB':>6}{'DAPPER RMSE':>13}{'enkit RMSE':>12}{'DAPPER ms/cyc':>15}"
         f"{'enkit ms/cyc':>14}{'speed-up':>10}{'compile s':>11}{'outer loops':>13}",
