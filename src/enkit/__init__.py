@@ -20,6 +20,7 @@ from enkit import (
     models,
     particle,
     smoothers,
+    variational,
 )
 from enkit import assimilate as _assimilate_module  # noqa: F401  (loaded before the name
 # ``assimilate`` is bound to the function below, so a later ``from enkit.assimilate import``
@@ -303,10 +304,25 @@ from enkit.smoothers import (
     ienks,
     rts_gain_step,
 )
+from enkit.variational import (  # noqa: E402
+    Var3DResult,
+    Var4DCycleResult,
+    Var4DResult,
+    var3d,
+    var4d,
+    var4d_cycle,
+)
 from enkit import losses  # noqa: E402  (after the driver: losses builds on it)
 from enkit.observation_io import ObservationData, read_observations  # noqa: E402
 
 __all__ = [
+    "variational",
+    "Var3DResult",
+    "Var4DResult",
+    "var3d",
+    "var4d",
+    "Var4DCycleResult",
+    "var4d_cycle",
     "losses",
     "ObservationData",
     "read_observations",
