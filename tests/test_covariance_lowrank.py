@@ -124,11 +124,11 @@ def test_they_are_pytrees_that_jit_vmap_and_differentiate():
         w = C.whiten(xx)
         return C.solve(xx) @ xx + C.log_pdet + w @ w + jnp.sum(C.diagonal())
 
-    g = jax.grad(f, argnums=(0, 1, 2))
+    g = jax.jit(jax.grad(f, argnums=(0, 1, 2)), static_argnums=3)
     for a, b in zip(g(d, U, A, False), g(d, U, A, True)):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     # The root itself (eigen-based) differentiates: compare with finite differences.
-    check_grads(lambda U: LowRankDiagonal(d, U).colorize(x), (U,), order=1,
+    check_grads(jax.jit(lambda U: LowRankDiagonal(d, U).colorize(x)), (U,), order=1,
                               modes=["rev"], atol=1e-6, rtol=1e-6)
 
     traces = []
