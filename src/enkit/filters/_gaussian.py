@@ -17,7 +17,12 @@ from jax import Array
 
 from enkit._checks import check_finite, check_float, check_ndim
 from enkit.covariance import Covariance, as_covariance
-from enkit.filters.rrsqrt import _is_pytree, _observation_operator, check_rank
+from enkit.filters.rrsqrt import (
+    _is_pytree,
+    _observation_operator,
+    check_observations,
+    check_rank,
+)
 
 
 class GaussianFilterResult(NamedTuple):
@@ -79,13 +84,8 @@ def prepare_cycle(model, mean0, cov0, observations, h, R, Q, steps_per_obs):
     mean0, cov0 = check_gaussian(mean0, cov0)
     n = mean0.shape[0]
     steps = check_rank("steps_per_obs", steps_per_obs)
-    check_float("observations", observations)
-    ys = jnp.asarray(observations, mean0.dtype)
-    check_ndim("observations", ys, 2, "(K, m): one row per analysis time")
-    check_finite("observations", ys)
+    ys = check_observations(observations, mean0.dtype)
     K, m = ys.shape
-    if K == 0:
-        raise ValueError("observations must hold at least one analysis time (K >= 1)")
     h = _observation_operator(h, n, m)
     h = (h if _is_pytree(h) else jax.tree_util.Partial(h)) if callable(h) else \
         jnp.asarray(h, mean0.dtype)

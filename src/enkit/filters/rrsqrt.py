@@ -170,6 +170,19 @@ def _check_epsilon(epsilon):
     return epsilon
 
 
+def check_observations(observations, dtype):
+    """The (K, m) observation record of a filter cycle as an array of
+    ``dtype``, K ≥ 1, finite (the one check of ``rrsqrt_filter``,
+    ``ekf_filter`` and ``ukf_filter``)."""
+    check_float("observations", observations)
+    ys = jnp.asarray(observations, dtype)
+    check_ndim("observations", ys, 2, "(K, m): one row per analysis time")
+    check_finite("observations", ys)
+    if ys.shape[0] == 0:
+        raise ValueError("observations must hold at least one analysis time (K >= 1)")
+    return ys
+
+
 def _observation_operator(h, n: int, m: int):
     """A matrix h as an (m, n) array (checked); a callable as it is."""
     if callable(h):
@@ -417,13 +430,8 @@ def rrsqrt_filter(
     n = mean0.shape[0]
     q = modes0.shape[0] if q is None else check_rank("q", q)
     steps = check_rank("steps_per_obs", steps_per_obs)
-    check_float("observations", observations)
-    ys = jnp.asarray(observations, mean0.dtype)
-    check_ndim("observations", ys, 2, "(K, m): one row per analysis time")
-    check_finite("observations", ys)
+    ys = check_observations(observations, mean0.dtype)
     K, m = ys.shape
-    if K == 0:
-        raise ValueError("observations must hold at least one analysis time (K >= 1)")
     h = _observation_operator(h, n, m)
     if callable(h) and not _is_pytree(h):
         h = jax.tree_util.Partial(h)
