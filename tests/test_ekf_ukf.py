@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.linear_state_space import LinearStateSpace
 
 import enkit
 from enkit.models.cases import sakov2012_lorenz63
@@ -24,46 +25,11 @@ SCALINGS = [
 ]
 
 
-class LinearProblem:
+class LinearProblem(LinearStateSpace):
     """n = 4 states, m = 3 observations, K = 5 cycles, non-diagonal everything."""
 
     def __init__(self, seed=0, K=5):
-        rng = np.random.default_rng(seed)
-        n, m = 4, 3
-        self.n, self.m, self.K = n, m, K
-        self.M = np.eye(n) + 0.2 * rng.normal(size=(n, n))
-        self.H = rng.normal(size=(m, n))
-        A = rng.normal(size=(m, m))
-        self.R = A @ A.T + 0.5 * np.eye(m)
-        B = 0.3 * rng.normal(size=(n, n))
-        self.Q = B @ B.T + 0.01 * np.eye(n)
-        C = rng.normal(size=(n, n))
-        self.P0 = C @ C.T + np.eye(n)
-        self.x0 = rng.normal(size=n)
-        self.ys = rng.normal(size=(K, m))
-
-    def model(self, x):
-        return jnp.asarray(self.M) @ x
-
-    def h(self, x):
-        return jnp.asarray(self.H) @ x
-
-    def kalman_filter(self, steps=1, inflation=1.0):
-        """Closed-form KF in NumPy: (xf, xa, Pf, Pa), each with K rows."""
-        x, P = self.x0, self.P0
-        out = [[], [], [], []]
-        for y in self.ys:
-            for _ in range(steps):
-                x, P = self.M @ x, inflation * self.M @ P @ self.M.T + self.Q
-            out[0].append(x)
-            out[2].append(P)
-            S = self.H @ P @ self.H.T + self.R
-            K = np.linalg.solve(S, self.H @ P).T
-            x = x + K @ (y - self.H @ x)
-            P = P - K @ S @ K.T
-            out[1].append(x)
-            out[3].append(P)
-        return tuple(np.array(o) for o in out)
+        super().__init__(4, seed=seed, K=K)
 
 
 @pytest.fixture(scope="module")

@@ -10,46 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference.linear_state_space import LinearStateSpace
 from reference.operators import DiagonalNoDense
 
 import enkit
 from enkit.filters.rrsqrt import noise_modes
 
 
-class LinearProblem:
+class LinearProblem(LinearStateSpace):
     """n = 5 states, m = 3 observations, K = 6 cycles, non-diagonal everything."""
 
     def __init__(self, seed=0, K=6):
-        rng = np.random.default_rng(seed)
-        n, m = 5, 3
-        self.n, self.m, self.K = n, m, K
-        self.M = np.eye(n) + 0.2 * rng.normal(size=(n, n))
-        self.H = rng.normal(size=(m, n))
-        A = rng.normal(size=(m, m))
-        self.R = A @ A.T + 0.5 * np.eye(m)
-        B = 0.3 * rng.normal(size=(n, n))
-        self.Q = B @ B.T + 0.01 * np.eye(n)
-        C = rng.normal(size=(n, n))
-        self.P0 = C @ C.T + np.eye(n)
-        self.x0 = rng.normal(size=n)
-        self.ys = rng.normal(size=(K, m))
-
-    def model(self, x):
-        return jnp.asarray(self.M) @ x
-
-    def kalman_filter(self, R=None, steps=1):
-        """Closed-form KF: (forecast means, forecast covs, analysis means, covs)."""
-        R = self.R if R is None else R
-        x, P = self.x0.copy(), self.P0.copy()
-        out = [[], [], [], []]
-        for y in self.ys:
-            for _ in range(steps):
-                x, P = self.M @ x, self.M @ P @ self.M.T + self.Q
-            out[0].append(x), out[1].append(P)
-            G = np.linalg.solve(self.H @ P @ self.H.T + R, self.H @ P).T
-            x, P = x + G @ (y - self.H @ x), (np.eye(self.n) - G @ self.H) @ P
-            out[2].append(x), out[3].append(0.5 * (P + P.T))
-        return [np.array(a) for a in out]
+        super().__init__(5, seed=seed, K=K)
 
 
 def cov(modes):
@@ -74,7 +46,7 @@ def lp():
 def test_untruncated_rrsqrt_is_the_kalman_filter(lp, extra, rkind):
     R = enkit.Dense(lp.R) if rkind == "dense" else DiagonalNoDense(np.diag(lp.R))
     Rd = lp.R if rkind == "dense" else np.diag(np.diag(lp.R))
-    xf, Pf, xa, Pa = lp.kalman_filter(Rd, steps=2)
+    xf, xa, Pf, Pa = lp.kalman_filter(Rd, steps=2)
     st = enkit.rrsqrt_init(lp.x0, enkit.Dense(lp.P0), lp.n + extra)
     res = enkit.rrsqrt_filter(lp.model, st.mean, st.modes, lp.ys, h=lp.H, R=R,
                               model_noise_sqrt=enkit.Dense(lp.Q), steps_per_obs=2)
@@ -88,7 +60,7 @@ def test_tangent_linear_callable_h_low_rank_noise_and_finite_differences(lp):
     # Q given as square-root rows A (Q = AᵀA), h a linear callable (linearised by
     # jvp), modes by finite differences: all the same Kalman filter on a linear model.
     A = np.linalg.cholesky(lp.Q).T
-    xf, Pf, xa, Pa = lp.kalman_filter()
+    xf, xa, Pf, Pa = lp.kalman_filter()
     st = enkit.rrsqrt_init(lp.x0, enkit.Dense(lp.P0), lp.n)
     H = jnp.asarray(lp.H)
     for eps, tol in ((None, 1e-10), (1e-2, 1e-9)):
@@ -99,7 +71,7 @@ def test_tangent_linear_callable_h_low_rank_noise_and_finite_differences(lp):
 
 def test_driver_with_rank_reduction_step_is_the_kalman_filter(lp):
     # estkf on the embedded modes + RankReduction before each analysis = RRSQRT.
-    xf, Pf, xa, Pa = lp.kalman_filter()
+    xf, xa, Pf, Pa = lp.kalman_filter()
     st = enkit.rrsqrt_init(lp.x0, enkit.Dense(lp.P0), lp.n)
     E0 = enkit.modes_to_ensemble(st.mean, st.modes)
     out = enkit.assimilate(lp.model, E0, lp.ys, enkit.estkf, h=lp.H, R=enkit.Dense(lp.R),
