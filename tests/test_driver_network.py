@@ -95,7 +95,7 @@ def test_outputs_and_adao_aliases():
     res = enkit.assimilate(
         model, E0, y, enkit.etkf, h=H, R=R, inflation=1.1,
         store=("ForecastState", "APosterioriCovariance", "analysis_ensemble", "forecast_ensemble",
-               "CostFunctionJ", "CostFunctionJb", "CostFunctionJo", "InnovationAtCurrentState",
+               "CostFunctionJ", "CostFunctionJb", "CostFunctionJo", "innovation_forecast",
                "InnovationAtCurrentAnalysis", "SimulatedObservationAtCurrentAnalysis", "BMA",
                "APosterioriVariances", "analysis_mean"))
     assert res.analysis_spread is None

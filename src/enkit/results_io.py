@@ -8,16 +8,21 @@ covariances) and ``obs`` (m):
 
     steps, nonfinite (int8), forecast_spread, analysis_spread,
         smoothed_spread, cost_J, cost_Jb, cost_Jo, innovation_chi2,
-        log_likelihood, dfs, ess (time)
+        log_likelihood, dfs, ess, cost_J_optimum, cost_Jb_optimum,
+        cost_Jo_optimum, index_of_optimum (int32), cycle_number (int32)
+        (time)
     log_weights (time, member): a particle scheme's normalised log-weights
     forecast_mean, analysis_mean, smoothed_mean, analysis_variances,
-        analysis_std, bma (time, state)
+        analysis_std, bma, optimum_mean (time, state)
     forecast_ensemble, analysis_ensemble, smoothed_ensemble
         (time, member, state)
-    forecast_covariance, analysis_covariance (time, state, state_b)
+    forecast_covariance, analysis_covariance, analysis_correlations
+        (time, state, state_b)
     innovation_forecast, innovation_analysis, simulated_obs_forecast,
-        simulated_obs_analysis (time, obs); ragged (lists of (m_k,) arrays,
-        the Python path) are padded with NaN to the longest m_k, and
+        simulated_obs_analysis, simulated_obs_optimum (time, obs);
+        simulated_obs_forecast_ensemble, innovation_forecast_ensemble
+        (time, member, obs); ragged (lists of (m_k,) or (N, m_k) arrays, the
+        Python path) are padded with NaN to the longest m_k, and
         ``obs_present`` (time, obs) int8 says which entries are real
     final_ensemble (member, state): the run's final ensemble
     truth (time, state), observations (time, obs), observation_mask
@@ -66,14 +71,17 @@ __all__ = ["assimilation_to_xarray", "calibration_to_xarray", "file_format", "re
            "write_netcdf"]
 
 _TIME = ("steps", "nonfinite", "forecast_spread", "analysis_spread", "smoothed_spread",
-         "cost_J", "cost_Jb", "cost_Jo", "innovation_chi2", "log_likelihood", "dfs", "ess")
+         "cost_J", "cost_Jb", "cost_Jo", "innovation_chi2", "log_likelihood", "dfs", "ess",
+         "cost_J_optimum", "cost_Jb_optimum", "cost_Jo_optimum", "index_of_optimum",
+         "cycle_number")
 _STATE = ("forecast_mean", "analysis_mean", "smoothed_mean", "analysis_variances",
-          "analysis_std", "bma")
+          "analysis_std", "bma", "optimum_mean")
 _MEMBERS = ("forecast_ensemble", "analysis_ensemble", "smoothed_ensemble")
 _WEIGHTS = ("log_weights",)
-_COVARIANCES = ("forecast_covariance", "analysis_covariance")
+_COVARIANCES = ("forecast_covariance", "analysis_covariance", "analysis_correlations")
 _OBS = ("innovation_forecast", "innovation_analysis", "simulated_obs_forecast",
-        "simulated_obs_analysis")
+        "simulated_obs_analysis", "simulated_obs_optimum")
+_OBS_MEMBERS = ("simulated_obs_forecast_ensemble", "innovation_forecast_ensemble")
 
 
 def _xarray():
@@ -108,14 +116,16 @@ def _netcdf_array(a) -> np.ndarray:
 
 
 def _padded(rows: list) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged (m_k,) rows as (K, max m_k) padded with NaN, and the int8 mask."""
+    """Ragged (..., m_k) rows as (K, ..., max m_k) padded with NaN, and the
+    (K, max m_k) int8 mask."""
     rows = [np.asarray(r) for r in rows]
-    m = max((r.shape[0] for r in rows), default=0)
-    out = np.full((len(rows), m), np.nan)
+    m = max((r.shape[-1] for r in rows), default=0)
+    lead = rows[0].shape[:-1] if rows else ()
+    out = np.full((len(rows), *lead, m), np.nan)
     present = np.zeros((len(rows), m), np.int8)
     for k, r in enumerate(rows):
-        out[k, :r.shape[0]] = r
-        present[k, :r.shape[0]] = 1
+        out[k, ..., :r.shape[-1]] = r
+        present[k, :r.shape[-1]] = 1
     return out, present
 
 
@@ -151,14 +161,15 @@ def assimilation_to_xarray(result, *, truth=None, observations=None, mask=None,
             value = getattr(result, name)
             if value is not None:
                 add(name, dims, value)
-    for name in _OBS:
-        value = getattr(result, name)
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            value, present = _padded(value)
-            data["obs_present"] = (("time", "obs"), present)
-        add(name, ("time", "obs"), value)
+    for names, dims in ((_OBS, ("time", "obs")), (_OBS_MEMBERS, ("time", "member", "obs"))):
+        for name in names:
+            value = getattr(result, name)
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple)):
+                value, present = _padded(value)
+                data["obs_present"] = (("time", "obs"), present)
+            add(name, dims, value)
     if result.ensemble is not None:
         add("final_ensemble", ("member", "state"), result.ensemble)
     if truth is not None:

@@ -7,9 +7,11 @@ option (outputs, forecast-only steps, window cycles). ``run_window`` is the
 same scan over a slice of the cycles, from a given carry; the checkpointed
 path (``enkit.assimilation.checkpoint``) calls it window by window.
 
-The carry of the scan is ``(E, inflation state, smoother state)``; the
-per-cycle outputs are ``(statistics, smoother rows)``, and a smoother's
-``finish`` turns its rows and final state into the smoothed outputs.
+The carry of the scan is ``(E, inflation state, smoother state)`` (then a
+particle scheme's log-weights, and the running optimum's state when an
+optimum output is stored: ``cycle.close_cycle``); the per-cycle outputs are
+``(statistics, smoother rows)``, and a smoother's ``finish`` turns its rows
+and final state into the smoothed outputs.
 """
 
 from __future__ import annotations
@@ -34,22 +36,47 @@ from enkit.filters._common import observe
 from enkit.particle.resampling import uniform_log_weights
 
 
-def init_carry(settings: CycleSettings, E0):
+def init_carry(settings: CycleSettings, E0, outputs=(), m: int = 0):
     """The carry before the first cycle: (E0, inflation state, smoother
-    state), and uniform log-weights after them for a particle scheme."""
+    state), uniform log-weights after them for a particle scheme, and last
+    the running optimum's state (``cycle.init_optimum``; m observations per
+    cycle) when ``outputs`` hold an optimum output."""
     smoother = settings.smoother
     carry = (E0, settings.inflation.init(E0), () if smoother is None else smoother.init(E0))
     if is_particle(settings.scheme):
         carry = (*carry, uniform_log_weights(E0.shape[0], E0.dtype))
+    if cycle.tracks_optimum(outputs):
+        carry = (*carry, cycle.init_optimum(outputs, E0.shape[1], m, E0.dtype))
     return carry
+
+
+def tracked(body, outputs):
+    """The scan body ``body`` (which computes ``cycle.statistics_names(
+    outputs)``) with the running outputs added: with an optimum output the
+    carry's last entry is the optimum's state, updated after each cycle
+    (``cycle.close_cycle``); cycle_number is the cycle's k. ``body`` itself
+    when ``outputs`` hold neither."""
+    optimum = cycle.tracks_optimum(outputs)
+    if not optimum and cycle.CYCLE_NUMBER not in outputs:
+        return body
+
+    def with_running(carry, x):
+        inner, opt = (carry[:-1], carry[-1]) if optimum else (carry, None)
+        inner, (out, rows) = body(inner, x)
+        opt, out = cycle.close_cycle(outputs, opt, x["k"], cycle.observed(x["y"], x["mask"]),
+                                     out)
+        return ((*inner, opt) if optimum else inner), (out, rows)
+
+    return with_running
 
 
 @partial(jax.jit, static_argnames=("forecast_steps", "outputs"))
 def run(settings: CycleSettings, record: ObservationRecord, E0, key, *, forecast_steps,
         outputs) -> AssimilationResult:
     """The whole run: K cycles, then ``forecast_steps`` model steps."""
-    carry, (outs, rows) = scan(settings, record, init_carry(settings, E0), record.scan_inputs(),
-                               key, outputs)
+    carry, (outs, rows) = scan(settings, record, init_carry(settings, E0, outputs,
+                                                            record.values.shape[1]),
+                               record.scan_inputs(), key, outputs)
     E = carry[0]
     if forecast_steps:
         E = final_forecast(settings, record, E, key, forecast_steps)
@@ -113,6 +140,7 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
     h, R, controls = record.h, record.R, record.controls
     transform = smoother is not None and smoother.needs_transform
     particle = is_particle(scheme)
+    names = cycle.statistics_names(outputs)
 
     def body(carry, x):
         E, state, sstate = carry[:3]
@@ -129,18 +157,18 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
                      max_steps=settings.max_steps)
         Ef = fc(E)
         if particle:
-            return _particle_cycle(scheme, h_k, x, R_k, keys[0], Ef, carry, outputs, stages)
+            return _particle_cycle(scheme, h_k, x, R_k, keys[0], Ef, carry, names, stages)
         if window:
             h_win = partial(_through_model, fc, h_k)
             run = lambda: _window_analysis(  # noqa: E731
                 scheme, h_win, h_k, x["y"], R_k, x["mask"], inflation, state, keys, E, Ef,
-                fc, outputs, transform, stages)
+                fc, names, transform, stages)
         else:
             run = lambda: cycle.analyse(  # noqa: E731
-                scheme, h_k, x["y"], R_k, x["mask"], inflation, state, keys, Ef, outputs,
+                scheme, h_k, x["y"], R_k, x["mask"], inflation, state, keys, Ef, names,
                 transform=transform, stages=stages)
         skip = lambda: (Ef, state, cycle.skipped(  # noqa: E731
-            outputs, Ef, h_k, x["y"], R_k, x["mask"]),
+            names, Ef, h_k, x["y"], R_k, x["mask"]),
             cycle.identity_transform(Ef) if transform else None)
         if x["y"].shape[0] == 0:  # m = 0: no analysis at any cycle
             Ea, state, out, G = skip()
@@ -153,7 +181,7 @@ def scan(settings: CycleSettings, record: ObservationRecord, carry, xs, key, out
             sstate, rows = smoother.step(sstate, Ef, Ea, G)
         return (Ea, state, sstate), (out, rows)
 
-    return remat_scan(body, carry, xs, settings.remat)
+    return remat_scan(tracked(body, outputs), carry, xs, settings.remat)
 
 
 def _particle_cycle(scheme, h, x, R, key, Ef, carry, outputs, stages):
@@ -251,8 +279,8 @@ def run_windows(settings: CycleSettings, record: ObservationRecord, E0, key, for
     (the checkpoint keeps the last finite window) and the run stops there,
     returning the outputs up to that window's end (ensemble None).
     """
-    K = record.values.shape[0]
-    carry = init_carry(settings, E0)
+    K, m = record.values.shape
+    carry = init_carry(settings, E0, outputs, m)
     k, t = 0, 0
     parts: dict = {}
     saved = None if plan is None else restore(plan, carry, outputs, stacklevel=4)

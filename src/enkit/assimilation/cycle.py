@@ -29,33 +29,52 @@ from enkit.ensemble import ensemble_mean, ensemble_spread, scaled_anomalies
 from enkit.filters._common import observe
 from enkit.filters.ensemble_space import analysis_transform
 
-# Output names and the ADAO names accepted as aliases of them.
+# Output names and the ADAO names accepted as aliases of them (an alias has
+# ADAO's meaning; where enkit's layout differs, ``AssimilationResult`` says how).
 OUTPUTS = {
     "forecast_mean": ("ForecastState",),
-    "analysis_mean": ("Analysis", "CurrentState", "CurrentOptimum"),
+    "analysis_mean": ("Analysis",),
     "forecast_spread": (),
     "analysis_spread": (),
     "forecast_ensemble": (),
-    "analysis_ensemble": (),
+    "analysis_ensemble": ("CurrentState",),
     "forecast_covariance": ("ForecastCovariance",),
     "analysis_covariance": ("APosterioriCovariance",),
+    "analysis_correlations": ("APosterioriCorrelations",),
     "analysis_variances": ("APosterioriVariances",),
     "analysis_std": ("APosterioriStandardDeviations",),
     "bma": ("BMA",),
-    "innovation_forecast": ("InnovationAtCurrentState",),
+    "innovation_forecast": (),
     "innovation_analysis": ("InnovationAtCurrentAnalysis",),
-    "simulated_obs_forecast": ("SimulatedObservationAtCurrentState",),
-    "simulated_obs_analysis": (
-        "SimulatedObservationAtCurrentAnalysis",
-        "SimulatedObservationAtCurrentOptimum",
-    ),
+    "innovation_forecast_ensemble": ("InnovationAtCurrentState",),
+    "simulated_obs_forecast": (),
+    "simulated_obs_analysis": ("SimulatedObservationAtCurrentAnalysis",),
+    "simulated_obs_forecast_ensemble": ("SimulatedObservationAtCurrentState",),
     "cost_J": ("CostFunctionJ",),
     "cost_Jb": ("CostFunctionJb",),
     "cost_Jo": ("CostFunctionJo",),
+    "optimum_mean": ("CurrentOptimum",),
+    "simulated_obs_optimum": ("SimulatedObservationAtCurrentOptimum",),
+    "cost_J_optimum": ("CostFunctionJAtCurrentOptimum",),
+    "cost_Jb_optimum": ("CostFunctionJbAtCurrentOptimum",),
+    "cost_Jo_optimum": ("CostFunctionJoAtCurrentOptimum",),
+    "index_of_optimum": ("IndexOfOptimum",),
+    "cycle_number": ("CurrentIterationNumber", "CurrentStepNumber"),
     "innovation_chi2": (),
     "log_likelihood": (),
     "dfs": (),
 }
+# The running-optimum outputs ("lowest cost_J so far") and the entry of the
+# optimum's state (``init_optimum``) each one reads.
+OPTIMUM_OUTPUTS = {
+    "optimum_mean": "analysis_mean",
+    "simulated_obs_optimum": "simulated_obs_analysis",
+    "cost_J_optimum": "cost_J",
+    "cost_Jb_optimum": "cost_Jb",
+    "cost_Jo_optimum": "cost_Jo",
+    "index_of_optimum": "index",
+}
+CYCLE_NUMBER = "cycle_number"
 # Outputs computed by ``enkit.diagnostics`` from the ensemble the scheme received.
 _DIAGNOSTICS = ("innovation_chi2", "log_likelihood", "dfs")
 DEFAULT_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread")
@@ -278,6 +297,79 @@ def smoothed_statistics(names, E) -> dict:
     return {name: stats[name]() for name in names}
 
 
+def statistics_names(outputs) -> tuple[str, ...]:
+    """The names ``statistics`` computes for a cycle whose outputs are
+    ``outputs``: those, less the running ones (``OPTIMUM_OUTPUTS``,
+    ``cycle_number``: ``close_cycle`` fills them), plus what the running
+    optimum reads (cost_J and the entries of the requested optimum outputs)."""
+    names = [n for n in outputs if n not in OPTIMUM_OUTPUTS and n != CYCLE_NUMBER]
+    if tracks_optimum(outputs):
+        for source in ("cost_J", *(OPTIMUM_OUTPUTS[n] for n in outputs if n in OPTIMUM_OUTPUTS)):
+            if source != "index" and source not in names:
+                names.append(source)
+    return tuple(names)
+
+
+def tracks_optimum(outputs) -> bool:
+    """True when ``outputs`` ask for a running-optimum output (then the
+    cycles carry the optimum's state, ``init_optimum``)."""
+    return any(n in OPTIMUM_OUTPUTS for n in outputs)
+
+
+def init_optimum(outputs, n: int, m: int, dtype) -> dict:
+    """The running optimum before the first cycle: index −1 (no optimum
+    yet), cost_J and the entries the requested optimum outputs read (an
+    (n,) analysis mean, an (m,) simulated observation, costs) NaN."""
+    shapes = {"analysis_mean": (n,), "simulated_obs_analysis": (m,)}
+    opt = {"index": jnp.asarray(-1, jnp.int32), "cost_J": jnp.full((), jnp.nan, dtype)}
+    for name in outputs:
+        source = OPTIMUM_OUTPUTS.get(name)
+        if source is not None and source not in opt:
+            opt[source] = jnp.full(shapes.get(source, ()), jnp.nan, dtype)
+    return opt
+
+
+def observed(y, mask):
+    """Whether a cycle has an analysis: m > 0 and, with a mask, at least one
+    present observation (a bool, traced when the mask is)."""
+    if y.shape[0] == 0:
+        return jnp.asarray(False)
+    return jnp.asarray(True) if mask is None else jnp.any(mask)
+
+
+def close_cycle(outputs, opt, k, has_analysis, out):
+    """Update the running optimum with cycle k (1-based) and return
+    ``(opt, outputs of the cycle)``.
+
+    opt: the state of ``init_optimum``, or None when no optimum output is
+    requested; out: the cycle's ``statistics(statistics_names(outputs),
+    ...)``. Cycle k becomes the optimum when it has an analysis
+    (``has_analysis``, see ``observed``) and its cost_J is below the
+    optimum's (strictly: of equal costs the earlier cycle stays, as
+    ``numpy.argmin`` chooses), or when there is no optimum yet or its cost
+    is NaN. Cycles without observations are skipped: their J (0, Jb and Jo
+    both vanish when the analysis is the forecast) would otherwise always
+    win. Returns exactly the names of ``outputs``: the optimum ones read
+    from the updated state, cycle_number k (int32), the others from out.
+    """
+    if opt is not None:
+        candidate = {name: out[name] for name in opt if name != "index"}
+        candidate["index"] = jnp.asarray(k - 1, jnp.int32)
+        best = opt["cost_J"]
+        take = has_analysis & ((opt["index"] < 0) | (candidate["cost_J"] < best)
+                               | jnp.isnan(best))
+        opt = jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b), candidate, opt)
+    row = {}
+    for name in outputs:
+        if name in OPTIMUM_OUTPUTS:
+            row[name] = opt[OPTIMUM_OUTPUTS[name]]
+        elif name == CYCLE_NUMBER:
+            row[name] = jnp.asarray(k, jnp.int32)
+        else:
+            row[name] = out[name]
+    return opt, row
+
+
 def statistics(outputs, Ef, Eb, Ea, h, y, R, mask=None):
     """The requested per-time outputs (a dict name -> array); mask: the
     cycle's (m,) present observations (h, y, R already neutralised by
@@ -309,6 +401,10 @@ def statistics(outputs, Ef, Eb, Ea, h, y, R, mask=None):
             out[name] = Xf.T @ Xf
         elif name == "analysis_covariance":
             out[name] = Xa.T @ Xa
+        elif name == "analysis_correlations":
+            C = Xa.T @ Xa
+            s = jnp.sqrt(jnp.diag(C))
+            out[name] = C / (s[:, None] * s[None, :])
         elif name == "analysis_variances":
             out[name] = jnp.sum(Xa * Xa, axis=0)
         elif name == "analysis_std":
@@ -323,6 +419,10 @@ def statistics(outputs, Ef, Eb, Ea, h, y, R, mask=None):
             out[name] = hx("f")
         elif name == "simulated_obs_analysis":
             out[name] = hx("a")
+        elif name == "simulated_obs_forecast_ensemble":
+            out[name] = observe(h, Ef)
+        elif name == "innovation_forecast_ensemble":
+            out[name] = y - observe(h, Ef)
     if {"cost_J", "cost_Jb", "cost_Jo"} & set(outputs):
         xb, Xb = scaled_anomalies(Eb)
         # Jb = ½ δᵀ P_b⁺ δ with P_b = Xbᵀ Xb: the minimum-norm w with Xbᵀ w = δ.

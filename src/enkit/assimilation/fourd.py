@@ -65,7 +65,8 @@ __all__ = ["assimilate_4d", "stacked_covariance"]
 # Outputs that are statistics of the state at the analysis time.
 _STATE_OUTPUTS = ("forecast_mean", "analysis_mean", "forecast_spread", "analysis_spread",
                   "forecast_ensemble", "analysis_ensemble", "forecast_covariance",
-                  "analysis_covariance", "analysis_variances", "analysis_std", "bma")
+                  "analysis_covariance", "analysis_correlations", "analysis_variances",
+                  "analysis_std", "bma")
 
 
 def stacked_covariance(R: Covariance, L: int) -> Covariance:
@@ -247,8 +248,9 @@ def _run(settings, record, offsets, E0, key, *, forecast_steps, outputs):
     h, R, controls = record.h, record.R, record.controls
     transform = smoother is not None and smoother.needs_transform
     n = E0.shape[1]
-    obs_outs = tuple(o for o in outputs if o not in _STATE_OUTPUTS)
-    state_outs = tuple(o for o in outputs if o in _STATE_OUTPUTS)
+    names = cycle.statistics_names(outputs)
+    obs_outs = tuple(o for o in names if o not in _STATE_OUTPUTS)
+    state_outs = tuple(o for o in names if o in _STATE_OUTPUTS)
 
     def read_predictions(z):
         return z[n:]
@@ -296,8 +298,9 @@ def _run(settings, record, offsets, E0, key, *, forecast_steps, outputs):
         return (Ea, istate, sstate), (out, rows)
 
     xs = {**record.scan_inputs(), "off": offsets}
-    carry = compiled.init_carry(settings, E0)
-    carry, (outs, rows) = compiled.remat_scan(body, carry, xs, settings.remat)
+    carry = compiled.init_carry(settings, E0, outputs, record.values.shape[1])
+    carry, (outs, rows) = compiled.remat_scan(compiled.tracked(body, outputs), carry, xs,
+                                              settings.remat)
     E = carry[0]
     if forecast_steps:
         E = compiled.final_forecast(settings, record, E, key, forecast_steps)

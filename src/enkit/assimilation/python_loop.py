@@ -29,7 +29,8 @@ from enkit.assimilation.types import (
 from enkit.covariance import as_covariance
 
 _OBS_SPACE = {"innovation_forecast", "innovation_analysis",
-              "simulated_obs_forecast", "simulated_obs_analysis"}
+              "simulated_obs_forecast", "simulated_obs_analysis",
+              "innovation_forecast_ensemble", "simulated_obs_forecast_ensemble"}
 
 
 def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_steps, outputs,
@@ -60,6 +61,10 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
     transform = smoother is not None and smoother.needs_transform
     K = len(observations)
     ragged = isinstance(observations, (list, tuple))
+    if ragged and "simulated_obs_optimum" in outputs:
+        raise ValueError("simulated_obs_optimum needs a (K, m) observation array (with mask= "
+                         "for absent values): with ragged observations its length changes "
+                         "with the optimum")
 
     def at(value, k):
         """The value for analysis k of a per-time argument (list or PerTime)."""
@@ -84,15 +89,22 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
     scheme = as_pytree(scheme)
     E, state = E0, inflation.init(E0)
     sstate = () if smoother is None else smoother.init(E0)
+    names = _cycle.statistics_names(outputs)
+    opt = None
+    if _cycle.tracks_optimum(outputs):
+        m = 0 if ragged else int(np.shape(observations)[1])
+        opt = _cycle.init_optimum(outputs, E0.shape[1], m, E0.dtype)
     outs = {name: [] for name in outputs}
     srows: dict = {}
     t, k0 = 0, 0
     ragged_names = [n for n in outputs if ragged and n in _OBS_SPACE]
-    saved = None if plan is None else restore(plan, (E, state, sstate), outputs, stacklevel=3)
+    saved = None if plan is None else restore(plan, _carry(E, state, sstate, opt), outputs,
+                                              stacklevel=3)
     if saved is not None:
         if saved.finished:
             return saved.result()
-        (E, state, sstate), t, k0 = saved.carry, saved.model_step, saved.completed
+        (E, state, sstate), t, k0 = saved.carry[:3], saved.model_step, saved.completed
+        opt = saved.carry[3] if opt is not None else None
         outs = {name: list(saved.outputs[name]) for name in outputs}
         srows = {name[5:]: list(v) for name, v in saved.outputs.items()
                  if name.startswith("rows.")}
@@ -107,7 +119,7 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
             rows.update({f"rows.{name}": np.asarray(v) for name, v in stacked_rows().items()})
         else:
             rows.update({name: np.asarray(v) for name, v in extra.items()})
-        save_run(plan, (E, state, sstate), rows, k, t, finished, ragged_names)
+        save_run(plan, _carry(E, state, sstate, opt), rows, k, t, finished, ragged_names)
 
     if on_cycle is not None and k0:
         on_cycle(k0)
@@ -128,12 +140,15 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
         else:
             R_k = as_covariance(at(R, k - 1), y.shape[0]).astype(E0.dtype)
             mask_k = None if mask is None else jnp.asarray(at(mask, k - 1), dtype=bool)
-        if y.shape[0] == 0 or (mask_k is not None and not bool(jnp.any(mask_k))):
-            Ea, out = Ef, _skipped_jit(outputs, Ef, as_pytree(h_k), y, R_k, mask_k)
+        has_analysis = not (y.shape[0] == 0 or (mask_k is not None
+                                                and not bool(jnp.any(mask_k))))
+        if not has_analysis:
+            Ea, out = Ef, _skipped_jit(names, Ef, as_pytree(h_k), y, R_k, mask_k)
             G = _cycle.identity_transform(Ef) if transform else None
         else:
             Ea, state, out, G = _analyse_jit(scheme, as_pytree(h_k), y, R_k, mask_k, inflation,
-                                             state, keys, Ef, outputs, transform)
+                                             state, keys, Ef, names, transform)
+        opt, out = _cycle.close_cycle(outputs, opt, k, jnp.asarray(has_analysis), out)
         for name in outputs:
             outs[name].append(out[name])
         if stop_on_nonfinite and _cycle.NONFINITE in out and int(out[_cycle.NONFINITE]):
@@ -154,6 +169,12 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
     if plan is not None:
         save(K, finished=True, extra=smoothed)
     return AssimilationResult(ensemble=E, **_stacked(outs, ragged), **smoothed)
+
+
+def _carry(E, state, sstate, opt):
+    """What a checkpoint of the loop saves: the running optimum's state
+    last, when it is tracked."""
+    return (E, state, sstate) if opt is None else (E, state, sstate, opt)
 
 
 def _stacked(outs: dict, ragged: bool) -> dict:

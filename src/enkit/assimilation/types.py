@@ -68,9 +68,45 @@ class AssimilationResult(NamedTuple):
     log_likelihood = log N(y; h̄, S) and dfs = trace(H K) (K,), with
     d = y − h̄, h̄ and S = H P Hᵀ + R from the ensemble the scheme received,
     over the present observations (0 at a time without any; see
-    ``enkit.diagnostics``). Entries of
-    absent observations are 0. In the Python path with ragged observations,
-    observation-space outputs are lists of (m_k,) arrays.
+    ``enkit.diagnostics``). analysis_correlations (K, n, n): the analysis
+    covariance divided by the product of its standard deviations (NaN in the
+    rows and columns of an entry without spread); simulated_obs_forecast_
+    ensemble = h(x_f,i) and innovation_forecast_ensemble = y − h(x_f,i)
+    (K, N, m), for each forecast member. Entries of absent observations are
+    0. In the Python path with ragged observations, observation-space
+    outputs are lists of (m_k,) arrays ((N, m_k) for the member ones).
+
+    The running optimum, the cycle of lowest cost_J so far: index_of_optimum
+    (K,) int32, the 0-based row k* ≤ k of that cycle (−1 before the first
+    cycle with an observation); optimum_mean (K, n) = analysis_mean[k*],
+    simulated_obs_optimum (K, m) = simulated_obs_analysis[k*],
+    cost_J_optimum/cost_Jb_optimum/cost_Jo_optimum (K,) = cost_J/Jb/Jo[k*]
+    (NaN before the first cycle with an observation). Cycles without any
+    present observation are skipped (their analysis is the forecast, so their
+    J would be 0); of equal costs the earlier cycle is kept. A resumed,
+    checkpointed run (and ``enks_stream`` across chunks) carries the
+    optimum on. cycle_number (K,) int32: the 1-based number of the cycle.
+
+    ADAO names are accepted for ``store`` with ADAO's meaning
+    (``enkit.OUTPUTS`` lists them), with enkit's layout: members on the
+    first axis, so CurrentState (ADAO: the analysis ensemble as (n, N)
+    columns) is analysis_ensemble (K, N, n), SimulatedObservationAtCurrentState
+    and InnovationAtCurrentState (ADAO: per forecast member, (m, N)) are
+    simulated_obs_forecast_ensemble and innovation_forecast_ensemble
+    (K, N, m). IndexOfOptimum, CostFunctionJ*AtCurrentOptimum and
+    SimulatedObservationAtCurrentOptimum are ADAO's values. ADAO's
+    CurrentOptimum is ``Analysis[IndexOfOptimum]`` of an Analysis series that
+    starts with the background, so it is shifted by one entry: the analysis
+    of the cycle before the optimum (the background for an optimum at the
+    first cycle); enkit's optimum_mean is the analysis of the optimal cycle
+    itself. CurrentIterationNumber and CurrentStepNumber are cycle_number
+    (ADAO's ensemble filters store CurrentStepNumber = 1 at the first
+    analysis). The costs differ from ADAO's by their background term: enkit's
+    Jb is measured from the mean x̄_b of the ensemble the scheme received,
+    with that ensemble's sample covariance P_b (pseudo-inverse), at every
+    cycle; ADAO's ensemble filters measure Jb = ½ (x̄_a − x_b)ᵀ B⁻¹ (x̄_a − x_b)
+    from the initial background x_b with the static B at every cycle. Jo is
+    the same in both; so J, the optimum and its index may differ.
 
     Smoothers (``enkit.smoothers``) fill the smoothed outputs as well:
     smoothed_mean (K, n), smoothed_spread (K,), smoothed_ensemble (K, N, n),
@@ -135,6 +171,16 @@ class AssimilationResult(NamedTuple):
     info: Any = None
     log_weights: Any = None
     ess: Any = None
+    analysis_correlations: Any = None
+    simulated_obs_forecast_ensemble: Any = None
+    innovation_forecast_ensemble: Any = None
+    optimum_mean: Any = None
+    simulated_obs_optimum: Any = None
+    cost_J_optimum: Any = None
+    cost_Jb_optimum: Any = None
+    cost_Jo_optimum: Any = None
+    index_of_optimum: Any = None
+    cycle_number: Any = None
 
     def to_xarray(self, *, truth: ArrayLike | None = None,
                   observations: ArrayLike | None = None, mask: ArrayLike | None = None,

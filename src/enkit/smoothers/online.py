@@ -123,7 +123,7 @@ def _stream(model, E0, chunks, scheme, smoother, h, R, key, inflation, steps_per
             raise ValueError("enks_stream needs a JAX-traceable model and (k_c, m) chunks")
         settings = dataclasses.replace(run.settings, smoother=smoother)
         if carry is None:
-            carry = compiled.init_carry(settings, run.E0)
+            carry = compiled.init_carry(settings, run.E0, outputs, np.shape(values)[1])
             if skip:
                 carry = tree_from_arrays(carry, saved_arrays, "carry")
         if done < skip:
