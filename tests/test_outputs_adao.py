@@ -154,8 +154,8 @@ def test_every_alias_names_its_output_with_adao_meaning(compiled_all):
     for name in NAMES:
         value = getattr(res, name)
         if cycle.OUTPUTS[name]:
-            np.testing.assert_array_equal(np.asarray(value), np.asarray(getattr(compiled_all, name)),
-                                          err_msg=name)
+            np.testing.assert_array_equal(np.asarray(value),
+                                          np.asarray(getattr(compiled_all, name)), err_msg=name)
         else:
             assert value is None, name
 

@@ -129,9 +129,11 @@ def assimilate(
     an analysis at step t gets ``u[t]``. model_noise: covariance operator Q,
     ``N(0, Q)`` added to every member after every model step.
     store: output names (see ``AssimilationResult``; ADAO names such as
-    "APosterioriCovariance", "CostFunctionJo", "InnovationAtCurrentState"
-    are accepted as aliases; "smoothed_mean", "smoothed_spread" and
-    "smoothed_ensemble" need ``smoother``).
+    "APosterioriCovariance", "CostFunctionJo", "CurrentOptimum" are accepted
+    as aliases with ADAO's meaning, in enkit's layout; the running-optimum
+    outputs, e.g. "optimum_mean", follow the cycle of lowest cost_J so far;
+    "smoothed_mean", "smoothed_spread" and "smoothed_ensemble" need
+    ``smoother``).
 
     checkpoint: None, or a file path (conventionally ``*.npz``) where the
     run is saved atomically (``enkit.io.save_checkpoint``: no pickle, never
