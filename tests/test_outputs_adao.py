@@ -4,6 +4,8 @@ the running optimum (lowest cost so far) on a hand-computed case whose costs
 are not monotone, the compiled scan against the Python loop, a resumed
 checkpoint, the 4-D driver, a stream, and the xarray layout."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -35,6 +37,10 @@ ADAO_MEANING = {
 
 def _model(x):
     return x @ M.T
+
+
+def _identity(x):
+    return x
 
 
 def _problem():
@@ -198,7 +204,7 @@ def _scalar_run(model, **options):
 
 @pytest.mark.parametrize("path", ["compiled", "python"])
 def test_the_running_optimum_keeps_the_lowest_cost_so_far(path):
-    model = (lambda x: x) if path == "compiled" else enkit.BlackBoxModel(lambda x: x)
+    model = _identity if path == "compiled" else enkit.BlackBoxModel(_identity)
     res = _scalar_run(model)
     nan = np.nan
     np.testing.assert_allclose(res.cost_J, [0, 1, 3, 0.06, 0, 0.4], atol=1e-12)
@@ -216,6 +222,17 @@ def test_the_running_optimum_keeps_the_lowest_cost_so_far(path):
                                atol=1e-12)
 
 
+def test_float32_runs_keep_the_optimum_in_float32():
+    z = np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
+    E0 = (z / z.std(ddof=1))[:, None]
+    ys = np.array([[2.0], [4.0], [2.4]], np.float32)
+    res = enkit.assimilate(_identity, E0, ys, enkit.etkf, h=np.eye(1, dtype=np.float32),
+                           R=1.0, store=OPTIMUM)
+    np.testing.assert_array_equal(res.index_of_optimum, [0, 0, 2])
+    np.testing.assert_allclose(res.cost_J_optimum, [1, 1, 0.06], rtol=1e-5)
+    assert res.optimum_mean.dtype == np.float32 and res.cost_J_optimum.dtype == np.float32
+
+
 def test_a_resumed_checkpoint_keeps_the_running_optimum(tmp_path, monkeypatch):
     # The first window (cycles 1-4) finds the optimum at cycle 4; cycle 6 costs
     # more, so it stays only if the resumed run restores the optimum's state
@@ -231,7 +248,7 @@ def test_a_resumed_checkpoint_keeps_the_running_optimum(tmp_path, monkeypatch):
         if len(calls) == 1:
             raise Crash
 
-    for i, model in enumerate((lambda x: x, enkit.BlackBoxModel(lambda x: x))):
+    for i, model in enumerate((_identity, enkit.BlackBoxModel(_identity))):
         plain = _scalar_run(model)
         path = tmp_path / f"run{i}.npz"
         calls.clear()
@@ -246,11 +263,11 @@ def test_a_resumed_checkpoint_keeps_the_running_optimum(tmp_path, monkeypatch):
                                           np.asarray(getattr(plain, name)), err_msg=name)
 
 
-def test_the_4d_driver_with_one_batch_per_window_gives_the_same_optimum():
+def test_the_4d_driver_with_one_batch_per_window_gives_the_same_optimum(compiled_all):
     E0, ys, mask = _problem()
     store = ("cost_J", "index_of_optimum", "optimum_mean", "cost_Jb_optimum",
              "simulated_obs_optimum", "cycle_number", "analysis_correlations")
-    plain = _run(store=store)
+    plain = compiled_all
     res = enkit.assimilate_4d(_model, E0, ys[:, None], enkit.etkf, h=H,
                               R=enkit.Diagonal(R_VAR), obs_steps=np.arange(1, K + 1)[:, None],
                               mask=mask[:, None], inflation=1.1, store=store)
@@ -262,25 +279,25 @@ def test_the_4d_driver_with_one_batch_per_window_gives_the_same_optimum():
                                    atol=1e-10, err_msg=name)
 
 
-def test_a_stream_carries_the_optimum_across_chunks():
+def test_a_stream_carries_the_optimum_across_chunks(compiled_all):
     E0, ys, mask = _problem()
     store = ("analysis_mean", "cost_J", "index_of_optimum", "cost_J_optimum", "cycle_number")
-    plain = enkit.assimilate(_model, E0, ys, enkit.etkf, h=H, R=enkit.Diagonal(R_VAR),
-                             mask=mask, store=store)
+    plain = compiled_all
     chunks = [(ys[:3], mask[:3]), (ys[3:], mask[3:])]
     parts = [c.filtered for c in enkit.enks_stream(_model, E0, chunks, enkit.etkf, h=H,
-                                                   R=enkit.Diagonal(R_VAR), lag=0, store=store)
+                                                   R=enkit.Diagonal(R_VAR), inflation=1.1,
+                                                   lag=0, store=store)
              if c.filtered is not None]
     for name in ("index_of_optimum", "cost_J_optimum", "cycle_number"):
         np.testing.assert_allclose(np.concatenate([getattr(p, name) for p in parts]),
                                    getattr(plain, name), rtol=1e-10, err_msg=name)
 
 
-def test_ragged_observations_give_the_optimum_except_its_simulated_observation():
+def test_ragged_observations_give_the_optimum_except_its_simulated_observation(compiled_all):
     E0, ys, mask = _problem()
     observed = mask.any(axis=1)
     store = ("cost_J", "index_of_optimum", "optimum_mean", "simulated_obs_forecast_ensemble")
-    plain = _run(store=store)
+    plain = compiled_all
     rows = [ys[k] if observed[k] else np.zeros(0) for k in range(K)]
     hs = [H if observed[k] else np.zeros((0, n)) for k in range(K)]
     masks = [mask[k] if observed[k] else np.zeros(0, bool) for k in range(K)]
@@ -290,6 +307,12 @@ def test_ragged_observations_give_the_optimum_except_its_simulated_observation()
     np.testing.assert_allclose(res.optimum_mean, plain.optimum_mean, rtol=1e-10)
     assert [np.shape(v) for v in res.simulated_obs_forecast_ensemble] == \
         [(N, m) if observed[k] else (N, 0) for k in range(K)]
+    if importlib.util.find_spec("xarray") is not None:
+        ds = res.to_xarray()
+        assert ds["simulated_obs_forecast_ensemble"].dims == ("time", "member", "obs")
+        padded = ds["simulated_obs_forecast_ensemble"].values
+        np.testing.assert_array_equal(padded[0], res.simulated_obs_forecast_ensemble[0])
+        assert np.isnan(padded[3]).all() and ds["obs_present"].values[3].sum() == 0
     with pytest.raises(ValueError, match="simulated_obs_optimum needs a \\(K, m\\)"):
         enkit.assimilate(_model, E0, rows, enkit.etkf, h=hs, R=enkit.Diagonal(R_VAR),
                          mask=masks, store=("SimulatedObservationAtCurrentOptimum",))

@@ -358,7 +358,8 @@ def close_cycle(outputs, opt, k, has_analysis, out):
         best = opt["cost_J"]
         take = has_analysis & ((opt["index"] < 0) | (candidate["cost_J"] < best)
                                | jnp.isnan(best))
-        opt = jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b), candidate, opt)
+        opt = jax.tree_util.tree_map(lambda a, b: jnp.where(take, a, b).astype(b.dtype),
+                                     candidate, opt)
     row = {}
     for name in outputs:
         if name in OPTIMUM_OUTPUTS:
