@@ -5,6 +5,8 @@ Private: ``assimilate`` and the smoothers compose them. A cycle is
     forecast (model steps, optional additive model noise)
     → inflation.before_analysis → scheme → inflation.after_analysis
     → the requested per-time outputs
+    → the running outputs (``close_cycle``: the optimum of lowest cost so
+    far, carried from cycle to cycle, and the cycle number)
     (→ the smoother step, which applies the analysis's ensemble transform
     to the past ensembles it carries).
 

@@ -403,6 +403,10 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
         raise ValueError("over_window does not support a stochastic model yet")
     _check_spread(E0, model_noise is not None or stochastic, inflation)
     ragged = isinstance(observations, (list, tuple))
+    if ragged and "simulated_obs_optimum" in outputs:
+        raise ValueError("simulated_obs_optimum needs a (K, m) observation array (with mask= "
+                         "for absent values): with ragged observations its length changes "
+                         "with the optimum")
     if ragged:
         observations, mask = _ragged_observations(observations, mask, E0.dtype)
     else:

@@ -61,10 +61,6 @@ def run(settings: CycleSettings, record: ObservationRecord, E0, key, forecast_st
     transform = smoother is not None and smoother.needs_transform
     K = len(observations)
     ragged = isinstance(observations, (list, tuple))
-    if ragged and "simulated_obs_optimum" in outputs:
-        raise ValueError("simulated_obs_optimum needs a (K, m) observation array (with mask= "
-                         "for absent values): with ragged observations its length changes "
-                         "with the optimum")
 
     def at(value, k):
         """The value for analysis k of a per-time argument (list or PerTime)."""

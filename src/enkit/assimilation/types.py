@@ -79,7 +79,8 @@ class AssimilationResult(NamedTuple):
     The running optimum, the cycle of lowest cost_J so far: index_of_optimum
     (K,) int32, the 0-based row k* ≤ k of that cycle (−1 before the first
     cycle with an observation); optimum_mean (K, n) = analysis_mean[k*],
-    simulated_obs_optimum (K, m) = simulated_obs_analysis[k*],
+    simulated_obs_optimum (K, m) = simulated_obs_analysis[k*] (not with
+    ragged observations: its length would change with the optimum),
     cost_J_optimum/cost_Jb_optimum/cost_Jo_optimum (K,) = cost_J/Jb/Jo[k*]
     (NaN before the first cycle with an observation). Cycles without any
     present observation are skipped (their analysis is the forecast, so their
