@@ -94,7 +94,7 @@ def test_outputs_and_adao_aliases():
     R = enkit.Diagonal(np.linspace(0.5, 1.0, 5))
     res = enkit.assimilate(
         model, E0, y, enkit.etkf, h=H, R=R, inflation=1.1,
-        store=("ForecastState", "APosterioriCovariance", "analysis_ensemble", "forecast_ensemble",
+        store=("forecast_mean", "APosterioriCovariance", "analysis_ensemble", "forecast_ensemble",
                "CostFunctionJ", "CostFunctionJb", "CostFunctionJo", "innovation_forecast",
                "InnovationAtCurrentAnalysis", "SimulatedObservationAtCurrentAnalysis", "BMA",
                "APosterioriVariances", "analysis_mean"))

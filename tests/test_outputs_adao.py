@@ -21,6 +21,7 @@ NAMES = tuple(cycle.OUTPUTS)
 # The aliases whose meaning changed to follow ADAO's (enkit name they are now).
 ADAO_MEANING = {
     "CurrentState": "analysis_ensemble",
+    "ForecastState": "forecast_ensemble",
     "CurrentOptimum": "optimum_mean",
     "SimulatedObservationAtCurrentOptimum": "simulated_obs_optimum",
     "SimulatedObservationAtCurrentState": "simulated_obs_forecast_ensemble",

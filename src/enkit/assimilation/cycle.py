@@ -34,11 +34,11 @@ from enkit.filters.ensemble_space import analysis_transform
 # Output names and the ADAO names accepted as aliases of them (an alias has
 # ADAO's meaning; where enkit's layout differs, ``AssimilationResult`` says how).
 OUTPUTS = {
-    "forecast_mean": ("ForecastState",),
+    "forecast_mean": (),
     "analysis_mean": ("Analysis",),
     "forecast_spread": (),
     "analysis_spread": (),
-    "forecast_ensemble": (),
+    "forecast_ensemble": ("ForecastState",),
     "analysis_ensemble": ("CurrentState",),
     "forecast_covariance": ("ForecastCovariance",),
     "analysis_covariance": ("APosterioriCovariance",),

@@ -88,13 +88,20 @@ class AssimilationResult(NamedTuple):
     checkpointed run (and ``enks_stream`` across chunks) carries the
     optimum on. cycle_number (K,) int32: the 1-based number of the cycle.
 
-    ADAO names are accepted for ``store`` with ADAO's meaning
-    (``enkit.OUTPUTS`` lists them), with enkit's layout: members on the
-    first axis, so CurrentState (ADAO: the analysis ensemble as (n, N)
-    columns) is analysis_ensemble (K, N, n), SimulatedObservationAtCurrentState
-    and InnovationAtCurrentState (ADAO: per forecast member, (m, N)) are
+    ADAO names are accepted for ``store`` with the meaning they have in
+    ADAO's EnsembleKalmanFilter (``enkit.OUTPUTS`` lists them), in enkit's
+    layout. ADAO stores ensembles as ``numpy.ravel`` of (n, N) columns
+    (variable by variable: ADAO's vector is ``E.T.ravel()`` of enkit's
+    (N, n) rows); enkit keeps members on the first axis. So CurrentState
+    (ADAO: the analysis ensemble) is analysis_ensemble (K, N, n),
+    ForecastState (ADAO: the forecast ensemble) is forecast_ensemble
+    (K, N, n), SimulatedObservationAtCurrentState and
+    InnovationAtCurrentState (ADAO: per forecast member) are
     simulated_obs_forecast_ensemble and innovation_forecast_ensemble
-    (K, N, m). IndexOfOptimum, CostFunctionJ*AtCurrentOptimum and
+    (K, N, m); ForecastState and ForecastCovariance are, in both, of the
+    forecast after model noise (ADAO's Q). ADAO's EnKF
+    stores BMA per forecast member (x_f,i − x̄_a); enkit's bma is their mean
+    over the members, x̄_f − x̄_a. IndexOfOptimum, CostFunctionJ*AtCurrentOptimum and
     SimulatedObservationAtCurrentOptimum are ADAO's values. ADAO's
     CurrentOptimum is ``Analysis[IndexOfOptimum]`` of an Analysis series that
     starts with the background, so it is shifted by one entry: the analysis
