@@ -99,9 +99,9 @@ class AssimilationResult(NamedTuple):
     InnovationAtCurrentState (ADAO: per forecast member) are
     simulated_obs_forecast_ensemble and innovation_forecast_ensemble
     (K, N, m); ForecastState and ForecastCovariance are, in both, of the
-    forecast after model noise (ADAO's Q). ADAO's EnKF
-    stores BMA per forecast member (x_f,i − x̄_a); enkit's bma is their mean
-    over the members, x̄_f − x̄_a. IndexOfOptimum, CostFunctionJ*AtCurrentOptimum and
+    forecast after model noise (ADAO's Q). ADAO's EnKF stores BMA per
+    forecast member (x_f,i − x̄_a); enkit's bma is their mean over the
+    members, x̄_f − x̄_a. IndexOfOptimum, CostFunctionJ*AtCurrentOptimum and
     SimulatedObservationAtCurrentOptimum are ADAO's values. ADAO's
     CurrentOptimum is ``Analysis[IndexOfOptimum]`` of an Analysis series that
     starts with the background, so it is shifted by one entry: the analysis
@@ -115,6 +115,8 @@ class AssimilationResult(NamedTuple):
     cycle; ADAO's ensemble filters measure Jb = ½ (x̄_a − x_b)ᵀ B⁻¹ (x̄_a − x_b)
     from the initial background x_b with the static B at every cycle. Jo is
     the same in both; so J, the optimum and its index may differ.
+    benchmarks/adao_output_names.py checks these statements against ADAO
+    9.16's EnsembleKalmanFilter.
 
     Smoothers (``enkit.smoothers``) fill the smoothed outputs as well:
     smoothed_mean (K, n), smoothed_spread (K,), smoothed_ensemble (K, N, n),
