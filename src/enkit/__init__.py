@@ -305,12 +305,14 @@ from enkit.smoothers import (
     rts_gain_step,
 )
 from enkit.variational import (  # noqa: E402
+    E3DVar,
     Var3DResult,
     Var4DCycleResult,
     Var4DResult,
     var3d,
     var4d,
     var4d_cycle,
+    e3dvar,
 )
 from enkit import losses  # noqa: E402  (after the driver: losses builds on it)
 from enkit.observation_io import ObservationData, read_observations  # noqa: E402
@@ -323,6 +325,8 @@ __all__ = [
     "var4d",
     "Var4DCycleResult",
     "var4d_cycle",
+    "E3DVar",
+    "e3dvar",
     "losses",
     "ObservationData",
     "read_observations",
