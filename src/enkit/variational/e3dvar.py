@@ -35,7 +35,11 @@ from enkit.filters._common import ObservationOperator, prepare_analysis
 from enkit.variational._common import (apply_h, check_count, check_tolerance, half_sq,
                                        lbfgs)
 
-__all__ = ["E3DVar", "e3dvar", "hybrid_3dvar_mean"]
+__all__ = ["COST_DECREASE_SCALE", "E3DVar", "e3dvar", "hybrid_3dvar_mean"]
+
+#: ADAO's scale of HybridCostDecrementTolerance: L-BFGS-B's ``factr = tolerance · 10¹⁴``
+#: stops at a relative cost decrease of ``factr · ε`` (ε of float64).
+COST_DECREASE_SCALE = 1e14 * float(np.finfo(np.float64).eps)
 
 
 def hybrid_3dvar_mean(xf: Array, X: Array, B: Covariance, y: Array, h, R: Covariance, *,
@@ -47,8 +51,10 @@ def hybrid_3dvar_mean(xf: Array, X: Array, B: Covariance, y: Array, h, R: Covari
 
     xf: (n,) background; X: (N, n) anomalies with ``XᵀX`` the ensemble
     covariance; B: covariance operator of dimension n; y: (m,); h: callable
-    or (m, n) matrix; R: covariance operator of dimension m. Returns
-    ``(x_a, iterations)``.
+    or (m, n) matrix; R: covariance operator of dimension m;
+    max_iterations, tolerance, memory_size: as ``var3d``; cost_tolerance:
+    ``lbfgs``'s relative cost-decrease stop (not ADAO-scaled) or None.
+    Returns ``(x_a, iterations)``.
     """
     n = xf.shape[0]
     a = jnp.asarray(equilibrium, xf.dtype)
@@ -109,7 +115,8 @@ class E3DVar:
         xa, _ = hybrid_3dvar_mean(xf, X, B.astype(E.dtype), y, h, R,
                                   equilibrium=self.equilibrium,
                                   max_iterations=self.max_iterations, tolerance=tolerance,
-                                  cost_tolerance=self.cost_tolerance,
+                                  cost_tolerance=None if self.cost_tolerance is None
+                                  else self.cost_tolerance * COST_DECREASE_SCALE,
                                   memory_size=self.memory_size)
         return xa + (Ea - jnp.mean(Ea, axis=0))
 
@@ -153,19 +160,20 @@ def e3dvar(
     covariance (a Covariance operator of dimension n, or a positive scalar
     variance); equilibrium: a in [0, 1], the ensemble covariance's weight
     (ADAO's HybridCovarianceEquilibrium, default 0.5); cost_tolerance:
-    stop the L-BFGS when an iteration's relative cost decrease
-    ``(J_k − J_{k+1}) / max(|J_k|, |J_{k+1}|, 1)`` is at most this (ADAO's
-    HybridCostDecrementTolerance, default 1e-7; None: no such stop);
+    ADAO's HybridCostDecrementTolerance (default 1e-7; None: no such
+    stop), with ADAO's meaning: ADAO hands it to L-BFGS-B as ``factr =
+    cost_tolerance · 10¹⁴``, which stops when an iteration's relative cost
+    decrease ``(J_k − J_{k+1}) / max(|J_k|, |J_{k+1}|, 1)`` is at most
+    ``factr · ε`` (ε = 2.2e-16, float64's machine epsilon), so the L-BFGS
+    here stops at a relative decrease of ``cost_tolerance · 10¹⁴ · ε``
+    (2.2e-9 for the default; ``COST_DECREASE_SCALE`` = 10¹⁴ ε);
     max_iterations: L-BFGS iterations at most (ADAO's
-    HybridMaximumNumberOfIterations, default 15000); tolerance: also stop
+    HybridMaximumNumberOfIterations, default 15000, which bounds its cost
+    evaluations); tolerance: also stop
     when the control-space gradient norm is at most this (None: ``ε^{3/4}``
     of E's dtype); memory_size: L-BFGS history length.
     Returns an ``E3DVar`` scheme (a pytree), usable in ``enkit.assimilate``,
     under ``jit`` and ``vmap``. Needs optax (``pip install enkit[optax]``).
-
-    ADAO (which hands L-BFGS-B ``factr = tolerance · 10¹⁴``) stops at a
-    relative decrease of ``tolerance · 10¹⁴ · ε`` ≈ 0.022 · tolerance in
-    float64; pass ``cost_tolerance = 0.022 · tol`` to stop where it stops.
 
     References: Hamill & Snyder (2000), MWR 128; Lorenc (2003), QJRMS 129;
     Wang, Snyder & Hamill (2007), MWR 135; ADAO (EDF), the ``E3DVAR``
@@ -181,7 +189,7 @@ def e3dvar(
     if not isinstance(B, Covariance):
         try:
             arr = jnp.asarray(B)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise TypeError(f"B must be a Covariance operator or an array, got "
                             f"{type(B).__name__}") from err
         if arr.ndim == 0:
