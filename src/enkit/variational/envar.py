@@ -190,6 +190,7 @@ def envar4d_cycle(
     h: ObservationOperator,
     R: Any,
     window: int,
+    shift: int | None = None,
     key: Array | int | None = None,
     bundle_epsilon: float | None = None,
     inflation: float | None = None,
@@ -204,18 +205,22 @@ def envar4d_cycle(
     """Cycled 4DEnVar: consecutive windows of ``window`` observation times.
 
     Each window is the ``envar4d`` analysis of its start ensemble (the
-    previous window's analysed ensemble propagated to its end, so the
-    background covariance is the flow-dependent ensemble one), the windows
-    do not overlap and each observation is used once: exactly
-    ``enkit.ienks(model, E0, observations, h=h, R=R, lag=window,
-    shift=window, ...)`` (SDA), to which the options are passed (see it
-    for the outputs: ``analysis_*`` at t_k is the updated start ensemble of
-    the window holding y_k propagated to t_k). ``window=1`` is the cycled
-    IEnKF, i.e. ``envar`` in ``enkit.assimilate``.
+    previous window's analysed ensemble propagated to its start, so the
+    background covariance is the flow-dependent ensemble one). By default
+    (``shift=None``) the windows do not overlap and each observation is used
+    once: exactly ``enkit.ienks(model, E0, observations, h=h, R=R,
+    lag=window, shift=window, ...)`` (SDA), to which the options are passed
+    (see it for the outputs: ``analysis_*`` at t_k is the updated start
+    ensemble of the window holding y_k propagated to t_k). A ``shift`` <
+    ``window`` slides overlapping windows by ``shift`` observation times,
+    each observation assimilated in the window where it is new (``ienks``
+    with that shift; shift 1 is DAPPER's ``iEnKS(Lag=window)``).
+    ``window=1`` is the cycled IEnKF, i.e. ``envar`` in ``enkit.assimilate``.
 
     model: one model step, JAX-traceable; E0: (N, n); observations: (K, m);
     h, R: as ``envar4d``; window: observation times per window (1 ≤ window
-    ≤ K); key, bundle_epsilon, inflation, rotate, max_iterations,
+    ≤ K); shift: observation times between window starts (1 ≤ shift ≤
+    window; None: window); key, bundle_epsilon, inflation, rotate, max_iterations,
     tolerance, steps_per_obs, store, return_info: as ``enkit.ienks``.
     Returns an ``AssimilationResult`` (and the per-window info).
 
@@ -223,7 +228,8 @@ def envar4d_cycle(
     MWR 136.
     """
     window = check_count("window", window)
-    return ienks(model, E0, observations, h=h, R=R, lag=window, shift=window, key=key,
+    shift = window if shift is None else check_count("shift", shift)
+    return ienks(model, E0, observations, h=h, R=R, lag=window, shift=shift, key=key,
                  bundle_epsilon=bundle_epsilon, inflation=inflation, rotate=rotate,
                  max_iterations=max_iterations, tolerance=tolerance,
                  steps_per_obs=steps_per_obs, store=store, return_info=return_info)
