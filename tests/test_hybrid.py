@@ -271,6 +271,11 @@ def test_envar4d_cycle_is_the_window_analysis_propagated(window):
     r = enkit.envar4d(p["model"], p["E0"], p["ys"], p["H"], p["R"])
     c = enkit.envar4d_cycle(p["model"], p["E0"], p["ys"], h=p["H"], R=p["R"], window=K)
     np.testing.assert_allclose(c.analysis_mean, r.trajectory, atol=1e-10)
+    # overlapping windows: the iEnKS with that shift
+    s = enkit.envar4d_cycle(p["model"], p["E0"], p["ys"], h=p["H"], R=p["R"], window=2,
+                            shift=1)
+    i = enkit.ienks(p["model"], p["E0"], p["ys"], h=p["H"], R=p["R"], lag=2, shift=1)
+    np.testing.assert_array_equal(s.analysis_mean, i.analysis_mean)
     # window 1: the cycled EnVar (IEnKF) in the driver
     d = enkit.envar4d_cycle(p["model"], p["E0"], p["ys"], h=p["H"], R=p["R"], window=1)
     a = enkit.assimilate(p["model"], p["E0"], p["ys"], enkit.over_window(enkit.envar),
@@ -294,3 +299,6 @@ def test_envar4d_errors(window):
         enkit.envar4d(p["model"], p["E0"], p["ys"], p["H"], p["R"], max_iterations=0)
     with pytest.raises(ValueError, match="window"):
         enkit.envar4d_cycle(p["model"], p["E0"], p["ys"], h=p["H"], R=p["R"], window=0)
+    with pytest.raises(ValueError, match="shift"):
+        enkit.envar4d_cycle(p["model"], p["E0"], p["ys"], h=p["H"], R=p["R"], window=2,
+                            shift=3)
