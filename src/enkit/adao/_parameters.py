@@ -148,7 +148,9 @@ def _checked(name, value, check):
         kind, low, high = check
         value = _number(name, value, int if kind == "int" else float)
         if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            lo = "-inf" if low is None else low
+            hi = "inf" if high is None else high
+            bounds = f"[{lo}, {hi}]"
             raise ValueError(f"{name} must lie in {bounds}, got {value!r}")
         return value
     if value not in check:  # a tuple of allowed strings
