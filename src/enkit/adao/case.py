@@ -24,6 +24,7 @@ of ``enkit.adao.variants``.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -350,17 +351,25 @@ def _identity(x):
     return x
 
 
+def _matvec(M, x):
+    return M @ x
+
+
 def _matrix_model(M):
-    def model(x):
-        return M @ x
-    return model
+    """x ↦ M x as a pytree (M a leaf): a second run compiles nothing anew."""
+    return jax.tree_util.Partial(_matvec, M)
+
+
+def _without_control(f, x, u):
+    del u
+    return f(x)
 
 
 def _ignore_control(f: Callable) -> Callable:
-    def g(x, u):
-        del u
-        return f(x)
-    return g
+    """(x, u) ↦ f(x) (a pytree when f is one)."""
+    if isinstance(f, jax.tree_util.Partial):
+        return jax.tree_util.Partial(_without_control, f)
+    return partial(_without_control, f)
 
 
 def _vector(what, v):
