@@ -305,12 +305,18 @@ from enkit.smoothers import (
     rts_gain_step,
 )
 from enkit.variational import (  # noqa: E402
+    E3DVar,
+    EnVar4DResult,
     Var3DResult,
     Var4DCycleResult,
     Var4DResult,
     var3d,
     var4d,
     var4d_cycle,
+    e3dvar,
+    envar,
+    envar4d,
+    envar4d_cycle,
 )
 from enkit import losses  # noqa: E402  (after the driver: losses builds on it)
 from enkit.observation_io import ObservationData, read_observations  # noqa: E402
@@ -323,6 +329,12 @@ __all__ = [
     "var4d",
     "Var4DCycleResult",
     "var4d_cycle",
+    "E3DVar",
+    "e3dvar",
+    "EnVar4DResult",
+    "envar",
+    "envar4d",
+    "envar4d_cycle",
     "losses",
     "ObservationData",
     "read_observations",

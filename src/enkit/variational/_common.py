@@ -11,7 +11,8 @@ so its Gauss–Newton Hessian ``I + Dᵀ D`` (D = ∂d/∂v) has every eigenvalu
 residuals are linearised with ``jax.linearize`` (the tangent linear model),
 their adjoint is ``jax.linear_transpose`` of it (reverse mode), and each
 inner problem ``(I + DᵀD) δ = −(v + Dᵀ d)`` is solved by
-``jax.scipy.sparse.linalg.cg``.
+``jax.scipy.sparse.linalg.cg``. ``lbfgs`` minimises a general cost by
+optax's L-BFGS (3D-Var and the hybrid E3DVAR).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jax import Array
 from enkit._checks import check_finite, check_float, check_ndim
 
 __all__ = ["apply_h", "check_count", "check_h", "check_state", "check_tolerance",
-           "default_tolerance", "gauss_newton", "half_sq"]
+           "default_tolerance", "gauss_newton", "half_sq", "lbfgs"]
 
 
 def default_tolerance(dtype) -> float:
@@ -115,6 +116,47 @@ def gauss_newton(residual: Callable, v0, *, outer_loops: int, tolerance: float,
 
     v, loops, _ = jax.lax.while_loop(more, body, (v0, jnp.asarray(0), jnp.asarray(False)))
     return v, loops
+
+
+def lbfgs(cost: Callable, v0: Array, *, max_iterations: int, tolerance: float,
+          memory_size: int, cost_tolerance: float | None = None):
+    """Minimise ``cost(v)`` from ``v0`` by optax's L-BFGS (zoom line search).
+
+    Stops after ``max_iterations`` iterations, when ``‖∇cost‖ ≤ tolerance``,
+    or (``cost_tolerance`` not None) when an iteration's relative cost
+    decrease is small:
+
+        (J_k − J_{k+1}) / max(|J_k|, |J_{k+1}|, 1) ≤ cost_tolerance
+
+    (the rule of L-BFGS-B's ``factr``, Byrd, Lu, Nocedal & Zhu 1995). At
+    least one iteration is taken. Returns ``(v, iterations)``.
+    """
+    import optax
+    import optax.tree_utils as otu
+
+    opt = optax.lbfgs(memory_size=memory_size)
+    value_and_grad = optax.value_and_grad_from_state(cost)
+
+    def step(carry):
+        v, state, _ = carry
+        value, grad = value_and_grad(v, state=state)
+        updates, state = opt.update(grad, state, v, value=value, grad=grad, value_fn=cost)
+        if cost_tolerance is None:
+            stalled = jnp.asarray(False)
+        else:
+            new = otu.tree_get(state, "value")  # J at the new iterate (line search)
+            scale = jnp.maximum(jnp.maximum(jnp.abs(value), jnp.abs(new)), 1.0)
+            stalled = (value - new) <= cost_tolerance * scale
+        return optax.apply_updates(v, updates), state, stalled
+
+    def more(carry):
+        _, state, stalled = carry
+        count = otu.tree_get(state, "count")
+        grad_norm = jnp.linalg.norm(otu.tree_get(state, "grad"))
+        return (count == 0) | ((count < max_iterations) & (grad_norm > tolerance) & ~stalled)
+
+    v, state, _ = jax.lax.while_loop(more, step, (v0, opt.init(v0), jnp.asarray(False)))
+    return v, otu.tree_get(state, "count")
 
 
 def _norm(v) -> Array:

@@ -24,7 +24,7 @@ from enkit.assimilation.types import as_pytree
 from enkit.covariance import as_covariance
 from enkit.filters._common import ObservationOperator
 from enkit.variational._common import (apply_h, check_count, check_h, check_state,
-                                       check_tolerance, half_sq)
+                                       check_tolerance, half_sq, lbfgs)
 
 __all__ = ["Var3DResult", "var3d"]
 
@@ -100,9 +100,6 @@ def var3d(
 
 @partial(jax.jit, static_argnames=("max_iterations", "tolerance", "memory_size"))
 def _var3d(xb, B, y, h, R, *, max_iterations, tolerance, memory_size):
-    import optax
-    import optax.tree_utils as otu
-
     def terms(v):
         x = xb + B.colorize(v)
         return half_sq(v), half_sq(R.whiten(y - apply_h(h, x)))
@@ -111,24 +108,10 @@ def _var3d(xb, B, y, h, R, *, max_iterations, tolerance, memory_size):
         Jb, Jo = terms(v)
         return Jb + Jo
 
-    opt = optax.lbfgs(memory_size=memory_size)
-    value_and_grad = optax.value_and_grad_from_state(cost)
-
-    def step(carry):
-        v, state = carry
-        value, grad = value_and_grad(v, state=state)
-        updates, state = opt.update(grad, state, v, value=value, grad=grad, value_fn=cost)
-        return optax.apply_updates(v, updates), state
-
-    def more(carry):
-        _, state = carry
-        count = otu.tree_get(state, "count")
-        grad_norm = jnp.linalg.norm(otu.tree_get(state, "grad"))
-        return (count == 0) | ((count < max_iterations) & (grad_norm > tolerance))
-
     v0 = jnp.zeros_like(xb)
-    v, state = jax.lax.while_loop(more, step, (v0, opt.init(v0)))
+    v, iterations = lbfgs(cost, v0, max_iterations=max_iterations, tolerance=tolerance,
+                          memory_size=memory_size)
     Jb, Jo = terms(v)
     grad_norm = jnp.linalg.norm(jax.grad(cost)(v))
     return Var3DResult(xb + B.colorize(v), Jb + Jo, Jb, Jo, cost(v0), grad_norm,
-                       otu.tree_get(state, "count"))
+                       iterations)
