@@ -101,20 +101,25 @@ def test_enks_variant_is_enks_with_the_lag():
     np.testing.assert_allclose(got[-1], ref.analysis_mean[-1], rtol=0, atol=1e-12)
 
 
-def test_e3dvar_variants_need_e3dvar_or_run_it():
-    case = make_case("E3DVAR-ETKF")
+@pytest.mark.parametrize("variant, base", [("E3DVAR-ETKF", etkf), ("E3DVAR-EnKF", enkf),
+                                           ("E3DVAR-MLEF", mlef)])
+def test_e3dvar_variants_are_e3dvar_of_their_base(variant, base):
     try:
         from enkit.variational import e3dvar
     except ImportError:
         with pytest.raises(ValueError, match="need enkit.variational.e3dvar"):
-            case.execute()
+            make_case(variant).execute()
         return
+    hybrid = {"HybridCovarianceEquilibrium": 0.3, "HybridCostDecrementTolerance": 1e-9,
+              "HybridMaximumNumberOfIterations": 500}
+    case = make_case(variant, extra=hybrid)
     case.execute()
     B = Diagonal(jnp.asarray([1.0, 0.5, 2.0]))
-    ref = assimilate(model, case.initial_ensemble, Y, e3dvar(etkf, B), h=jnp.asarray(H),
-                     R=Diagonal(r), key=run_key())
+    scheme = e3dvar(base, B, equilibrium=0.3, cost_tolerance=1e-9, max_iterations=500)
+    ref = assimilate(model, case.initial_ensemble, Y, scheme, h=jnp.asarray(H), R=Diagonal(r),
+                     key=run_key())
     np.testing.assert_allclose(np.asarray(case.get("Analysis"))[1:], ref.analysis_mean,
-                               rtol=0, atol=1e-8)
+                               rtol=0, atol=1e-12)
 
 
 def test_etkf_variant_is_the_kalman_filter_on_a_linear_gaussian_case():
