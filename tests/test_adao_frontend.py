@@ -115,7 +115,9 @@ def test_e3dvar_variants_are_e3dvar_of_their_base(variant, base):
     case = make_case(variant, extra=hybrid)
     case.execute()
     B = Diagonal(jnp.asarray([1.0, 0.5, 2.0]))
-    scheme = e3dvar(base, B, equilibrium=0.3, cost_tolerance=1e-9, max_iterations=500)
+    # ADAO's CostDecrementTolerance τ stops L-BFGS-B at a relative decrease τ·1e14·ε
+    tol = 1e-9 * 1e14 * np.finfo(np.float64).eps
+    scheme = e3dvar(base, B, equilibrium=0.3, cost_tolerance=tol, max_iterations=500)
     ref = assimilate(model, case.initial_ensemble, Y, scheme, h=jnp.asarray(H), R=Diagonal(r),
                      key=run_key())
     np.testing.assert_allclose(np.asarray(case.get("Analysis"))[1:], ref.analysis_mean,

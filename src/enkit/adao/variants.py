@@ -30,8 +30,9 @@ EnKS-KFF, EnKS     ``enks(etkf, lag=SmootherLagL)``             ADAO smooths the
                                                                 start
 E3DVAR-EnKF/-ETKF  ``variational.e3dvar(enkf / etkf / mlef,     ADAO's variants with ETKF
 /-MLEF, E3DVAR     B, equilibrium=HybridCovarianceEquilibrium,  or MLEF start from
-                   cost_tolerance=HybridCostDecrementTolerance, identical members
-                   max_iterations=HybridMaximumNumberOfIter.)``
+                   cost_tolerance=adao_cost_tolerance(          identical members; its
+                   HybridCostDecrementTolerance), max_iter.=    3D-Var also stops at
+                   HybridMaximumNumberOfIterations)``           gradient norm 1e-5
 =================  ===========================================  ==========================
 
 Every variant here starts from the same initial ensemble, drawn from
@@ -52,7 +53,7 @@ import numpy as np
 from enkit.assimilation.types import over_window
 from enkit.filters import enkf, etkf, etkf_n, ienkf, mlef
 
-__all__ = ["VARIANTS", "Variant", "scheme_for"]
+__all__ = ["VARIANTS", "Variant", "adao_cost_tolerance", "scheme_for"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,13 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def adao_cost_tolerance(tolerance: float) -> float:
+    """The relative cost decrease at which ADAO's L-BFGS-B stops, for its
+    CostDecrementTolerance ``tolerance``: ADAO passes ``factr = tolerance ·
+    10¹⁴``, and L-BFGS-B stops at a relative decrease ``factr · ε``."""
+    return float(tolerance) * 1e14 * float(np.finfo(np.float64).eps)
+
+
 def scheme_for(name: str, parameters: dict, B, N: int):
     """The enkit scheme (for ``enkit.assimilate``) of ADAO variant ``name``.
 
@@ -129,6 +137,7 @@ def scheme_for(name: str, parameters: dict, B, N: int):
                              f"enkit.variational.e3dvar, which this enkit lacks") from err
         scheme = e3dvar(scheme, B,
                         equilibrium=parameters["HybridCovarianceEquilibrium"],
-                        cost_tolerance=parameters["HybridCostDecrementTolerance"],
+                        cost_tolerance=adao_cost_tolerance(
+                            parameters["HybridCostDecrementTolerance"]),
                         max_iterations=parameters["HybridMaximumNumberOfIterations"])
     return over_window(scheme) if v.window else scheme
