@@ -269,6 +269,17 @@ def test_parameter_estimation_uses_the_identity_model():
                      R=Diagonal(r))
     np.testing.assert_allclose(np.asarray(case.get("Analysis"))[1:], ref.analysis_mean,
                                rtol=0, atol=1e-12)
+    # ADAO gives h the control of step k at the analysis of observation k + 1
+    U = np.arange(J * m, dtype=float).reshape(J, m) / 10
+    c = make_case("ETKF", extra={"EstimationOf": "Parameters"})
+    c.setObservationOperator(OneFunction=lambda x, u: jnp.asarray(H) @ x + u)
+    c.setControlInput(VectorSerie=U)
+    c.execute()
+    ref = assimilate(lambda x, u: x, c.initial_ensemble, Y, etkf,
+                     h=lambda x, u: jnp.asarray(H) @ x + u, R=Diagonal(r),
+                     controls=jnp.concatenate([U[:1], U]))
+    np.testing.assert_allclose(np.asarray(c.get("Analysis"))[1:], ref.analysis_mean,
+                               rtol=0, atol=1e-12)
 
 
 def test_covariance_input_forms():

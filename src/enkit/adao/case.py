@@ -35,6 +35,7 @@ from enkit.adao._parameters import ENKF_STORABLE, check_parameters
 from enkit.adao.linearity import linearity_test
 from enkit.adao.variants import VARIANTS, scheme_for
 from enkit.assimilation.driver import assimilate
+from enkit.augmentation import IdentityModel, estimate_parameters
 from enkit.assimilation.types import AssimilationResult, BlackBoxModel
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar
 from enkit.inflation import MultiplicativeAnalysis, MultiplicativeForecast
@@ -269,14 +270,19 @@ class Case:
         store = ["analysis_mean"] + [ENKF_STORABLE[s] for s in requested
                                      if ENKF_STORABLE[s] not in (None, "analysis_mean")]
         scheme = scheme_for(p["Variant"], p, B, N)
-        options = dict(h=h, R=R, key=k_run, inflation=inflation, controls=controls,
-                       model_noise=Q)
+        options = dict(h=h, R=R, key=k_run, inflation=inflation, model_noise=Q)
         if VARIANTS[p["Variant"]].smoother:
+            if not state and controls is not None:  # enks indexes them by model time 0..K
+                controls = jnp.concatenate([controls[:1], controls])
             store = store + ["smoothed_mean"]
             result = enks(model, E0, obs, scheme, lag=min(p["SmootherLagL"], K - 1),
-                          store=tuple(store), **options)
+                          store=tuple(store), controls=controls, **options)
+        elif state:
+            result = assimilate(model, E0, obs, scheme, store=tuple(store), controls=controls,
+                                **options)
         else:
-            result = assimilate(model, E0, obs, scheme, store=tuple(store), **options)
+            result = estimate_parameters(E0, obs, scheme, store=tuple(store),
+                                         controls=controls, **options)
         self.result = result
         return self._series(result, requested, xb, B, n)
 
@@ -291,16 +297,18 @@ class Case:
         return jnp.asarray(E0)
 
     def _operators(self, state, K):
-        """(h, model, controls) for ``assimilate``: ADAO gives the control of
-        step k to the model of the forecast from analysis time k (State) or
-        to h at the analysis it leads to (Parameters)."""
+        """(h, model, controls): ADAO gives the control of step k to the
+        model of the forecast from analysis time k (State: controls for
+        ``assimilate``, one per model time 0..K) or to h at the analysis it
+        leads to (Parameters: controls for ``estimate_parameters``, one per
+        analysis)."""
         H = self._inputs["ObservationOperator"]
         M = self._inputs.get("EvolutionModel")
         if state:
             model = (M if callable(M) or isinstance(M, BlackBoxModel)
                      else _matrix_model(jnp.asarray(M)))
         else:
-            model = _identity
+            model = IdentityModel()
         U = self._inputs.get("ControlInput")
         if U is None:
             return H, model, None
@@ -314,10 +322,8 @@ class Case:
             controls = np.concatenate([U, U[-1:]])
             h = H if not callable(H) else _ignore_control(H)
             model = model if callable(M) or isinstance(M, BlackBoxModel) else _ignore_control(model)
-        else:  # h at analysis time t gets U[t - 1]
-            controls = np.concatenate([U[:1], U])
-            h = H
-            model = _ignore_control(model)
+        else:  # h at analysis k gets U[k - 1]
+            controls, h = U, H
         return h, model, jnp.asarray(controls)
 
     def _series(self, result: AssimilationResult, requested, xb, B, n):
@@ -347,10 +353,6 @@ def New(name: str = "", *, seed: int | None = None,  # noqa: N802 - ADAO's name
 
 
 # ---------------------------------------------------------------- helpers
-def _identity(x):
-    return x
-
-
 def _matvec(M, x):
     return M @ x
 
