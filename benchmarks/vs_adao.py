@@ -5,7 +5,7 @@ adao==9.16.0.1):
 
     PYTHONPATH=src:benchmarks python benchmarks/vs_adao.py
 
-Three parts, written to benchmarks/results/vs_adao.txt:
+Four parts, written to benchmarks/results/vs_adao.txt:
 
 1. Parity. One linear-Gaussian case (n = 4, m = 3, N = 8, 6 observations,
    ADAO's time convention) run by ADAO and by ``enkit.adao`` from the same
@@ -28,10 +28,12 @@ Three parts, written to benchmarks/results/vs_adao.txt:
    The stochastic variants (EnKF-05/-16) are compared by their mean error
    against the Kalman filter over many cycles, as their draws differ.
 3. Speed: the same ETKF and EnKF (EnKF-05) cases, N = 20 and 100, n = 40,
-   m = 10, 100 observations, by ADAO and by ``enkit.adao`` (its first run
-   includes the compilation; the second "compiled" column runs
-   ``enkit.assimilate`` again on the same arrays); medians of 2 runs,
-   single-threaded (OMP/MKL/OpenBLAS 1 thread, XLA CPU one thread).
+   m = 10, Q = 0.01 I, 100 observations, by ADAO and by ``enkit.adao``: its
+   first run (which compiles), later runs of new cases of the same shapes
+   (nothing compiled anew), and ``enkit.assimilate`` called directly;
+   medians of 2 runs, single-threaded (OMP/MKL/OpenBLAS, XLA CPU).
+4. LinearityTest: ADAO's residues and enkit's for one nonlinear operator
+   and direction, each formula.
 """
 
 import os
@@ -334,6 +336,44 @@ def speed():
         "(no compilation); 'assimilate': enkit.assimilate called directly, compiled")
 
 
+def linearity():
+    say()
+    say("4. LinearityTest, F(x) = (x1², x1 x2, sin x3) at x = (1, -2, 0.5), the same "
+        "direction; max relative difference of the residues over alpha = 1 ... 1e-6")
+    x = np.array([1.0, -2.0, 0.5])
+    d = np.array([0.3, 0.1, -0.2])
+
+    def f_np(v):
+        v = np.ravel(v)
+        return np.array([v[0] ** 2, v[0] * v[1], np.sin(v[2])])
+
+    def f_jax(v):
+        return jnp.stack([v[0] ** 2, v[0] * v[1], jnp.sin(v[2])])
+
+    for formula in adao.RESIDUE_FORMULAS:
+        params = {"ResiduFormula": formula, "InitialDirection": list(d),
+                  "EpsilonMinimumExponent": -6}
+        theirs = adaoBuilder.New()
+        theirs.setCheckingPoint(Vector=x)
+        theirs.setObservationOperator(OneFunction=f_np)
+        theirs.setAlgorithmParameters(Algorithm="LinearityTest", Parameters=params)
+        with contextlib.redirect_stdout(io.StringIO()):
+            theirs.execute()
+        ours = adao.New()
+        ours.setCheckingPoint(Vector=x)
+        ours.setObservationOperator(OneFunction=f_jax)
+        ours.setAlgorithmParameters(Algorithm="LinearityTest", Parameters=params)
+        ours.execute()
+        a, o = np.ravel(theirs.get("Residu")), np.asarray(ours.get("Residu"))
+        rel = float(np.max(np.abs(a - o) / np.abs(a)))
+        note = ""
+        if formula == "Taylor":
+            note = (f"  (ADAO's tangent is a finite difference, enkit's exact (jax.jvp): "
+                    f"R(1e-2), R(1e-6) = {a[2]:.1e}, {a[6]:.1e} (ADAO), "
+                    f"{o[2]:.1e}, {o[6]:.1e} (enkit, ∝ alpha²))")
+        say(f"  {formula:16s} {rel:9.2e}{note}")
+
+
 def main():
     say("enkit.adao vs ADAO 9.16.0.1 (benchmarks/vs_adao.py)")
     say(f"jax {jax.__version__}, numpy {np.__version__}; threads: 1 (OMP/MKL/OpenBLAS, XLA)")
@@ -341,6 +381,7 @@ def main():
     inputs, E0, rows = parity()
     wrong_behaviours(inputs, E0, dict((r[0], r[2]) for r in rows))
     speed()
+    linearity()
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         f.write("\n".join(LINES) + "\n")

@@ -92,6 +92,11 @@ class Case:
         self._set("Background", xb)
         return self
 
+    def setCheckingPoint(self, Vector=None):  # noqa: N802
+        """The point x of a checking algorithm (LinearityTest); ADAO holds it
+        as the background, and so does this case."""
+        return self.setBackground(Vector=Vector)
+
     def setBackgroundError(self, Matrix=None, ScalarSparseMatrix=None,  # noqa: N802
                            DiagonalSparseMatrix=None):
         """Background error covariance B: an (n, n) ``Matrix``, a variance
