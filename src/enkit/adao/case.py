@@ -195,9 +195,10 @@ class Case:
         "Analysis" (always stored): the background, then the analysis mean
         of every assimilated observation (the smoothed mean for the EnKS);
         "APosterioriCovariance": B first, then the analysis covariances;
-        "CurrentState" / "ForecastState": analysis / forecast ensembles as
-        ADAO holds them, (n, N) (members in columns); the others one entry
-        per analysis. LinearityTest: "Residu", one residue per increment.
+        "CurrentState" / "ForecastState": analysis / forecast ensembles,
+        (n, N) with members in columns as ADAO computes them (ADAO's own
+        ``get`` returns them flattened, n·N); the others one entry per
+        analysis. LinearityTest: "Residu", one residue per increment.
         """
         if self._outputs is None:
             raise ValueError("nothing to get: call execute() first")
