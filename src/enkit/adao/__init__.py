@@ -19,6 +19,13 @@ Where this front end differs from ADAO 9.16 on purpose:
 - by default every observation is assimilated (``time_convention="enkit"``);
   ``time_convention="adao"`` reproduces ADAO's loops, which never use the
   first observation of a series.
+- "MultiplicativeOnBackgroundAnomalies" inflates the forecast anomalies
+  (``enkit.MultiplicativeForecast``); ADAO inflates the previous analysis
+  before the forecast, the same for a linear model without model error;
+- no EvolutionError means no model error (ADAO's default is 1e-16 I, drawn
+  when the ensemble's entries are small);
+- with EstimationOf "Parameters" the Analysis series ends with the last
+  analysis (ADAO appends the analysis of least cost J once more).
 
 References: ADAO (EDF R&D), https://www.salome-platform.org (its
 EnsembleKalmanFilter and LinearityTest documentation).
