@@ -269,6 +269,7 @@ from enkit.models import (
 from enkit import io
 from enkit.io import CheckpointError, load_checkpoint, save_checkpoint
 from enkit import executors, external
+from enkit import adao
 from enkit.executors import (
     MemberExecutor,
     MemberFailure,
@@ -338,6 +339,7 @@ __all__ = [
     "losses",
     "ObservationData",
     "read_observations",
+    "adao",
     "executors",
     "external",
     "ExternalModel",
