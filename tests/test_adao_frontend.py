@@ -188,9 +188,9 @@ def test_unknown_option_is_rejected_with_the_valid_names():
         make_case("ETKF-X")
     with pytest.raises(ValueError, match="InflationType.*not one of"):
         make_case(extra={"InflationType": "AdditiveOnAnalysisCovariance"})
-    with pytest.raises(ValueError, match="StoreSupplementaryCalculations.*'CurrentOptimum'"
+    with pytest.raises(ValueError, match="StoreSupplementaryCalculations.*'CurrentOptimal'"
                                          ".*supported: Analysis"):
-        make_case(extra={"StoreSupplementaryCalculations": ["CurrentOptimum"]})
+        make_case(extra={"StoreSupplementaryCalculations": ["CurrentOptimal"]})
     with pytest.raises(ValueError, match=r"NumberOfMembers must lie in \[2, inf\]"):
         make_case(extra={"NumberOfMembers": 1})
     with pytest.raises(ValueError, match="unknown Algorithm 'Blue'.*EnsembleKalmanFilter"):
@@ -247,6 +247,35 @@ def test_outputs_and_controls():
     assert case.get("CurrentStepNumber") == list(range(1, J + 1))
     assert case.get("ForecastState")[0].shape == (n, N)
     assert len(case.get("InnovationAtCurrentState")) == J
+    assert case.get("InnovationAtCurrentState")[0].shape == (m, N)
+
+
+def test_optimum_and_per_member_outputs_read_the_driver_outputs():
+    names = ["CurrentOptimum", "IndexOfOptimum", "CostFunctionJ", "CostFunctionJAtCurrentOptimum",
+             "CostFunctionJbAtCurrentOptimum", "CostFunctionJoAtCurrentOptimum",
+             "SimulatedObservationAtCurrentAnalysis", "SimulatedObservationAtCurrentOptimum",
+             "SimulatedObservationAtCurrentState", "ForecastState", "APosterioriCorrelations"]
+    case = make_case("ETKF", extra={"StoreSupplementaryCalculations": names})
+    case.execute()
+    J_ = np.asarray(case.get("CostFunctionJ"))
+    index = np.asarray(case.get("IndexOfOptimum"))
+    np.testing.assert_array_equal(index, [np.argmin(J_[:k + 1]) for k in range(len(J_))])
+    analyses = np.asarray(case.get("Analysis"))[1:]  # the background first
+    np.testing.assert_allclose(np.asarray(case.get("CurrentOptimum")), analyses[index],
+                               rtol=0, atol=0)
+    np.testing.assert_allclose(np.asarray(case.get("CostFunctionJAtCurrentOptimum")), J_[index])
+    hxa = np.asarray(case.get("SimulatedObservationAtCurrentAnalysis"))
+    np.testing.assert_allclose(np.asarray(case.get("SimulatedObservationAtCurrentOptimum")),
+                               hxa[index])
+    np.testing.assert_allclose(np.asarray(case.get("CostFunctionJbAtCurrentOptimum"))
+                               + np.asarray(case.get("CostFunctionJoAtCurrentOptimum")), J_[index])
+    hx_members = np.asarray(case.get("SimulatedObservationAtCurrentState"))
+    forecasts = np.asarray(case.get("ForecastState"))  # (J, n, N) columns
+    assert hx_members.shape == (J, m, N)
+    np.testing.assert_allclose(hx_members, np.asarray(H) @ forecasts, rtol=0, atol=1e-12)
+    corr = np.asarray(case.get("APosterioriCorrelations"))
+    assert corr.shape == (J, n, n)
+    np.testing.assert_allclose(np.diagonal(corr, axis1=1, axis2=2), 1.0, atol=1e-12)
     with pytest.raises(ValueError, match="was not stored"):
         case.get("APosterioriVariances")
     # a control input u_k added by the model of the forecast from time k

@@ -32,21 +32,28 @@ INFLATION_TYPES = ("MultiplicativeOnAnalysisAnomalies", "MultiplicativeOnBackgro
 # case itself).
 ENKF_STORABLE = {
     "Analysis": "analysis_mean",
+    "APosterioriCorrelations": "analysis_correlations",
     "APosterioriCovariance": "analysis_covariance",
     "APosterioriStandardDeviations": "analysis_std",
     "APosterioriVariances": "analysis_variances",
     "BMA": "bma",
     "CostFunctionJ": "cost_J",
+    "CostFunctionJAtCurrentOptimum": "cost_J_optimum",
     "CostFunctionJb": "cost_Jb",
+    "CostFunctionJbAtCurrentOptimum": "cost_Jb_optimum",
     "CostFunctionJo": "cost_Jo",
+    "CostFunctionJoAtCurrentOptimum": "cost_Jo_optimum",
+    "CurrentOptimum": "optimum_mean",
     "CurrentState": "analysis_ensemble",
     "CurrentStepNumber": None,
     "ForecastCovariance": "forecast_covariance",
     "ForecastState": "forecast_ensemble",
+    "IndexOfOptimum": "index_of_optimum",
     "InnovationAtCurrentAnalysis": "innovation_analysis",
-    "InnovationAtCurrentState": "innovation_forecast",
+    "InnovationAtCurrentState": "innovation_forecast_ensemble",
     "SimulatedObservationAtCurrentAnalysis": "simulated_obs_analysis",
-    "SimulatedObservationAtCurrentState": "simulated_obs_forecast",
+    "SimulatedObservationAtCurrentOptimum": "simulated_obs_optimum",
+    "SimulatedObservationAtCurrentState": "simulated_obs_forecast_ensemble",
 }
 
 LINEARITY_STORABLE = ("Residu",)

@@ -46,6 +46,9 @@ __all__ = ["Case", "New", "TIME_CONVENTIONS"]
 TIME_CONVENTIONS = ("enkit", "adao")
 # Outputs with one entry per analysis that ADAO's series starts with the background's.
 _WITH_BACKGROUND = ("Analysis", "APosterioriCovariance")
+# Outputs ADAO stores per member, as (·, N) columns.
+_PER_MEMBER = ("CurrentState", "ForecastState", "InnovationAtCurrentState",
+               "SimulatedObservationAtCurrentState")
 
 
 class Case:
@@ -66,6 +69,18 @@ class Case:
 
     With either, ``get("Analysis")`` holds the background first and then
     one analysis per assimilated observation, as ADAO's does.
+
+    Stored outputs (``StoreSupplementaryCalculations``) read the enkit
+    outputs of ``_parameters.ENKF_STORABLE``, with ADAO's meaning and two
+    differences, both where ADAO is inconsistent: ``CurrentOptimum`` is the
+    analysis of the lowest-cost cycle so far (ADAO indexes its Analysis
+    series, which starts with the background, by the cost index, so its
+    entry is the analysis one cycle before the optimum); the costs' Jb is
+    ½ δᵀ P_b⁺ δ with the forecast ensemble's covariance P_b (ADAO's is taken
+    against the initial background with the static B at every cycle; see
+    ``AssimilationResult``). Per-member outputs (CurrentState,
+    ForecastState, InnovationAtCurrentState,
+    SimulatedObservationAtCurrentState) are (·, N) columns, as ADAO's.
     """
 
     def __init__(self, name: str = "", *, seed: int | None = None,
@@ -343,7 +358,7 @@ class Case:
                 out[name] = list(range(1, means.shape[0] + 1))
                 continue
             values = np.asarray(getattr(result, ENKF_STORABLE[name]))
-            if name in ("CurrentState", "ForecastState"):
+            if name in _PER_MEMBER:  # (K, N, ·) rows -> ADAO's (·, N) columns
                 values = np.swapaxes(values, 1, 2)
             series = list(values)
             if name in _WITH_BACKGROUND:
