@@ -25,6 +25,7 @@ import numpy as np
 from jax import Array
 
 from enkit._checks import check_finite, check_float, check_ndim
+from enkit.covariance import as_covariance
 
 __all__ = ["apply_h", "check_count", "check_h", "check_state", "check_tolerance",
            "default_tolerance", "gauss_newton", "half_sq", "lbfgs"]
@@ -70,6 +71,21 @@ def check_tolerance(name: str, value, dtype) -> float:
             or not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0 or None, got {value!r}")
     return float(value)
+
+
+def check_window(observations, h, R, n: int, dtype):
+    """The checked inputs of a 4-D window: observations as a finite (K, m)
+    array of ``dtype`` (K, m ≥ 1), h (``check_h``) and R as an (m, m)
+    covariance operator of ``dtype``. Returns (ys, h, R)."""
+    check_float("observations", observations)
+    ys = jnp.asarray(observations, dtype=dtype)
+    check_ndim("observations", ys, 2, "(K, m)")
+    check_finite("observations", ys)
+    K, m = ys.shape
+    if K < 1 or m < 1:
+        raise ValueError(f"observations must have K >= 1 times and m >= 1 entries, got "
+                         f"shape {ys.shape}")
+    return ys, check_h(h, m, n, dtype), as_covariance(R, m).astype(dtype)
 
 
 def check_h(h, m: int, n: int, dtype):

@@ -22,16 +22,14 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import (check_ensemble, check_finite, check_float, check_ndim,
-                           check_number)
+from enkit._checks import check_ensemble, check_number
 from enkit.assimilation.fourd import stacked_covariance
 from enkit.assimilation.types import AssimilationResult, as_pytree
-from enkit.covariance import as_covariance
 from enkit.filters._common import ObservationOperator
 from enkit.filters._iterative import IterationInfo, check_iteration_options
 from enkit.filters.ienkf import ienkf
 from enkit.smoothers.ienks import ienks
-from enkit.variational._common import apply_h, check_count, check_h
+from enkit.variational._common import apply_h, check_count, check_window
 
 __all__ = ["EnVar4DResult", "envar", "envar4d", "envar4d_cycle"]
 
@@ -133,16 +131,8 @@ def envar4d(
         raise TypeError(f"model must be a callable model(x) -> x, got {type(model).__name__}")
     E0 = check_ensemble("E0", E0)
     N, n = E0.shape
-    check_float("observations", observations)
-    ys = jnp.asarray(observations, dtype=E0.dtype)
-    check_ndim("observations", ys, 2, "(K, m)")
-    check_finite("observations", ys)
+    ys, h, R = check_window(observations, h, R, n, E0.dtype)
     K, m = ys.shape
-    if K < 1 or m < 1:
-        raise ValueError(f"observations must have K >= 1 times and m >= 1 entries, got "
-                         f"shape {ys.shape}")
-    h = check_h(h, m, n, E0.dtype)
-    R = as_covariance(R, m).astype(E0.dtype)
     steps_per_obs = check_count("steps_per_obs", steps_per_obs)
     x_test = jax.eval_shape(model, E0[0])
     if x_test.shape != (n,):

@@ -17,11 +17,10 @@ import jax.numpy as jnp
 from jax import Array
 from jax.typing import ArrayLike
 
-from enkit._checks import check_finite, check_ndim
 from enkit.assimilation.types import as_pytree
 from enkit.covariance import as_covariance
 from enkit.filters._common import ObservationOperator
-from enkit.variational._common import (apply_h, check_count, check_h, check_state,
+from enkit.variational._common import (apply_h, check_count, check_state, check_window,
                                        check_tolerance, gauss_newton, half_sq)
 
 __all__ = ["Var4DResult", "prepare", "var4d", "window"]
@@ -123,15 +122,8 @@ def prepare(model, xb, B, observations, h, R, *, Q, steps_per_obs, outer_loops, 
     xb = check_state("xb", xb)
     n = xb.shape[0]
     B = as_covariance(B, n, name="B").astype(xb.dtype)
-    ys = jnp.asarray(observations, dtype=xb.dtype)
-    check_ndim("observations", ys, 2, "(K, m)")
-    check_finite("observations", ys)
+    ys, h, R = check_window(observations, h, R, n, xb.dtype)
     K, m = ys.shape
-    if K < 1 or m < 1:
-        raise ValueError(f"observations must have K >= 1 times and m >= 1 entries, got "
-                         f"shape {ys.shape}")
-    h = check_h(h, m, n, xb.dtype)
-    R = as_covariance(R, m).astype(xb.dtype)
     if Q is not None:
         Q = as_covariance(Q, n, name="Q").astype(xb.dtype)
     options = dict(
