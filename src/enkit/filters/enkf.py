@@ -3,12 +3,12 @@ van Leeuwen & Evensen 1998)."""
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
 from enkit._checks import check_bool
+from enkit._random import normal
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
@@ -29,7 +29,7 @@ def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = Fa
     if draw_dtype is None:
         eps = R.sample(key, (N,))
     else:
-        z = jax.random.normal(key, (N, R.dim), dtype=draw_dtype)
+        z = normal(key, (N, R.dim), draw_dtype)
         eps = R.colorize(z.astype(R.dtype))
     if center:
         eps = eps - jnp.mean(eps, axis=0, keepdims=True)
