@@ -28,15 +28,18 @@ Measured (medians of --repeats runs):
 - enkit's ETKF (``vs_dapper.py``'s case, inflation 1.02) for the cost per
   cycle of the deterministic scheme on the same machine.
 
-Where enkit's time goes (same case, 2,000 cycles inside ``assimilate``,
-pieces replaced by stand-ins, load 4.6 on 2 cores): whole cycle 0.127 ms;
-without the perturbation draws 0.042; without the solve (draws kept)
-0.121; forecast and driver alone 0.019; ETKF 0.076. The draws (threefry
-bits and the float64 erf⁻¹ normal transform, 1,600 numbers per cycle) are
-about two thirds of the cycle; the observation-space Cholesky solve ("auto"
-at m = N) and the update products about 0.02 ms, the ensemble-space solve
-no cheaper. ``draw_dtype=jnp.float32`` halves the bits and uses the float32
-transform.
+Where enkit's time goes. An earlier profile (2,000 cycles, pieces replaced
+by stand-ins, load 4.6) put two thirds of the cycle in the perturbation
+draws: JAX lowers its threefry2x32 hash on CPU as a rolled loop (five
+iterations of four rounds), whose per-iteration overhead dominates at 1,600
+numbers per cycle; the observation-space Cholesky solve ("auto" at m = N)
+and the update products were about 0.02 ms, the ensemble-space solve no
+cheaper. enkit now draws the same numbers (bit for bit: the default's RMSEs
+below are unchanged) through the hash written out (``enkit._random``); the
+row "JAX's rolled threefry" is the former path, kept by a stand-in for the
+comparison. The float64 normal transform (erf⁻¹) remains the largest piece
+of the draws; ``draw_dtype=jnp.float32`` uses the float32 transform (other
+numbers, tails cut near 5σ).
 
 Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set below,
 before NumPy and JAX load). The 1-minute load average is printed beside the
@@ -181,6 +184,7 @@ def main():
     uncentred = functools.partial(enkit.enkf)
     centred = functools.partial(enkit.enkf, center_perturbations=True)
     draw32 = functools.partial(enkit.enkf, draw_dtype=jnp.float32)
+    import enkit._random as draws
     rows, t = [], {}
     for seed in range(args.seeds):
         model, twin, E0 = make_twin(K, seed)
@@ -192,9 +196,17 @@ def main():
         rows.append((seed, r_unc, r_cen, r_d, r_du))
         if seed == 0:
             _, t_32, _, l_32 = run_enkit(model, twin, E0, draw32, INFL, seed, reps, B)
+            fast_key = draws._unrolled_key
+            draws._unrolled_key = lambda key: None  # stand-in: jax.random.normal itself
+            try:
+                fresh = functools.partial(enkit.enkf)  # a new scheme object: traced anew
+                r_old, t_old, _, l_old = run_enkit(model, twin, E0, fresh, INFL, seed, reps, B)
+            finally:
+                draws._unrolled_key = fast_key
+            assert r_old == r_unc  # the same draws, bit for bit
             _, t_etkf, _, l_etkf = run_enkit(model, twin, E0, enkit.etkf, 1.02, seed, reps, B)
             t_loop, l_loop = dapper_loop(twin, E0, B, reps, seed)
-            t = dict(unc=(t_unc, l_unc), cen=(t_cen, l_cen), f32=(t_32, l_32),
+            t = dict(unc=(t_unc, l_unc), cen=(t_cen, l_cen), f32=(t_32, l_32), old=(t_old, l_old),
                      etkf=(t_etkf, l_etkf), dapper_stats=(t_d, l_d),
                      dapper_loop=(t_loop, l_loop), compile=c_unc)
     import dapper
@@ -221,9 +233,12 @@ def main():
     ]
     for name, k in (("enkit enkf", "unc"), ("enkit enkf, centred", "cen"),
                     ("enkit enkf, float32 draws", "f32"),
+                    ("  JAX's rolled threefry", "old"),
                     ("enkit etkf (infl 1.02)", "etkf")):
         sec, loads = t[k]
         lines.append(f"{name:<26}{ms(sec):>8.4f}{d_loop / sec:>13.1f}x   {ld(loads)}")
+    lines.append("  (JAX's rolled threefry: the default enkf with jax.random.normal's own "
+                 "lowering, the same numbers; the former path)")
     lines += [
         f"{'enkit compile, s':<26}{t['compile']:>8.2f}",
         "",

@@ -137,4 +137,16 @@ def enkf(
         Z, G = localized_gain_solve(localization, X, Y, R, D - HE, method, rcond)
         return E + Z @ G.T
     Z = kalman_solve(Y, R, D - HE, method=method, rcond=rcond)  # (N, m): rows C⁻¹ dᵢ
-    return E + (Z @ Y.T) @ X
+    return E + _update_product(Z, Y, X)
+
+
+def _update_product(Z: Array, Y: Array, X: Array) -> Array:
+    """``Z Yᵀ X`` in the cheaper order: ``(Z Yᵀ) X`` costs N²(m + n)
+    multiply-adds, ``Z (Yᵀ X)`` 2 N m n (fewer when m < N, e.g. N = 100
+    members and m = n = 40). Z: (N, m); Y: (N, m); X: (N, n). Returns (N, n).
+    """
+    N, m = Y.shape
+    n = X.shape[1]
+    if 2 * m * n < N * (m + n):
+        return Z @ (Y.T @ X)
+    return (Z @ Y.T) @ X
