@@ -114,7 +114,14 @@ def enkf(
     between the libraries; centring lowers the RMSE by about 1% (0.7% in
     DAPPER), so the default here sits about 1% above DAPPER's default; one
     truth alone differs by up to 3–4% between the libraries, as each draws
-    its own perturbations.
+    its own perturbations. A gap of 2–4% seen on one truth (0.224 against
+    DAPPER's 0.216–0.220) is thus the convention (about 1%) plus the Monte
+    Carlo spread of a single truth, not a difference in the gain or the
+    solve. The default stays the scheme as Burgers et al. (1998) publish it
+    (independent draws), so seeded results do not change; centring leaves
+    the analysis anomalies as they are and makes the mean update exact,
+    ``x̄ₐ = x̄ + K (y − ȳ)``, and lowered the RMSE by about 1% in both
+    libraries: pass ``center_perturbations=True`` for DAPPER's convention.
 
     References: Evensen (1994), JGR 99(C5); Burgers, van Leeuwen & Evensen
     (1998), MWR 126; Houtekamer & Mitchell (2001), MWR 129.
