@@ -107,6 +107,31 @@ def run_enkit(model, twin, E0, scheme, infl, seed, repeats, burn_in):
     return rmse, whole, compile_s, loads
 
 
+def enkit_run(model, twin, E0, scheme, infl, seed):
+    """One whole enkit run (compiled on its first call)."""
+    R = enkit.Scalar(1.0, 40)
+    return lambda: jax.block_until_ready(enkit.assimilate(
+        model, E0, twin.observations, scheme, h=identity, R=R, key=seed,
+        inflation=infl, store=("analysis_mean",)))
+
+
+def interleaved(runs, rounds):
+    """Each run of ``runs`` (name -> callable) once per round, in turn, after
+    one warm-up call each: {name: (median seconds, load averages)}, so every
+    library and variant sees the same spells of load."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    loads = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+            loads[name].append(load())
+    return {name: (statistics.median(times[name]), loads[name]) for name in runs}
+
+
 def dapper_hmm(twin, burn_in):
     import dapper.mods as modelling
     from dapper.mods.Lorenz96 import sakov2008
@@ -188,10 +213,10 @@ def main():
     rows, t = [], {}
     for seed in range(args.seeds):
         model, twin, E0 = make_twin(K, seed)
-        r = 1 if seed else reps  # timings from seed 0; RMSE from every seed
-        r_unc, t_unc, c_unc, l_unc = run_enkit(model, twin, E0, uncentred, INFL, seed, r, B)
-        r_cen, t_cen, c_cen, l_cen = run_enkit(model, twin, E0, centred, INFL, seed, r, B)
-        r_32, t_32, _, l_32 = run_enkit(model, twin, E0, draw32, INFL, seed, r, B)
+        r = 1 if seed else reps  # timings from seed 0 (interleaved); RMSE from every seed
+        r_unc, _, c_unc, _ = run_enkit(model, twin, E0, uncentred, INFL, seed, 1, B)
+        r_cen, _, _, _ = run_enkit(model, twin, E0, centred, INFL, seed, 1, B)
+        r_32, _, _, _ = run_enkit(model, twin, E0, draw32, INFL, seed, 1, B)
         r_d, t_d, l_d = run_dapper(twin, E0, B, r, seed)
         r_du, _, _ = run_dapper(twin, E0, B, 1, seed, center=False)
         rows.append((seed, r_unc, r_cen, r_d, r_du, r_32))
@@ -200,15 +225,20 @@ def main():
             draws._unrolled_key = lambda key: None  # stand-in: jax.random.normal itself
             try:
                 fresh = functools.partial(enkit.enkf)  # a new scheme object: traced anew
-                r_old, t_old, _, l_old = run_enkit(model, twin, E0, fresh, INFL, seed, reps, B)
+                old = enkit_run(model, twin, E0, fresh, INFL, seed)
+                res_old = old()  # compiled with JAX's own lowering of the draws
             finally:
                 draws._unrolled_key = fast_key
-            assert r_old == r_unc  # the same draws, bit for bit
-            _, t_etkf, _, l_etkf = run_enkit(model, twin, E0, enkit.etkf, 1.02, seed, reps, B)
-            t_loop, l_loop = dapper_loop(twin, E0, B, reps, seed)
-            t = dict(unc=(t_unc, l_unc), cen=(t_cen, l_cen), f32=(t_32, l_32), old=(t_old, l_old),
-                     etkf=(t_etkf, l_etkf), dapper_stats=(t_d, l_d),
-                     dapper_loop=(t_loop, l_loop), compile=c_unc)
+            err = res_old.analysis_mean - twin.truth
+            assert float(jnp.mean(jnp.sqrt(jnp.mean(err**2, axis=1))[B:])) == r_unc
+            runs = {"unc": enkit_run(model, twin, E0, uncentred, INFL, seed),
+                    "cen": enkit_run(model, twin, E0, centred, INFL, seed),
+                    "f32": enkit_run(model, twin, E0, draw32, INFL, seed),
+                    "old": old,
+                    "etkf": enkit_run(model, twin, E0, enkit.etkf, 1.02, seed),
+                    "dapper_loop": lambda: dapper_loop(twin, E0, B, 1, seed)}
+            t = interleaved(runs, reps)
+            t.update(dapper_stats=(t_d, l_d), compile=c_unc)
     import dapper
 
     def ms(s):
@@ -221,8 +251,9 @@ def main():
     lines = [
         f"Lorenz-96 (n=40, F=8, dt=0.05, obs every step, R=I), stochastic EnKF N=40, "
         f"inflation {INFL}",
-        f"cycles {K}, burn-in {B}, float64, 1 thread everywhere, median of {reps}; "
-        f"same truth and observations for both",
+        f"cycles {K}, burn-in {B}, float64, 1 thread everywhere, median of {reps} "
+        f"interleaved rounds (each variant and DAPPER's loop in turn); same truth and "
+        f"observations for both",
         f"enkit {enkit.__version__} (jax {jax.__version__}), DAPPER {dapper.__version__}, "
         f"numpy {np.__version__}; load = 1-minute load average (2 cores)",
         "",

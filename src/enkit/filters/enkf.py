@@ -83,9 +83,9 @@ def enkf(
     default: R's dtype, ``R.sample``); ``jnp.float32`` draws them in single
     precision and colourises them in R's dtype (resolution 2⁻²⁴, tails cut
     near 5σ instead of 8σ): at m = N = 40 the double-precision normal
-    transform is most of the analysis cost, and float32 draws cut a
-    Lorenz-96 cycle by 3–30% in our measurements on a loaded 2-core
-    machine (benchmarks/vs_dapper_enkf.py);
+    transform (erf⁻¹) is the largest piece of the analysis, and float32
+    draws cut a Lorenz-96 cycle by 10–45% in three runs on a loaded 2-core
+    machine, at the same mean RMSE over 8 truths (benchmarks/vs_dapper_enkf.py);
     method: innovation solve, see ``enkit.linalg.kalman_solve`` ("auto",
     "observation", "ensemble", or the opt-in "pinv" for a rank-deficient
     ``Yᵀ Y + R``); rcond: the relative eigenvalue cut of "pinv" (None:
