@@ -28,7 +28,7 @@ before NumPy and JAX load). Writes benchmarks/results/vs_dapper.txt.
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):
     python3 -m venv .venv-bench
     .venv-bench/bin/pip install -e '.[bench]'
-    .venv-bench/bin/python benchmarks/vs_dapper.py [--cycles 5000] [--repeats 3]
+    .venv-bench/bin/python benchmarks/vs_dapper.py [--cycles 3000] [--repeats 3]
 """
 
 import os

@@ -47,6 +47,7 @@ timings. Writes benchmarks/results/vs_dapper_enkf.txt.
 
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):
     .venv-bench/bin/python benchmarks/vs_dapper_enkf.py [--cycles 3000] [--seeds 4]
+(results/vs_dapper_enkf.txt: --seeds 8 --repeats 5)
 """
 
 import os
