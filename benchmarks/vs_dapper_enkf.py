@@ -28,15 +28,18 @@ Measured (medians of --repeats runs):
 - enkit's ETKF (``vs_dapper.py``'s case, inflation 1.02) for the cost per
   cycle of the deterministic scheme on the same machine.
 
-Where enkit's time goes (same case, 2,000 cycles inside ``assimilate``,
-pieces replaced by stand-ins, load 4.6 on 2 cores): whole cycle 0.127 ms;
-without the perturbation draws 0.042; without the solve (draws kept)
-0.121; forecast and driver alone 0.019; ETKF 0.076. The draws (threefry
-bits and the float64 erf⁻¹ normal transform, 1,600 numbers per cycle) are
-about two thirds of the cycle; the observation-space Cholesky solve ("auto"
-at m = N) and the update products about 0.02 ms, the ensemble-space solve
-no cheaper. ``draw_dtype=jnp.float32`` halves the bits and uses the float32
-transform.
+Where enkit's time goes. An earlier profile (2,000 cycles, pieces replaced
+by stand-ins, load 4.6) put two thirds of the cycle in the perturbation
+draws: JAX lowers its threefry2x32 hash on CPU as a rolled loop (five
+iterations of four rounds), whose per-iteration overhead dominates at 1,600
+numbers per cycle; the observation-space Cholesky solve ("auto" at m = N)
+and the update products were about 0.02 ms, the ensemble-space solve no
+cheaper. enkit now draws the same numbers (bit for bit: the default's RMSEs
+below are unchanged) through the hash written out (``enkit._random``); the
+row "JAX's rolled threefry" is the former path, kept by a stand-in for the
+comparison. The float64 normal transform (erf⁻¹) remains the largest piece
+of the draws; ``draw_dtype=jnp.float32`` uses the float32 transform (other
+numbers, tails cut near 5σ).
 
 Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set below,
 before NumPy and JAX load). The 1-minute load average is printed beside the
@@ -44,6 +47,7 @@ timings. Writes benchmarks/results/vs_dapper_enkf.txt.
 
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):
     .venv-bench/bin/python benchmarks/vs_dapper_enkf.py [--cycles 3000] [--seeds 4]
+(results/vs_dapper_enkf.txt: --seeds 8 --repeats 5)
 """
 
 import os
@@ -102,6 +106,31 @@ def run_enkit(model, twin, E0, scheme, infl, seed, repeats, burn_in):
     err = res.analysis_mean - twin.truth
     rmse = float(jnp.mean(jnp.sqrt(jnp.mean(err**2, axis=1))[burn_in:]))
     return rmse, whole, compile_s, loads
+
+
+def enkit_run(model, twin, E0, scheme, infl, seed):
+    """One whole enkit run (compiled on its first call)."""
+    R = enkit.Scalar(1.0, 40)
+    return lambda: jax.block_until_ready(enkit.assimilate(
+        model, E0, twin.observations, scheme, h=identity, R=R, key=seed,
+        inflation=infl, store=("analysis_mean",)))
+
+
+def interleaved(runs, rounds):
+    """Each run of ``runs`` (name -> callable) once per round, in turn, after
+    one warm-up call each: {name: (median seconds, load averages)}, so every
+    library and variant sees the same spells of load."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    loads = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+            loads[name].append(load())
+    return {name: (statistics.median(times[name]), loads[name]) for name in runs}
 
 
 def dapper_hmm(twin, burn_in):
@@ -181,22 +210,36 @@ def main():
     uncentred = functools.partial(enkit.enkf)
     centred = functools.partial(enkit.enkf, center_perturbations=True)
     draw32 = functools.partial(enkit.enkf, draw_dtype=jnp.float32)
+    import enkit._random as draws
     rows, t = [], {}
     for seed in range(args.seeds):
         model, twin, E0 = make_twin(K, seed)
-        r = 1 if seed else reps  # timings from seed 0; RMSE from every seed
-        r_unc, t_unc, c_unc, l_unc = run_enkit(model, twin, E0, uncentred, INFL, seed, r, B)
-        r_cen, t_cen, c_cen, l_cen = run_enkit(model, twin, E0, centred, INFL, seed, r, B)
+        r = 1 if seed else reps  # timings from seed 0 (interleaved); RMSE from every seed
+        r_unc, _, c_unc, _ = run_enkit(model, twin, E0, uncentred, INFL, seed, 1, B)
+        r_cen, _, _, _ = run_enkit(model, twin, E0, centred, INFL, seed, 1, B)
+        r_32, _, _, _ = run_enkit(model, twin, E0, draw32, INFL, seed, 1, B)
         r_d, t_d, l_d = run_dapper(twin, E0, B, r, seed)
         r_du, _, _ = run_dapper(twin, E0, B, 1, seed, center=False)
-        rows.append((seed, r_unc, r_cen, r_d, r_du))
+        rows.append((seed, r_unc, r_cen, r_d, r_du, r_32))
         if seed == 0:
-            _, t_32, _, l_32 = run_enkit(model, twin, E0, draw32, INFL, seed, reps, B)
-            _, t_etkf, _, l_etkf = run_enkit(model, twin, E0, enkit.etkf, 1.02, seed, reps, B)
-            t_loop, l_loop = dapper_loop(twin, E0, B, reps, seed)
-            t = dict(unc=(t_unc, l_unc), cen=(t_cen, l_cen), f32=(t_32, l_32),
-                     etkf=(t_etkf, l_etkf), dapper_stats=(t_d, l_d),
-                     dapper_loop=(t_loop, l_loop), compile=c_unc)
+            fast_key = draws._unrolled_key
+            draws._unrolled_key = lambda key: None  # stand-in: jax.random.normal itself
+            try:
+                fresh = functools.partial(enkit.enkf)  # a new scheme object: traced anew
+                old = enkit_run(model, twin, E0, fresh, INFL, seed)
+                res_old = old()  # compiled with JAX's own lowering of the draws
+            finally:
+                draws._unrolled_key = fast_key
+            err = res_old.analysis_mean - twin.truth
+            assert float(jnp.mean(jnp.sqrt(jnp.mean(err**2, axis=1))[B:])) == r_unc
+            runs = {"unc": enkit_run(model, twin, E0, uncentred, INFL, seed),
+                    "cen": enkit_run(model, twin, E0, centred, INFL, seed),
+                    "f32": enkit_run(model, twin, E0, draw32, INFL, seed),
+                    "old": old,
+                    "etkf": enkit_run(model, twin, E0, enkit.etkf, 1.02, seed),
+                    "dapper_loop": lambda: dapper_loop(twin, E0, B, 1, seed)}
+            t = interleaved(runs, reps)
+            t.update(dapper_stats=(t_d, l_d), compile=c_unc)
     import dapper
 
     def ms(s):
@@ -209,8 +252,9 @@ def main():
     lines = [
         f"Lorenz-96 (n=40, F=8, dt=0.05, obs every step, R=I), stochastic EnKF N=40, "
         f"inflation {INFL}",
-        f"cycles {K}, burn-in {B}, float64, 1 thread everywhere, median of {reps}; "
-        f"same truth and observations for both",
+        f"cycles {K}, burn-in {B}, float64, 1 thread everywhere, median of {reps} "
+        f"interleaved rounds (each variant and DAPPER's loop in turn); same truth and "
+        f"observations for both",
         f"enkit {enkit.__version__} (jax {jax.__version__}), DAPPER {dapper.__version__}, "
         f"numpy {np.__version__}; load = 1-minute load average (2 cores)",
         "",
@@ -221,21 +265,26 @@ def main():
     ]
     for name, k in (("enkit enkf", "unc"), ("enkit enkf, centred", "cen"),
                     ("enkit enkf, float32 draws", "f32"),
+                    ("  JAX's rolled threefry", "old"),
                     ("enkit etkf (infl 1.02)", "etkf")):
         sec, loads = t[k]
         lines.append(f"{name:<26}{ms(sec):>8.4f}{d_loop / sec:>13.1f}x   {ld(loads)}")
+    lines.append("  (JAX's rolled threefry: the default enkf with jax.random.normal's own "
+                 "lowering, the same numbers; the former path)")
     lines += [
         f"{'enkit compile, s':<26}{t['compile']:>8.2f}",
         "",
-        "analysis RMSE         enkit enkf            DAPPER PertObs      enkit/DAPPER",
-        "seed            uncentred   centred    centred  uncentred    centred  uncentred",
+        "analysis RMSE         enkit enkf            DAPPER PertObs      enkit/DAPPER"
+        "          enkit float32 draws",
+        "seed            uncentred   centred    centred  uncentred    centred  uncentred"
+        "     RMSE  /DAPPER unc.",
     ]
-    for seed, ru, rc, rd, rdu in rows:
+    for seed, ru, rc, rd, rdu, r32 in rows:
         lines.append(f"{seed:>4}{ru:>17.4f}{rc:>10.4f}{rd:>11.4f}{rdu:>11.4f}"
-                     f"{rc / rd:>11.3f}{ru / rdu:>11.3f}")
-    mu, mc, md, mdu = (statistics.mean(r[i] for r in rows) for i in (1, 2, 3, 4))
+                     f"{rc / rd:>11.3f}{ru / rdu:>11.3f}{r32:>9.4f}{r32 / rdu:>9.3f}")
+    mu, mc, md, mdu, m32 = (statistics.mean(r[i] for r in rows) for i in (1, 2, 3, 4, 5))
     lines.append(f"{'mean':>4}{mu:>17.4f}{mc:>10.4f}{md:>11.4f}{mdu:>11.4f}"
-                 f"{mc / md:>11.3f}{mu / mdu:>11.3f}")
+                 f"{mc / md:>11.3f}{mu / mdu:>11.3f}{m32:>9.4f}{m32 / mdu:>9.3f}")
     lines.append("centred: the perturbations' sample mean removed (DAPPER's default, mean0; "
                  "enkit's center_perturbations=True); DAPPER uncentred: its mean0 made the "
                  "identity")

@@ -30,6 +30,7 @@ from jax.scipy.linalg import solve_triangular
 from jax.typing import ArrayLike
 
 from enkit._checks import check_finite, is_concrete
+from enkit._random import normal
 
 __all__ = ["Circulant", "Covariance", "Scalar", "Diagonal", "Dense", "as_covariance"]
 
@@ -86,8 +87,10 @@ class Covariance:
         """Draws from N(0, C): ``L z`` with z standard normal.
 
         key: a JAX PRNG key. Returns an array of shape ``shape + (m,)``.
+        z is ``jax.random.normal(key, shape + (m,), dtype)``, bit for bit,
+        made by ``enkit._random.normal`` (cheaper under jit on CPU).
         """
-        z = jax.random.normal(key, tuple(shape) + (self.dim,), dtype=self.dtype)
+        z = normal(key, tuple(shape) + (self.dim,), self.dtype)
         return self.colorize(z)
 
     def __repr__(self) -> str:
