@@ -35,7 +35,7 @@ runs on the machine.
 Thread settings: one thread for every library (OpenBLAS/MKL/OpenMP and XLA
 set below, before NumPy and JAX load, and inherited by the subprocesses).
 Writes benchmarks/results/vs_ies.txt, or vs_ies_load<L>.txt with --load L
-(--quick marks its header QUICK).
+(--quick: vs_ies_quick*.txt, its header marked QUICK).
 
 Run (the peer lives in the bench environment):
     .venv-bench/bin/pip install -e '.[bench]'
@@ -193,7 +193,7 @@ def size_problem(p, d, N, seed=0):
 
 
 def enkit_runner(lib, p, d, N, xi_file, mode, overwrite):
-    """enkit's K analyses as ``run() -> (seconds, final ensemble mean)``, and
+    """enkit's K analyses as ``run() -> (Clock of the analyses, final ensemble mean)``, and
     the RSS after starting the JAX runtime (MB)."""
     import jax
 
@@ -234,20 +234,19 @@ def enkit_runner(lib, p, d, N, xi_file, mode, overwrite):
         # overwrite: the first analysis reuses the initial ensemble's buffer,
         # so it gets a copy of U0 (made here, outside the timing).
         state = proc.init(1, jnp.array(U0) if overwrite else U0)
-        elapsed = 0.0
+        clock = Clock()
         for _ in range(K):
             G = jax.block_until_ready(forward(proc.ask(state)))
-            t0 = time.perf_counter()
-            state, _ = step(state, G)
-            jax.block_until_ready(state.ensemble)
-            elapsed += time.perf_counter() - t0
-        return elapsed, np.asarray(jnp.mean(state.ensemble, axis=0))
+            with clock:
+                state, _ = step(state, G)
+                jax.block_until_ready(state.ensemble)
+        return clock, np.asarray(jnp.mean(state.ensemble, axis=0))
 
     return run, base
 
 
 def peer_runner(lib, p, d, N, xi_file, mode, overwrite):
-    """The peer's K analyses as ``run() -> (seconds, final ensemble mean)``, and
+    """The peer's K analyses as ``run() -> (Clock, final ensemble mean)``, and
     the RSS after the imports (MB)."""
     import iterative_ensemble_smoother as ies
 
@@ -259,17 +258,37 @@ def peer_runner(lib, p, d, N, xi_file, mode, overwrite):
     def run():
         smoother = ies.ESMDA(variances, y, alpha=np.full(K, float(K)), seed=0)
         X = X0.copy() if overwrite else X0  # overwrite: the peer may mutate X
-        elapsed = 0.0
+        clock = Clock()
         for k in range(K):
             Y = 2.0 * X[idx, :]
-            t0 = time.perf_counter()
-            smoother.prepare_assimilation(Y=Y, truncation=1.0,
-                                          observation_perturbations=xis[k].T.copy())
-            X = smoother.assimilate_batch(X=X, overwrite=overwrite)
-            elapsed += time.perf_counter() - t0
-        return elapsed, X.mean(axis=1)
+            xi = xis[k].T.copy()
+            with clock:
+                smoother.prepare_assimilation(Y=Y, truncation=1.0,
+                                              observation_perturbations=xi)
+                X = smoother.assimilate_batch(X=X, overwrite=overwrite)
+        return clock, X.mean(axis=1)
 
     return run, base
+
+
+class Clock:
+    """Sums, over the ``with`` blocks it times, the wall seconds, CPU seconds
+    (user + system), system seconds and minor page faults of this process."""
+
+    def __init__(self):
+        self.wall = self.cpu = self.sys = 0.0
+        self.faults = 0
+
+    def __enter__(self):
+        self._r0 = resource.getrusage(resource.RUSAGE_SELF)
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._t0
+        r0, r1 = self._r0, resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu += (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        self.sys += r1.ru_stime - r0.ru_stime
+        self.faults += r1.ru_minflt - r0.ru_minflt
 
 
 def worker(lib, p, d, N, xi_file, out_file, mode, overwrite):
@@ -291,13 +310,9 @@ def worker(lib, p, d, N, xi_file, out_file, mode, overwrite):
         if line.strip() == "done":
             break
         load = load_1min()
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        t, mean = run()
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        print(json.dumps(dict(
-            time=t, load=load,
-            cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
-            sys=r1.ru_stime - r0.ru_stime, faults=r1.ru_minflt - r0.ru_minflt)), flush=True)
+        clock, mean = run()
+        print(json.dumps(dict(time=clock.wall, load=load, cpu=clock.cpu, sys=clock.sys,
+                              faults=clock.faults)), flush=True)
     np.save(out_file, mean)
     print(json.dumps(dict(first=first, peak=max(peak_all, rss_mb()), run_peak=rss_mb(),
                           before=before, base=base)), flush=True)
@@ -323,9 +338,10 @@ def ask(proc, line=None):
     return json.loads(out)
 
 
-def case_size(p, d, N, repeats):
+def case_size(p, d, N, repeats, variants=VARIANTS):
     """Every variant in its own worker, runs interleaved: round r asks each
-    worker for one run in turn (so no two runs overlap). Returns
+    worker for one run in turn (so no two runs overlap). variants: a subset
+    of ``VARIANTS`` holding the peer's default ("peer", "-", False). Returns
     ({variant: dict(times, loads, cpu, sys, faults, first, peak, ...)},
     largest difference of the final ensemble means vs the peer's)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -335,27 +351,27 @@ def case_size(p, d, N, repeats):
              "--xi-file", xi_file], capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise RuntimeError(f"perturbation subprocess failed:\n{res.stderr}")
-        files = {v: os.path.join(tmp, "{}-{}-{}.npy".format(*v)) for v in VARIANTS}
+        files = {v: os.path.join(tmp, "{}-{}-{}.npy".format(*v)) for v in variants}
         workers = {}
         try:
-            for v in VARIANTS:  # set up and warm up one at a time
+            for v in variants:  # set up and warm up one at a time
                 workers[v] = start_worker(*v, p, d, N, xi_file, files[v])
                 ask(workers[v])
-            out = {v: dict(times=[], loads=[], cpu=[], sys=[], faults=[]) for v in VARIANTS}
+            out = {v: dict(times=[], loads=[], cpu=[], sys=[], faults=[]) for v in variants}
             for _ in range(repeats):
-                for v in VARIANTS:
+                for v in variants:
                     r = ask(workers[v], "run")
                     for field, key in (("times", "time"), ("loads", "load"), ("cpu", "cpu"),
                                        ("sys", "sys"), ("faults", "faults")):
                         out[v][field].append(r[key])
-            for v in VARIANTS:
+            for v in variants:
                 out[v].update(ask(workers[v], "done"))
                 workers[v].wait()
         finally:
             for w in workers.values():
                 if w.poll() is None:
                     w.kill()
-        means = {v: np.load(files[v]) for v in VARIANTS}
+        means = {v: np.load(files[v]) for v in variants}
     ref = means[("peer", "-", False)]
     diff = max(float(np.max(np.abs(m - ref))) for m in means.values())
     return out, diff
@@ -460,7 +476,8 @@ def render(a, b, diff, p, d, N, args):
         f"    largest |difference| of the posterior means vs the peer: {diff:.2e}",
     ]
     text = "\n".join(lines)
-    name = "vs_ies.txt" if args.load == 0 else f"vs_ies_load{args.load}.txt"
+    name = "vs_ies" + ("_quick" if args.quick else "") + (
+        f"_load{args.load}" if args.load else "") + ".txt"
     out = pathlib.Path(__file__).parent / "results" / name
     out.write_text(text + "\n")
     return text
