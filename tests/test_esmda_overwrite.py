@@ -86,6 +86,15 @@ def test_esmda_overwrite_in_a_jitted_step_that_donates_the_state(problem):
         state, _ = step(state)
     assert first.is_deleted()
     np.testing.assert_allclose(state.ensemble, ref.ensemble, rtol=1e-12, atol=1e-12)
+    # Without a donation at the outer jit the update is still the same (XLA
+    # copies the ensemble first) and the told state stays valid.
+    plain = jax.jit(lambda s: proc.tell(s, proc.ask(s) @ A.T, y, noise))
+    state = proc.init(1, U0)
+    for _ in range(2):
+        told = state
+        state, _ = plain(state)
+    assert not told.ensemble.is_deleted() and not U0.is_deleted()
+    np.testing.assert_allclose(state.ensemble, ref.ensemble, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("localizer", [None, enkit.Delta()])
