@@ -112,3 +112,15 @@ def test_overwrite_must_be_a_bool():
         ESMDA(esmda_constant_alpha(2), overwrite=1)
     with pytest.raises(TypeError, match="overwrite must be a bool"):
         EKI(overwrite="yes")
+
+
+def test_calibrate_with_overwrite_keeps_every_ensemble():
+    # calibrate records every iteration's ensemble: with overwrite=True those
+    # records stay valid and equal the default run's.
+    rng = np.random.default_rng(4)
+    A = jnp.asarray(rng.normal(size=(3, 4)))
+    U0, y = rng.normal(size=(10, 4)), np.ones(3)
+    runs = [enkit.calibrate(lambda u: A @ u, ESMDA(esmda_constant_alpha(2), overwrite=ow), U0,
+                            y, enkit.Diagonal(np.ones(3)), key=0) for ow in (False, True)]
+    assert runs[1].ensembles.shape == (3, 10, 4)
+    np.testing.assert_allclose(runs[1].ensembles, runs[0].ensembles, rtol=1e-13, atol=1e-13)
