@@ -27,6 +27,22 @@ its ``observation_perturbations``); the peer runs with ``truncation=1.0``
     update, the same draws ξₖ); the peer with ``overwrite=False`` (its
     default) and ``overwrite=True``.
 
+What the ratio depends on (measured on this 2-core machine, p = 200,000):
+the (N, N) × (N, p) product costs the same in XLA and in OpenBLAS on one
+thread (0.105 vs 0.106 s; the peer's (p, N) × (N, N) orientation 0.145 s),
+and XLA's dot is single-threaded here (CPU time = wall time on a quiet
+machine, though the process holds 16 threads). enkit forms the (N, d) and
+(N, N) pieces first and makes one (N, N) × (N, p) product; the peer adds a
+copy of X, a (p, N) anomaly array and an in-place sum, three more passes
+over 153 MB. What moves with the load is memory: XLA allocates each (N, p)
+result fresh, on 4 kB pages (39,063 first-touch page faults per analysis,
+about 0.1 s of kernel time each at load 5-9, nearly half of enkit's CPU
+time), while NumPy asks for transparent huge pages (about 2,000 faults).
+``overwrite=True`` writes the update into the told ensemble's buffer: no
+fresh pages, the kernel time gone. An earlier figure of 0.92× "under
+load" came from running the libraries one after the other while the
+machine's load changed; the workers here run interleaved.
+
 --load L starts L busy-loop processes (``while True: pass``) for the whole
 of (b), killed at the end, so a loaded machine is reproducible; the load
 average recorded beside the timings includes them and anything else that
@@ -231,9 +247,7 @@ def enkit_runner(lib, p, d, N, xi_file, mode, overwrite):
             return 2.0 * np.asarray(U)[:, idx]  # a black box: NumPy out
 
     def run():
-        # overwrite: the first analysis reuses the initial ensemble's buffer,
-        # so it gets a copy of U0 (made here, outside the timing).
-        state = proc.init(1, jnp.array(U0) if overwrite else U0)
+        state = proc.init(1, U0)  # overwrite=True: init stores a copy of U0
         clock = Clock()
         for _ in range(K):
             G = jax.block_until_ready(forward(proc.ask(state)))
