@@ -18,7 +18,7 @@
     float64 for the ETKF and the EnKF.
 (b) ES-MDA (and EKI with Δt = 1/K, the same update) against
     iterative_ensemble_smoother's ESMDA: the interleaved workers of
-    ``vs_ies.py`` (p = 200,000, d = 1,000, N = 100, K = 4; --quick: p =
+    ``vs_ies.py`` (at least 5 rounds; p = 200,000, d = 1,000, N = 100, K = 4; --quick: p =
     20,000, d = 200, N = 50), plus enkit's ESMDA in float32.
 
 Every time is a median of --repeats runs; the 1-minute load average is read
@@ -304,7 +304,7 @@ def main():
         args.cycles, args.burn_in = 300, 100
     size = (20_000, 200, 50) if args.quick else (200_000, 1_000, 100)
     with busy_loops(args.load):
-        b, diff = vs_ies.case_size(*size, max(args.repeats, 3), variants=ESMDA_VARIANTS)
+        b, diff = vs_ies.case_size(*size, max(args.repeats, 5), variants=ESMDA_VARIANTS)
         f32 = esmda_float32(*size, args.repeats)
         frows = filter_rows(args.cycles, args.burn_in, args.repeats)
         frows.append(letkf_row(args.cycles, args.burn_in, args.repeats))
