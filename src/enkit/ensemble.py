@@ -8,7 +8,7 @@ unbiased ``N - 1`` normalisation throughout enkit.
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
 from jax.typing import ArrayLike
 
 __all__ = [
@@ -18,7 +18,12 @@ __all__ = [
     "cross_covariance",
     "ensemble_spread",
     "scaled_anomalies",
+    "add_transform",
 ]
+
+# Columns per block of ``add_transform(..., blocked=True)``: (N, 16384) blocks
+# are 13 MB at N = 100 in float64.
+TRANSFORM_BLOCK = 16384
 
 
 def ensemble_mean(E: ArrayLike) -> Array:
@@ -84,3 +89,37 @@ def ensemble_spread(E: ArrayLike) -> Array:
     """
     X = anomalies(E)
     return jnp.sqrt(jnp.mean(jnp.sum(X * X, axis=0) / (X.shape[0] - 1)))
+
+
+def add_transform(T: ArrayLike, E: ArrayLike, *, blocked: bool = False) -> Array:
+    """The ensemble-transform update ``E + T E`` (T mixes the members).
+
+    T: (N, N); E: (N, n). Returns (N, n).
+
+    blocked=False: one (N, N) × (N, n) product and a sum. blocked=True: the
+    same sum, computed over blocks of ``TRANSFORM_BLOCK`` columns (entries)
+    in a loop that writes each block back into E (``dynamic_update_slice``),
+    so the only temporaries are (N, block); the columns are independent
+    (column j of the result is ``E_j + T E_j``), so the result is the same
+    and, where E's buffer is donated (``jax.jit(..., donate_argnums=...)``)
+    XLA updates it in place: no fresh (N, n) array, none of its first-touch
+    page faults. Without a donated buffer XLA first copies E, so use the
+    blocked form only where E is donated.
+    """
+    T = jnp.asarray(T)
+    E = jnp.asarray(E)
+    n = E.shape[1]
+    b = TRANSFORM_BLOCK
+    if not blocked or n <= b:
+        return E + T @ E
+    nb = n // b
+
+    def body(i, E):
+        block = lax.dynamic_slice_in_dim(E, i * b, b, axis=1)
+        return lax.dynamic_update_slice_in_dim(E, block + T @ block, i * b, axis=1)
+
+    E = lax.fori_loop(0, nb, body, E)
+    if n > nb * b:
+        block = E[:, nb * b:]
+        E = E.at[:, nb * b:].set(block + T @ block)
+    return E

@@ -240,11 +240,15 @@ class EnsembleProcess:
         ignored otherwise. Returns an ``EnsembleState`` at iteration 0, time 0.
         Concrete members that are all identical raise (zero spread: no update
         could move them); a parameter with zero spread warns
-        (``check_initial_spread``).
+        (``check_initial_spread``). A process with ``overwrite=True`` (whose
+        ``tell`` reuses the told ensemble's buffer) stores a copy, so the
+        array passed here is never deleted.
         """
         E = check_ensemble(ensemble)
         self._check_ensemble(E)
         check_initial_spread(E)
+        if getattr(self, "overwrite", False):
+            E = jnp.array(E, copy=True)
         k = init_key(key, self.needs_key, type(self).__name__)
         return EnsembleState(E, jnp.asarray(0, jnp.int32), jnp.zeros((), E.dtype), k)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 from enkit.covariance import Covariance
-from enkit.ensemble import scaled_anomalies
+from enkit.ensemble import add_transform, scaled_anomalies
 from enkit.inversion._common import (
     EnsembleProcess,
     EnsembleState,
@@ -30,11 +29,10 @@ from enkit.localization.sec import Localizer
 __all__ = ["EKI", "eki_update"]
 
 
-@partial(jax.jit, static_argnames=("method",))
 def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
                xi: Array | None = None, *, localizer: Localizer | None = None,
                key: Array | None = None, method: str = "auto",
-               rcond: float | Array | None = None) -> Array:
+               rcond: float | Array | None = None, overwrite: bool = False) -> Array:
     """One EKI update of the ensemble U (pure function, no checks).
 
         uᵢ ← uᵢ + C^{uG} (C^{GG} + Δt⁻¹Γ)⁻¹ (y + ηᵢ − G(uᵢ)),  ηᵢ = Δt^{-1/2} ξᵢ,
@@ -69,7 +67,26 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     Compiled with ``jax.jit`` (inlined when called inside a traced function),
     so eager callers (``tell`` with NumPy outputs of a black-box model) get
     the fused program, not one dispatch per operation.
+
+    overwrite: reuse U's buffer for the result (static; default False). The
+    compiled update then donates U (an eager call deletes the array passed
+    as U) and applies ``U + T U`` in column blocks written back into it
+    (``enkit.ensemble.add_transform(..., blocked=True)``), so no (N, p)
+    array is allocated: at large p a fresh (N, p) output costs one
+    first-touch page fault per 4 kB page, kernel time that grows with the
+    machine's load. The result is the same update. Inside a traced function
+    the donation is the caller's: donate the ensemble at the outer
+    ``jax.jit`` (``donate_argnums``), else XLA copies U before the in-place
+    loop.
     """
+    fn = _eki_update_donating if overwrite else _eki_update_jit
+    return fn(U, G, y, noise, dt, xi, localizer=localizer, key=key, method=method,
+              rcond=rcond, overwrite=overwrite)
+
+
+def _eki_update(U, G, y, noise, dt, xi=None, *, localizer=None, key=None, method="auto",
+                rcond=None, overwrite=False):
+    """The update of ``eki_update`` (traced by its two compiled forms)."""
     if localizer is not None:
         return _localized_update(U, G, y, noise, dt, xi, localizer, key, method, rcond)
     _, Y = scaled_anomalies(G)
@@ -84,7 +101,12 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     # anomaly array (the product dominates for large p).
     M = Z @ Ys.T
     T = (M - jnp.mean(M, axis=1, keepdims=True)) / jnp.sqrt(jnp.asarray(U.shape[0] - 1.0, U.dtype))
-    return U + T @ U
+    return add_transform(T, U, blocked=overwrite)
+
+
+_eki_update_jit = jax.jit(_eki_update, static_argnames=("method", "overwrite"))
+_eki_update_donating = jax.jit(_eki_update, static_argnames=("method", "overwrite"),
+                               donate_argnums=0)
 
 
 def _localized_update(U, G, y, noise, dt, xi, localizer, key, method="auto", rcond=None):
@@ -135,6 +157,12 @@ class EKI(EnsembleProcess):
     (e.g. duplicated data with a zero or negligible noise) with the relative
     eigenvalue cut rcond (static float; None: ``enkit.linalg.default_rcond``).
     With a localizer only "auto" (LU of the tapered matrix) and "pinv" apply.
+    overwrite: write the new ensemble into the buffer of the told state's
+    ensemble (static; default False): an eager ``tell`` donates it (the
+    state passed to ``tell`` is invalid afterwards); inside a traced
+    function donate the state at the outer jit
+    (``jax.jit(step, donate_argnums=0)``). No (N, p) array is allocated per
+    iteration (see ``eki_update``).
 
     References: Iglesias, Law & Stuart (2013), Inverse Problems 29, 045001;
     localisation for EKI: Tong & Morzfeld (2022), arXiv:2201.10821.
@@ -144,9 +172,11 @@ class EKI(EnsembleProcess):
     localizer: Localizer | None = None
     method: str = "auto"
     rcond: float | None = None
+    overwrite: bool = False
 
     def __post_init__(self):
         check_bool("stochastic", self.stochastic)
+        check_bool("overwrite", self.overwrite)
         if self.localizer is None:
             check_process_solve(self)
         else:
@@ -181,12 +211,10 @@ class EKI(EnsembleProcess):
         if self.localizer is not None and self.localizer.needs_key:
             k, k_loc = jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
         xi = noise.sample(k, (U.shape[0],)) if self.stochastic else None
-        if self.localizer is None:
-            new = eki_update(U, G, y, noise, dt, xi, method=self.method, rcond=self.rcond)
-        else:
-            new = eki_update(U, G, y, noise, dt, xi, localizer=self.localizer, key=k_loc,
-                             method=self.method, rcond=self.rcond)
-        return new_state(state, new, dt, guard=False), InversionInfo(misfit(G, y, noise), dt)
+        info = InversionInfo(misfit(G, y, noise), dt)
+        new = eki_update(U, G, y, noise, dt, xi, localizer=self.localizer, key=k_loc,
+                         method=self.method, rcond=self.rcond, overwrite=self.overwrite)
+        return new_state(state, new, dt, guard=False), info
 
 
-register(EKI, data=["localizer"], meta=["stochastic", "method", "rcond"])
+register(EKI, data=["localizer"], meta=["stochastic", "method", "rcond", "overwrite"])

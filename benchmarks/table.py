@@ -1,0 +1,319 @@
+"""One table of enkit against its peers, with the machine load beside every row.
+
+(a) Filters against DAPPER on the Lorenz-96 twin experiment of Sakov & Oke
+    (2008) (n=40, F=8, dt=0.05, every variable observed every step, R=I,
+    N=40; the truth, observations and initial ensemble of ``vs_dapper.py``'s
+    ``make_twin``, made once with enkit and fed to both): ETKF (DAPPER
+    ``EnKF('Sqrt')``), stochastic EnKF with centred perturbations
+    (``'PertObs'``), DEnKF (``'DEnKF'``), serial EnSRF (``'Serial'``), each
+    with the multiplicative inflation given in its row; LETKF on the case of
+    ``vs_dapper_letkf.py`` (its ``make_case`` and workers: N=20, Gaspari-Cohn
+    localisation, DAPPER batches of one variable). enkit: ``assimilate``
+    keeping the analysis mean (its least statistics; LETKF: the workers'
+    defaults), compilation excluded. DAPPER with its statistics on
+    (``xp.assimilate``) and off (its EnKF cycle as ``EnKF.assimilate`` runs
+    it: forecast, ``Obs``, ``EnKF_analysis``, ``post_process``; not for the
+    LETKF, whose analysis has no function outside ``LETKF.assimilate``).
+    enkit in float32 (initial ensemble and observations cast; x64 on) beside
+    float64 for the ETKF and the EnKF.
+(b) ES-MDA (and EKI with Δt = 1/K, the same update) against
+    iterative_ensemble_smoother's ESMDA: the interleaved workers of
+    ``vs_ies.py`` (at least 5 rounds; p = 200,000, d = 1,000, N = 100, K = 4; --quick: p =
+    20,000, d = 200, N = 50), plus enkit's ESMDA in float32.
+
+Every time is a median of --repeats runs; the 1-minute load average is read
+after every run and its range printed on the row. --load L starts L
+busy-loop processes for the whole table (``machine_load.busy_loops``).
+Thread settings: one thread for every library (set below, before NumPy and
+JAX load, and inherited by the workers). No GPU run here: this machine has
+none (the enkit rows run unchanged on a GPU build of JAX).
+
+Writes benchmarks/results/table.txt (--quick: table_quick.txt).
+
+Run (DAPPER and the peer live in the bench environment):
+    .venv-bench/bin/python benchmarks/table.py [--load 2] [--quick]
+"""
+
+import os
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import pathlib  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)  # the benchmark script's own choice
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import vs_dapper  # noqa: E402
+import vs_dapper_enkf  # noqa: E402
+import vs_dapper_letkf  # noqa: E402
+import vs_ies  # noqa: E402
+from machine_load import busy_loops, load_1min  # noqa: E402
+
+import enkit  # noqa: E402
+
+# (row name, enkit analysis, inflation, DAPPER's EnKF upd_a)
+FILTERS = (
+    ("ETKF", enkit.etkf, 1.02, "Sqrt"),
+    ("EnKF PertObs (centred)", functools.partial(enkit.enkf, center_perturbations=True),
+     vs_dapper_enkf.INFL, "PertObs"),
+    ("DEnKF", enkit.denkf, 1.02, "DEnKF"),
+    ("serial EnSRF", enkit.ensrf_serial, 1.02, "Serial"),
+)
+FLOAT32 = ("ETKF", "EnKF PertObs (centred)")
+# The workers of vs_ies.py this table runs (vs_ies.py itself runs all of them).
+ESMDA_VARIANTS = (("enkit", "jit", False), ("enkit", "jit", True), ("enkit", "eager", False),
+                  ("eki", "jit", False), ("peer", "-", False), ("peer", "-", True))
+
+
+def dapper_xp(twin, burn_in, upd_a, infl, repeats, seed):
+    """DAPPER's ``xp.assimilate`` with its default statistics: (RMSE, median
+    seconds, loads)."""
+    import dapper.da_methods as da
+    import dapper.tools.progressbar as progressbar
+    from dapper.tools.seeding import set_seed
+
+    progressbar.disable_progbar = True
+    HMM = vs_dapper_enkf.dapper_hmm(twin, burn_in)
+    xx = np.vstack([np.asarray(twin.x0), np.asarray(twin.truth)])
+    yy = np.asarray(twin.observations)
+    times, rmses, loads = [], [], []
+    for _ in range(repeats):
+        xp = da.EnKF(upd_a, N=40, infl=infl)
+        set_seed(seed + 1)
+        t0 = time.perf_counter()
+        xp.assimilate(HMM, xx, yy, liveplots=False)
+        times.append(time.perf_counter() - t0)
+        loads.append(load_1min())
+        xp.stats.average_in_time()
+        rmses.append(float(xp.avrgs.err.rms.a.val))
+    return statistics.median(rmses), statistics.median(times), loads
+
+
+def dapper_cycle(twin, E0, burn_in, upd_a, infl, repeats, seed):
+    """DAPPER's EnKF cycle, statistics off (forecast, observe,
+    ``EnKF_analysis``, ``post_process``): (median seconds, loads)."""
+    from dapper.da_methods.ensemble import EnKF_analysis, post_process
+    from dapper.tools.seeding import set_seed
+
+    HMM = vs_dapper_enkf.dapper_hmm(twin, burn_in)
+    yy = np.asarray(twin.observations)
+    Obs = HMM.Obs(0)
+    times, loads = [], []
+    for _ in range(repeats):
+        set_seed(seed + 1)
+        E = np.asarray(E0).copy()
+        t0 = time.perf_counter()
+        for k, y in enumerate(yy):
+            E = HMM.Dyn(E, k * 0.05, 0.05)
+            E = EnKF_analysis(E, Obs(E), Obs.noise, y, upd_a)
+            E = post_process(E, infl, False)
+        times.append(time.perf_counter() - t0)
+        loads.append(load_1min())
+    return statistics.median(times), loads
+
+
+def float32_twin(twin, E0):
+    """The twin's observations and the initial ensemble in float32."""
+    return twin._replace(observations=jnp.asarray(twin.observations, jnp.float32)), \
+        jnp.asarray(E0, jnp.float32)
+
+
+def filter_rows(cycles, burn_in, repeats, seed=0):
+    model, twin, E0 = vs_dapper.make_twin(cycles, seed)
+    twin32, E032 = float32_twin(twin, E0)
+    rows = []
+    for name, scheme, infl, upd_a in FILTERS:
+        rmse, sec, compile_s, loads = vs_dapper_enkf.run_enkit(
+            model, twin, E0, scheme, infl, seed, repeats, burn_in)
+        d_rmse, d_on, l_on = dapper_xp(twin, burn_in, upd_a, infl, repeats, seed)
+        d_off, l_off = dapper_cycle(twin, E0, burn_in, upd_a, infl, repeats, seed)
+        rows.append(dict(name=f"{name}, infl {infl}", enkit=sec, rmse=rmse, d_on=d_on,
+                         d_off=d_off, d_rmse=d_rmse, loads=loads + l_on + l_off,
+                         compile=compile_s))
+        if name in FLOAT32:
+            rmse, sec, compile_s, loads = vs_dapper_enkf.run_enkit(
+                model, twin32, E032, scheme, infl, seed, repeats, burn_in)
+            rows.append(dict(name="  the same, enkit float32", enkit=sec, rmse=rmse,
+                             d_on=d_on, d_off=d_off, d_rmse=d_rmse, loads=loads,
+                             compile=compile_s))
+    return rows
+
+
+def letkf_row(cycles, burn_in, repeats, seed=0):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "case.npz")
+        vs_dapper_letkf.make_case(40, cycles, seed, path)
+        data = dict(np.load(path))
+    e = [vs_dapper_letkf.worker_enkit(data, burn_in) for _ in range(repeats)]
+    loads = [load_1min()]
+    d = [vs_dapper_letkf.worker_dapper(data, burn_in, batch=1) for _ in range(repeats)]
+    loads.append(load_1min())
+    med = statistics.median
+    return dict(name=f"LETKF N={vs_dapper_letkf.N_MEMBERS}, infl {vs_dapper_letkf.INFLATION}",
+                enkit=med(r["seconds"] for r in e), rmse=med(r["rmse"] for r in e),
+                d_on=med(r["seconds"] for r in d), d_off=None,
+                d_rmse=med(r["rmse"] for r in d), loads=loads,
+                compile=med(r["compile"] for r in e))
+
+
+def esmda_float32(p, d, N, repeats):
+    """enkit's ESMDA, jitted tell, float64 and float32 on vs_ies's case (b),
+    their runs interleaved: {dtype name: (median seconds of the K analyses,
+    loads)}."""
+    idx, variances, y = vs_ies.size_problem(p, d, N)
+    U64 = np.random.default_rng(1).standard_normal((N, p))
+
+    def runner(dtype):
+        proc = enkit.ESMDA(enkit.esmda_constant_alpha(vs_ies.K))
+        noise = enkit.Diagonal(jnp.asarray(variances, dtype))
+        yj, jidx, U0 = jnp.asarray(y, dtype), jnp.asarray(idx), jnp.asarray(U64, dtype)
+        step = jax.jit(lambda s, G: proc.tell(s, G, yj, noise))
+        forward = jax.jit(lambda U: 2.0 * U[:, jidx])
+
+        def run():
+            state = proc.init(1, U0)
+            elapsed = 0.0
+            for _ in range(vs_ies.K):
+                G = jax.block_until_ready(forward(proc.ask(state)))
+                t0 = time.perf_counter()
+                state, _ = step(state, G)
+                jax.block_until_ready(state.ensemble)
+                elapsed += time.perf_counter() - t0
+            return elapsed
+
+        run()  # compilation
+        return run
+
+    runs = {np.dtype(t).name: runner(t) for t in (jnp.float64, jnp.float32)}
+    times = {k: [] for k in runs}
+    loads = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, run in runs.items():
+            times[k].append(run())
+            loads[k].append(load_1min())
+    return {k: (statistics.median(times[k]), loads[k]) for k in runs}
+
+
+def ld(loads):
+    return f"{min(loads):.1f}-{max(loads):.1f}"
+
+
+def render(frows, size, b, diff, f32, args):
+    import dapper
+    import iterative_ensemble_smoother as ies_pkg
+
+    p, d, N = size
+    K = args.cycles
+    med = statistics.median
+
+    def ms(s):
+        return "—" if s is None else f"{1e3 * s / K:.4f}"
+
+    def ratio(s, t):
+        return "—" if s is None else f"{s / t:.1f}x"
+
+    lines = [
+        "enkit against its peers, one table; machine load beside every row",
+        *(["QUICK mode: short runs and small ES-MDA sizes"] if args.quick else []),
+        f"enkit {enkit.__version__} (jax {jax.__version__}), DAPPER {dapper.__version__}, "
+        f"iterative_ensemble_smoother {ies_pkg.__version__}, numpy {np.__version__}",
+        f"1 thread everywhere, {os.cpu_count()} CPUs, CPU only (no GPU on this machine); "
+        f"medians of {args.repeats} runs; {args.load} busy-loop processes started by the "
+        "benchmark;",
+        "load = range of the 1-minute load average read after the row's runs",
+        "",
+        f"(a) filters, Lorenz-96 n=40 (Sakov & Oke 2008), {K} cycles, burn-in "
+        f"{args.burn_in}, float64 unless marked; ms per cycle",
+        f"{'':<34}{'enkit':>8}{'DAPPER':>9}{'ratio':>7}{'DAPPER':>9}{'ratio':>7}"
+        f"{'RMSE':>8}{'RMSE':>8}{'compile':>8}{'load':>10}",
+        f"{'':<34}{'':>8}{'stats on':>9}{'':>7}{'stats off':>9}{'':>7}"
+        f"{'enkit':>8}{'DAPPER':>8}{'s':>8}",
+    ]
+    for r in frows:
+        lines.append(
+            f"{r['name']:<34}{ms(r['enkit']):>8}{ms(r['d_on']):>9}"
+            f"{ratio(r['d_on'], r['enkit']):>7}{ms(r['d_off']):>9}"
+            f"{ratio(r['d_off'], r['enkit']):>7}{r['rmse']:>8.4f}{r['d_rmse']:>8.4f}"
+            f"{r['compile']:>8.2f}{ld(r['loads']):>10}")
+    lines += [
+        "    ratio = DAPPER time / enkit time (> 1: enkit faster); enkit keeps the analysis",
+        "    mean only (LETKF: its default statistics); the float32 rows repeat DAPPER's",
+        "    float64 figures for comparison",
+        "",
+        f"(b) ES-MDA, p={p:,}, d={d:,}, N={N}, K={vs_ies.K}, diagonal Gamma; seconds for the "
+        f"{vs_ies.K} analyses (vs_ies.py's interleaved workers)",
+        f"{'':<44}{'time, s':>8}{'ratio':>7}{'cpu, s':>8}{'run extra, MB':>14}{'faults':>8}"
+        f"{'load':>10}",
+    ]
+    names = {("enkit", "jit", False): "enkit ESMDA, jitted tell",
+             ("enkit", "jit", True): "enkit ESMDA, jitted, overwrite=True",
+             ("enkit", "eager", False): "enkit ESMDA, eager tell (NumPy G)",
+             ("enkit", "eager", True): "enkit ESMDA, eager, overwrite=True",
+             ("eki", "jit", False): "enkit EKI dt=1/4, jitted tell",
+             ("eki", "eager", True): "enkit EKI dt=1/4, eager, overwrite",
+             ("peer", "-", False): "iterative_ensemble_smoother",
+             ("peer", "-", True): "iterative_ensemble_smoother, overwrite"}
+    t_peer = med(b[("peer", "-", False)]["times"])
+    for key, name in names.items():
+        if key not in b:
+            continue
+        r = b[key]
+        t = med(r["times"])
+        lines.append(f"{name:<44}{t:>8.3f}{t_peer / t:>6.2f}x{med(r['cpu']):>8.3f}"
+                     f"{r['run_peak'] - r['before']:>14.0f}{med(r['faults']) / vs_ies.K:>8.0f}"
+                     f"{ld(r['loads']):>10}")
+    t64 = f32["float64"][0]
+    for dtype in ("float64", "float32"):
+        t, loads = f32[dtype]
+        lines.append(f"{'enkit ESMDA, jitted, ' + dtype + ' (in-process)':<44}{t:>8.3f}"
+                     f"{t64 / t:>6.2f}x{'':>8}{'':>14}{'':>8}{ld(loads):>10}")
+    lines += [
+        "    ratio = the peer's time (overwrite=False, its default) / this time; cpu: CPU",
+        "    seconds (user + system) of the analyses; run extra: peak RSS during the timed runs",
+        "    above the RSS before them; faults: minor page faults per analysis; the two last",
+        "    rows run interleaved with each other in this process (not in workers), their",
+        "    ratio = the float64 time / this time",
+        f"    largest |difference| of the posterior means vs the peer: {diff:.2e}",
+    ]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="300 cycles, ES-MDA at p=20,000; writes table_quick.txt")
+    parser.add_argument("--cycles", type=int, default=2000)
+    parser.add_argument("--burn-in", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--load", type=int, default=0,
+                        help="busy-loop processes to run during the table (default 0)")
+    args = parser.parse_args()
+    if args.repeats < 2:
+        parser.error("--repeats must be >= 2 (medians of at least two runs)")
+    if args.quick:
+        args.cycles, args.burn_in = 300, 100
+    size = (20_000, 200, 50) if args.quick else (200_000, 1_000, 100)
+    with busy_loops(args.load):
+        b, diff = vs_ies.case_size(*size, max(args.repeats, 5), variants=ESMDA_VARIANTS)
+        f32 = esmda_float32(*size, args.repeats)
+        frows = filter_rows(args.cycles, args.burn_in, args.repeats)
+        frows.append(letkf_row(args.cycles, args.burn_in, args.repeats))
+    text = render(frows, size, b, diff, f32, args)
+    print(text)
+    out = pathlib.Path(__file__).parent / "results" / (
+        "table_quick.txt" if args.quick else "table.txt")
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
