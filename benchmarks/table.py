@@ -99,29 +99,6 @@ def dapper_xp(twin, burn_in, upd_a, infl, repeats, seed):
     return statistics.median(rmses), statistics.median(times), loads
 
 
-def dapper_cycle(twin, E0, burn_in, upd_a, infl, repeats, seed):
-    """DAPPER's EnKF cycle, statistics off (forecast, observe,
-    ``EnKF_analysis``, ``post_process``): (median seconds, loads)."""
-    from dapper.da_methods.ensemble import EnKF_analysis, post_process
-    from dapper.tools.seeding import set_seed
-
-    HMM = vs_dapper_enkf.dapper_hmm(twin, burn_in)
-    yy = np.asarray(twin.observations)
-    Obs = HMM.Obs(0)
-    times, loads = [], []
-    for _ in range(repeats):
-        set_seed(seed + 1)
-        E = np.asarray(E0).copy()
-        t0 = time.perf_counter()
-        for k, y in enumerate(yy):
-            E = HMM.Dyn(E, k * 0.05, 0.05)
-            E = EnKF_analysis(E, Obs(E), Obs.noise, y, upd_a)
-            E = post_process(E, infl, False)
-        times.append(time.perf_counter() - t0)
-        loads.append(load_1min())
-    return statistics.median(times), loads
-
-
 def float32_twin(twin, E0):
     """The twin's observations and the initial ensemble in float32."""
     return twin._replace(observations=jnp.asarray(twin.observations, jnp.float32)), \
@@ -136,7 +113,8 @@ def filter_rows(cycles, burn_in, repeats, seed=0):
         rmse, sec, compile_s, loads = vs_dapper_enkf.run_enkit(
             model, twin, E0, scheme, infl, seed, repeats, burn_in)
         d_rmse, d_on, l_on = dapper_xp(twin, burn_in, upd_a, infl, repeats, seed)
-        d_off, l_off = dapper_cycle(twin, E0, burn_in, upd_a, infl, repeats, seed)
+        d_off, l_off = vs_dapper_enkf.dapper_loop(twin, E0, burn_in, repeats, seed,
+                                                   upd_a=upd_a, infl=infl)
         rows.append(dict(name=f"{name}, infl {infl}", enkit=sec, rmse=rmse, d_on=d_on,
                          d_off=d_off, d_rmse=d_rmse, loads=loads + l_on + l_off,
                          compile=compile_s))
@@ -255,14 +233,7 @@ def render(frows, size, b, diff, f32, args):
         f"{'':<44}{'time, s':>8}{'ratio':>7}{'cpu, s':>8}{'run extra, MB':>14}{'faults':>8}"
         f"{'load':>10}",
     ]
-    names = {("enkit", "jit", False): "enkit ESMDA, jitted tell",
-             ("enkit", "jit", True): "enkit ESMDA, jitted, overwrite=True",
-             ("enkit", "eager", False): "enkit ESMDA, eager tell (NumPy G)",
-             ("enkit", "eager", True): "enkit ESMDA, eager, overwrite=True",
-             ("eki", "jit", False): "enkit EKI dt=1/4, jitted tell",
-             ("eki", "eager", True): "enkit EKI dt=1/4, eager, overwrite",
-             ("peer", "-", False): "iterative_ensemble_smoother",
-             ("peer", "-", True): "iterative_ensemble_smoother, overwrite"}
+    names = vs_ies.VARIANT_NAMES
     t_peer = med(b[("peer", "-", False)]["times"])
     for key, name in names.items():
         if key not in b:

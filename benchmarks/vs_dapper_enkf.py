@@ -175,9 +175,10 @@ def run_dapper(twin, E0, burn_in, repeats, seed, center=True):
     return statistics.median(rmses), statistics.median(times), loads
 
 
-def dapper_loop(twin, E0, burn_in, repeats, seed):
+def dapper_loop(twin, E0, burn_in, repeats, seed, upd_a="PertObs", infl=INFL):
     """DAPPER's EnKF cycle as ``EnKF.assimilate`` runs it, statistics off:
-    forecast, observe, ``EnKF_analysis('PertObs')``, ``post_process``."""
+    forecast, observe, ``EnKF_analysis(upd_a)``, ``post_process`` with
+    inflation ``infl``: (median seconds, loads)."""
     from dapper.da_methods.ensemble import EnKF_analysis, post_process
     from dapper.tools.seeding import set_seed
 
@@ -191,8 +192,8 @@ def dapper_loop(twin, E0, burn_in, repeats, seed):
         t0 = time.perf_counter()
         for k, y in enumerate(yy):
             E = HMM.Dyn(E, k * 0.05, 0.05)
-            E = EnKF_analysis(E, Obs(E), Obs.noise, y, "PertObs")
-            E = post_process(E, INFL, False)
+            E = EnKF_analysis(E, Obs(E), Obs.noise, y, upd_a)
+            E = post_process(E, infl, False)
         times.append(time.perf_counter() - t0)
         loads.append(load())
     return statistics.median(times), loads

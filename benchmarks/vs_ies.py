@@ -429,6 +429,17 @@ def main():
     print(render(a, b, diff, p, d, N, args))
 
 
+
+# The row label of each worker variant (library, tell, overwrite).
+VARIANT_NAMES = {("enkit", "jit", False): "enkit ESMDA, jitted tell",
+                 ("enkit", "jit", True): "enkit ESMDA, jitted, overwrite=True",
+                 ("enkit", "eager", False): "enkit ESMDA, eager tell (NumPy G)",
+                 ("enkit", "eager", True): "enkit ESMDA, eager, overwrite=True",
+                 ("eki", "jit", False): "enkit EKI dt=1/4, jitted tell",
+                 ("eki", "eager", True): "enkit EKI dt=1/4, eager, overwrite",
+                 ("peer", "-", False): "iterative_ensemble_smoother",
+                 ("peer", "-", True): "iterative_ensemble_smoother, overwrite"}
+
 def render(a, b, diff, p, d, N, args):
     import iterative_ensemble_smoother as ies_pkg
     import jax
@@ -461,14 +472,7 @@ def render(a, b, diff, p, d, N, args):
         f"{'load':>6}{'peak RSS':>9}{'above base':>11}{'run peak':>9}{'run extra':>10}"
         f"{'first, s':>9}",
     ]
-    names = {("enkit", "jit", False): "enkit ESMDA, jitted tell",
-             ("enkit", "jit", True): "enkit ESMDA, jitted, overwrite=True",
-             ("enkit", "eager", False): "enkit ESMDA, eager tell (NumPy G)",
-             ("enkit", "eager", True): "enkit ESMDA, eager, overwrite=True",
-             ("eki", "jit", False): "enkit EKI dt=1/4, jitted tell",
-             ("eki", "eager", True): "enkit EKI dt=1/4, eager, overwrite",
-             ("peer", "-", False): "iterative_ensemble_smoother",
-             ("peer", "-", True): "iterative_ensemble_smoother, overwrite"}
+    names = VARIANT_NAMES
     t_peer = med(b[("peer", "-", False)]["times"])
     for key, name in names.items():
         r = b[key]
