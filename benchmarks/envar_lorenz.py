@@ -73,6 +73,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import enkit  # noqa: E402
+import var4d_lorenz63  # noqa: E402
 
 DKO = 25  # model steps between observations
 N = 10
@@ -87,21 +88,9 @@ def identity(x):
 
 def make_record(cycles, seed):
     """Truth at every model step (cycles·25 + 1, 3), observations (cycles, 3)
-    with R = 2 I, and an initial ensemble x0 + sqrt(2) z (N, 3)."""
-    model = enkit.Lorenz63(dt=0.01)
-    x0 = jnp.array([1.509, -1.531, 25.46])
-
-    def advance(x, _):
-        x = model(x)
-        return x, x
-
-    _, path = jax.lax.scan(advance, x0, length=cycles * DKO)
-    xx = jnp.concatenate([x0[None], path])
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    truth = xx[DKO::DKO]
-    ys = truth + enkit.Scalar(2.0, 3).sample(k1, (cycles,))
-    E0 = x0 + jnp.sqrt(2.0) * jax.random.normal(k2, (N, 3))
-    return np.asarray(xx), np.asarray(truth), np.asarray(ys), np.asarray(E0)
+    with R = 2 I, and an initial ensemble x0 + sqrt(2) z (N, 3): the record
+    of var4d_lorenz63.py with an ensemble start."""
+    return var4d_lorenz63.make_record(cycles, seed, members=N)
 
 
 def var3d_cycle(model, x0, B, ys, R):

@@ -67,9 +67,10 @@ def identity(x):
     return x
 
 
-def make_record(cycles, seed):
+def make_record(cycles, seed, members=None):
     """Truth at every model step (cycles·25 + 1, 3), at the observation times
-    (cycles, 3), observations with R = 2 I and the background start."""
+    (cycles, 3), observations with R = 2 I and the background start x0 +
+    sqrt(2) z: one (3,) state, or a (members, 3) ensemble."""
     import jax
     import jax.numpy as jnp
 
@@ -87,7 +88,7 @@ def make_record(cycles, seed):
     k1, k2 = jax.random.split(jax.random.key(seed))
     truth = xx[DKO::DKO]
     ys = truth + enkit.Scalar(2.0, 3).sample(k1, (cycles,))
-    xb0 = x0 + jnp.sqrt(2.0) * jax.random.normal(k2, (3,))
+    xb0 = x0 + jnp.sqrt(2.0) * jax.random.normal(k2, (3,) if members is None else (members, 3))
     return np.asarray(xx), np.asarray(truth), np.asarray(ys), np.asarray(xb0)
 
 
