@@ -18,6 +18,31 @@ def test_lorenz96_tendency_matches_index_formula():
     np.testing.assert_allclose(Lorenz96(n=9).tendency(jnp.asarray(x)), expected, rtol=1e-13)
 
 
+def test_ring_shifts_are_rolls_of_every_offset_batched_and_jitted():
+    from enkit.models._ring import ring_shifts
+
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 7)))
+    offsets = (1, -2, -1, 2, 0, 6, -6)
+    for got, k in zip(ring_shifts(x, offsets), offsets):
+        assert jnp.array_equal(got, jnp.roll(x, -k, axis=-1)), k
+    jitted = jax.jit(lambda x: ring_shifts(x, offsets))(x)
+    for got, k in zip(jitted, offsets):
+        assert jnp.array_equal(got, jnp.roll(x, -k, axis=-1)), k
+    with pytest.raises(ValueError, match=r"\|k\| < n = 7, got 7"):
+        ring_shifts(x, (7,))
+
+
+def test_lorenz96_ensemble_step_equals_the_roll_formula_bit_for_bit():
+    # the tendency reads its neighbours from one doubled copy (models/_ring.py):
+    # the same numbers as the jnp.roll formula, under vmap and jit
+    def rolled(x):
+        return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + 8.0
+
+    E = 8.0 + 3.0 * jnp.asarray(np.random.default_rng(2).normal(size=(5, 40)))
+    model = Lorenz96()
+    assert jnp.array_equal(jax.jit(jax.vmap(model.tendency))(E), jax.jit(jax.vmap(rolled))(E))
+
+
 def test_fixed_points_stay_fixed():
     m96 = Lorenz96(n=40, F=8.0)
     x = jnp.full(40, 8.0)

@@ -15,6 +15,7 @@ from jax import Array
 
 from enkit._pytree import register_dataclass
 from enkit.models._integrate import rk4_step
+from enkit.models._ring import ring_shifts
 
 __all__ = ["Lorenz63", "Lorenz96"]
 
@@ -77,7 +78,8 @@ class Lorenz96:
 
     def tendency(self, x: Array) -> Array:
         """dx/dt for one state x: (n,) -> (n,)."""
-        return (jnp.roll(x, -1) - jnp.roll(x, 2)) * jnp.roll(x, 1) - x + self.F
+        right, left2, left = ring_shifts(x, (1, -2, -1))
+        return (right - left2) * left - x + self.F
 
     def __call__(self, x: Array) -> Array:
         """Advance x: (n,) by one RK4 step of length dt."""

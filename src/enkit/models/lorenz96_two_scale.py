@@ -29,6 +29,7 @@ from jax import Array
 
 from enkit._pytree import register_dataclass
 from enkit.models._integrate import rk4_step
+from enkit.models._ring import ring_shifts
 
 __all__ = ["Lorenz96TwoScale"]
 
@@ -80,9 +81,11 @@ class Lorenz96TwoScale:
         X, Yr = x[:K], x[K:]  # Yr: the fast ring, (K·J,)
         coupling = self.h * self.c / self.b
         sums = Yr.reshape(K, self.J).sum(axis=1)
-        dX = (jnp.roll(X, -1) - jnp.roll(X, 2)) * jnp.roll(X, 1) - X + self.F - coupling * sums
+        right, left2, left = ring_shifts(X, (1, -2, -1))
+        dX = (right - left2) * left - X + self.F - coupling * sums
+        yright, yright2, yleft = ring_shifts(Yr, (1, 2, -1))
         dY = (
-            -self.c * self.b * jnp.roll(Yr, -1) * (jnp.roll(Yr, -2) - jnp.roll(Yr, 1))
+            -self.c * self.b * yright * (yright2 - yleft)
             - self.c * Yr
             + coupling * jnp.repeat(X, self.J)
         )
