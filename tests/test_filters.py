@@ -128,9 +128,15 @@ def test_enkf_draw_dtype_sets_only_the_standard_normal_draws():
     np.testing.assert_array_equal(
         enkit.perturbed_observations(key, jnp.asarray(p.y), R, p.N, draw_dtype=jnp.float32), D)
     assert a.dtype == jnp.float64
-    assert not np.array_equal(a, enkit.enkf(p.E, p.y, p.H, R, key=key))
-    np.testing.assert_array_equal(enkit.enkf(p.E, p.y, p.H, R, key=key, draw_dtype=None),
-                                  enkit.enkf(p.E, p.y, p.H, R, key=key))
+    # float32 draws are the default; None draws in R's dtype (R.sample)
+    assert enkit.DEFAULT_DRAW_DTYPE == jnp.float32
+    np.testing.assert_array_equal(a, enkit.enkf(p.E, p.y, p.H, R, key=key))
+    np.testing.assert_array_equal(enkit.perturbed_observations(key, jnp.asarray(p.y), R, p.N), D)
+    b = enkit.enkf(p.E, p.y, p.H, R, key=key, draw_dtype=None)
+    assert b.dtype == jnp.float64 and not np.array_equal(a, b)
+    np.testing.assert_array_equal(
+        enkit.perturbed_observations(key, jnp.asarray(p.y), R, p.N, draw_dtype=None),
+        jnp.asarray(p.y) + R.sample(key, (p.N,)))
 
 
 def test_enkf_error_shrinks_like_one_over_sqrt_N():

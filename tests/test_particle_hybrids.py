@@ -122,8 +122,9 @@ def test_enkpf_gamma_one_is_the_stochastic_enkf():
     res = pf.enkpf(E, Y1, H1, RS, gamma=1.0, key=key)
     np.testing.assert_allclose(res.log_weights, -np.log(100), rtol=1e-12)
     assert float(res.ess) == pytest.approx(100.0)
-    # the same draws: enkit.enkf with the first-stage key
-    Ea = enkit.enkf(E, Y1, H1, RS, key=jax.random.split(key, 3)[1])
+    # the same draws: enkit.enkf with the first-stage key and the draws in
+    # R's dtype (R.sample, as the particle filters make them)
+    Ea = enkit.enkf(E, Y1, H1, RS, key=jax.random.split(key, 3)[1], draw_dtype=None)
     np.testing.assert_allclose(res.ensemble, Ea, rtol=1e-12, atol=1e-12)
     # log evidence: the Gaussian one of the ensemble's mean and covariance
     P = np.cov(E.T)

@@ -102,6 +102,7 @@ from enkit.filters import (
     student_t_enkf,
 )
 from enkit.filters.ensemble_space import ENSEMBLE_SPACE, analysis_transform, ensemble_space
+from enkit.filters.enkf import DEFAULT_DRAW_DTYPE
 from enkit.inflation import (
     RTPP,
     RTPS,
@@ -406,6 +407,7 @@ __all__ = [
     "estimate_parameters",
     "spread_floor",
     "ENSEMBLE_SPACE",
+    "DEFAULT_DRAW_DTYPE",
     "analysis_transform",
     "ensemble_space",
     "LagSmoother",

@@ -20,7 +20,7 @@ iterate over it, so a new scheme is covered by adding one line here.
 
 from enkit.filters._common import observe
 from enkit.filters.denkf import denkf
-from enkit.filters.enkf import enkf, perturbed_observations
+from enkit.filters.enkf import DEFAULT_DRAW_DTYPE, enkf, perturbed_observations
 from enkit.filters.enkf_bucy import enkf_bucy, enkf_bucy_analysis
 from enkit.filters.ensrf import ensrf
 from enkit.filters.ensrf_serial import ensrf_serial
@@ -91,6 +91,7 @@ __all__ = [
     "ensemble_with_covariance",
     "observe",
     "perturbed_observations",
+    "DEFAULT_DRAW_DTYPE",
     "RRSQRTResult",
     "RRSQRTState",
     "ensemble_to_modes",

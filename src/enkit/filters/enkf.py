@@ -14,17 +14,23 @@ from enkit.filters._blocal import Localization, check_localization, localized_ga
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
 from enkit.linalg import SolveMethod, check_solve_method, kalman_solve
 
-__all__ = ["enkf", "perturbed_observations"]
+__all__ = ["DEFAULT_DRAW_DTYPE", "enkf", "perturbed_observations"]
+
+# The dtype of the standard normal draws behind the perturbed observations
+# (enkf's docstring says why single precision).
+DEFAULT_DRAW_DTYPE = jnp.float32
 
 
 def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = False,
-                           draw_dtype=None) -> Array:
-    """N draws ``y + εᵢ``, ``εᵢ = L zᵢ ~ N(0, R)``: shape (N, m).
+                           draw_dtype=DEFAULT_DRAW_DTYPE) -> Array:
+    """N draws ``y + εᵢ``, ``εᵢ = L zᵢ ~ N(0, R)``: shape (N, m), the
+    perturbations ``enkf`` makes with the same key and options.
 
     R: a covariance operator (a diagonal R costs O(N m), never m²).
     With ``center=True`` the perturbations are re-centred to zero mean.
     draw_dtype: dtype of the standard normal draws z, colourised in R's
-    dtype; None (default): R's own dtype, the draws of ``R.sample(key, (N,))``.
+    dtype (default ``float32``, see ``enkf``); None: R's own dtype, the
+    draws of ``R.sample(key, (N,))``.
     """
     if draw_dtype is None:
         eps = R.sample(key, (N,))
@@ -57,7 +63,7 @@ def enkf(
     *,
     key: Array | int | None = None,
     center_perturbations: bool = False,
-    draw_dtype=None,
+    draw_dtype=DEFAULT_DRAW_DTYPE,
     method: SolveMethod = "auto",
     rcond: float | Array | None = None,
     localization: Localization | None = None,
@@ -79,13 +85,19 @@ def enkf(
     remove the sample mean of the perturbations so the mean update is exact
     (default False, the perturbed-observation EnKF of Burgers et al. 1998;
     DAPPER's ``EnKF("PertObs")`` centres them, without rescaling: pass True
-    to match it); draw_dtype: dtype of the standard normal draws (None,
-    default: R's dtype, ``R.sample``); ``jnp.float32`` draws them in single
-    precision and colourises them in R's dtype (resolution 2⁻²⁴, tails cut
-    near 5σ instead of 8σ): at m = N = 40 the double-precision normal
-    transform (erf⁻¹) is the largest piece of the analysis, and float32
-    draws cut a Lorenz-96 cycle by 10–45% in three runs on a loaded 2-core
-    machine, at the same mean RMSE over 8 truths (benchmarks/vs_dapper_enkf.py);
+    to match it); draw_dtype: dtype of the standard normal draws z
+    (default ``jnp.float32``), colourised in R's dtype, so each ε is in R's
+    precision; None: R's own dtype (``R.sample``, the former default).
+    Why single precision by default: the draws are Monte Carlo noise
+    whose sampling error, of order N^{-1/2}, is far above the 2⁻²⁴
+    resolution of a float32 draw; their tails end at 5.3–5.4σ instead of
+    about 8σ (a standard normal passes 5.3σ with probability 1.2e-7). The
+    double-precision uniform-to-normal transform (erf⁻¹) costs about three
+    times the float32 one on CPU and was the largest piece of the analysis
+    at m = N = 40; float32 draws make a Lorenz-96 cycle 10–45% cheaper on a
+    loaded 2-core machine, at the same mean RMSE over 8 truths
+    (benchmarks/vs_dapper_enkf.py). Without x64 (JAX's default) nothing
+    changes: R is float32 and so are its own draws;
     method: innovation solve, see ``enkit.linalg.kalman_solve`` ("auto",
     "observation", "ensemble", or the opt-in "pinv" for a rank-deficient
     ``Yᵀ Y + R``); rcond: the relative eigenvalue cut of "pinv" (None:
