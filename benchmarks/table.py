@@ -36,9 +36,7 @@ Run (DAPPER and the peer live in the bench environment):
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # first: one thread for NumPy and XLA
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
@@ -205,7 +203,7 @@ def render(frows, size, b, diff, f32, args):
         *(["QUICK mode: short runs and small ES-MDA sizes"] if args.quick else []),
         f"enkit {enkit.__version__} (jax {jax.__version__}), DAPPER {dapper.__version__}, "
         f"iterative_ensemble_smoother {ies_pkg.__version__}, numpy {np.__version__}",
-        f"1 thread everywhere, {os.cpu_count()} CPUs, CPU only (no GPU on this machine); "
+        f"{one_thread.DESCRIPTION}, {os.cpu_count()} CPUs, CPU only (no GPU on this machine); "
         f"medians of {args.repeats} runs; {args.load} busy-loop processes started by the "
         "benchmark;",
         "load = range of the 1-minute load average read after the row's runs",

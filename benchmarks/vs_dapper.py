@@ -33,9 +33,7 @@ Run (DAPPER lives in its own environment, as its pins differ from enkit's):
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # first: one thread for NumPy and XLA
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402
@@ -256,7 +254,7 @@ def main():
 
     lines = [
         "Lorenz-96 (n=40, F=8, dt=0.05, obs every step, R=I), ETKF N=40, inflation 1.02",
-        f"cycles {K}, burn-in {args.burn_in}, float64, 1 thread everywhere, "
+        f"cycles {K}, burn-in {args.burn_in}, float64, {one_thread.DESCRIPTION}, "
         f"median of {args.repeats}",
         f"enkit {enkit.__version__} (jax {jax.__version__}), DAPPER {dapper.__version__}, "
         f"numpy {np.__version__}; load = 1-minute load average (2 cores)",

@@ -61,9 +61,7 @@ Run (the peer lives in the bench environment):
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # first: one thread for NumPy and XLA
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -453,7 +451,7 @@ def render(a, b, diff, p, d, N, args):
         "ESMDA (truncation=1.0)",
         *(["QUICK mode: small sizes for (b), not the benchmark's target sizes"]
           if args.quick else []),
-        f"float64, 1 thread everywhere; (b): {args.repeats} interleaved rounds after one "
+        f"float64, {one_thread.DESCRIPTION}; (b): {args.repeats} interleaved rounds after one "
         "warm-up each, medians; same prior, data and perturbations",
         f"enkit {enkit.__version__} (jax {jax.__version__}), iterative_ensemble_smoother "
         f"{ies_pkg.__version__}, numpy {np.__version__}; {os.cpu_count()} CPUs",

@@ -136,16 +136,56 @@ def test_inverse_sqrt_identity_plus_is_exact_on_every_path(lam_max):
     np.testing.assert_allclose(t, t_ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("path", ["series", "newton_schulz"])
+@pytest.mark.parametrize("path", ["series17", "series23", "series29", "series35",
+                                  "newton_schulz"])
 def test_each_matrix_product_path_alone_is_exact(path):
+    from functools import partial
+
     from enkit import linalg
 
     rng = np.random.default_rng(5)
     B = rng.normal(size=(10, 10))
     A = B @ B.T
-    A = A * (0.3 / np.linalg.eigvalsh(A)[-1])  # inside the series' domain
+    # inside the domain of each series: r^(d+1) <= eps/2 (1 - r) for the bound below
+    lam_max = {"series17": 0.09, "series23": 0.2, "series29": 0.3, "series35": 0.4,
+               "newton_schulz": 0.4}[path]
+    A = A * (lam_max / np.linalg.eigvalsh(A)[-1])
     lam, V = np.linalg.eigh(A)
     ref = (V / np.sqrt(1 + lam)) @ V.T
-    bound = 0.5 * np.sqrt(np.sum(A * A))
-    fn = {"series": linalg._series_isqrt, "newton_schulz": linalg._newton_schulz_isqrt}[path]
-    np.testing.assert_allclose(fn(jnp.asarray(A), bound), ref, atol=2e-15)
+    A2 = A @ A
+    bound = 0.5 * np.sqrt(np.sqrt(np.sum(A2 * A2)))
+    assert lam_max <= 2 * bound  # the bound of inverse_sqrt_identity_plus holds
+    plans = dict(linalg._SERIES_PLANS)
+    if path == "newton_schulz":
+        fn = linalg._newton_schulz_isqrt
+    else:
+        degree = int(path[len("series"):])
+        r = bound / (1 + bound)
+        assert r ** (degree + 1) <= 0.5 * np.finfo(float).eps * (1 - r)
+        fn = partial(linalg._series_isqrt, degree=degree, block=plans[degree])
+    np.testing.assert_allclose(fn(jnp.asarray(A), jnp.asarray(A2), bound), ref, atol=2e-15)
+
+
+def test_inverse_sqrt_identity_plus_takes_the_lowest_exact_series_degree():
+    # the path chosen from r = b/(1+b), b = ||A^2||_F^(1/2)/2: each spectrum
+    # below lands on another series branch (17, 23, 29, 35), then Newton-Schulz,
+    # then eigh; the result is exact on each
+    from enkit import linalg
+
+    rng = np.random.default_rng(6)
+    B = rng.normal(size=(9, 9))
+    A0 = B @ B.T
+    eps = np.finfo(float).eps
+    seen = []
+    for lam_max in (0.2, 0.4, 0.6, 0.8, 3.0, 500.0):
+        A = A0 * (lam_max / np.linalg.eigvalsh(A0)[-1])
+        A2 = A @ A
+        b = 0.5 * np.sqrt(np.sqrt(np.sum(A2 * A2)))
+        r = b / (1 + b)
+        exact = [d for d, _ in linalg._SERIES_PLANS if r ** (d + 1) <= 0.5 * eps * (1 - r)]
+        seen.append(min(exact) if exact else ("newton_schulz" if b <= 64 else "eigh"))
+        lam, V = np.linalg.eigh(A)
+        ref = (V / np.sqrt(1 + lam)) @ V.T
+        got = linalg.inverse_sqrt_identity_plus(jnp.asarray(A))
+        np.testing.assert_allclose(got, ref, atol=1e-13)
+    assert seen == [17, 23, 29, 35, "newton_schulz", "eigh"], seen
