@@ -45,12 +45,18 @@ def _exact(base, B, a):
     return enkit.e3dvar(base, B, equilibrium=a, cost_tolerance=None)
 
 
+def _analyse(scheme, E, y, h, R, **kw):
+    """scheme(E, y, h, R, **kw) compiled as one program (run eagerly, its
+    L-BFGS loop compiles many small ones, the slow part of these tests)."""
+    return jax.jit(lambda E, y, R, kw: scheme(E, y, h, R, **kw))(E, y, R, kw)
+
+
 # --- E3DVAR -------------------------------------------------------------------------------
 
 
 def test_equilibrium_zero_is_var3d(linear):
     p = linear
-    Ea = _exact(enkit.etkf, Dense(p["B"]), 0.0)(p["E"], p["y"], p["H"], p["R"])
+    Ea = _analyse(_exact(enkit.etkf, Dense(p["B"]), 0.0), p["E"], p["y"], p["H"], p["R"])
     r = enkit.var3d(p["E"].mean(axis=0), Dense(p["B"]), p["y"], p["H"], p["R"])
     np.testing.assert_allclose(Ea.mean(axis=0), r.analysis, rtol=0, atol=1e-12)
     np.testing.assert_allclose(r.analysis, _hybrid_mean(p, 0.0), rtol=0, atol=1e-12)
@@ -59,7 +65,7 @@ def test_equilibrium_zero_is_var3d(linear):
 @pytest.mark.parametrize("base", [enkit.etkf, enkit.mlef], ids=["etkf", "mlef"])
 def test_equilibrium_one_is_the_base_update(linear, base):
     p = linear
-    Ea = _exact(base, Dense(p["B"]), 1.0)(p["E"], p["y"], p["H"], p["R"])
+    Ea = _analyse(_exact(base, Dense(p["B"]), 1.0), p["E"], p["y"], p["H"], p["R"])
     Eb = base(p["E"], p["y"], p["H"], p["R"])
     np.testing.assert_allclose(Ea, Eb, rtol=0, atol=1e-12)
     np.testing.assert_allclose(Ea.mean(axis=0), _hybrid_mean(p, 1.0), rtol=0, atol=1e-12)
@@ -69,7 +75,8 @@ def test_equilibrium_one_is_the_base_update(linear, base):
 def test_hybrid_mean_is_the_kalman_mean_with_the_hybrid_covariance(linear, a):
     p = linear
     h = jax.tree_util.Partial(lambda x: jnp.asarray(p["H"]) @ x)  # a callable h
-    Ea = _exact(enkit.etkf, Dense(p["B"]), a)(p["E"], p["y"], h, Diagonal(np.diag(p["R"])))
+    Ea = _analyse(_exact(enkit.etkf, Dense(p["B"]), a), p["E"], p["y"], h,
+                  Diagonal(np.diag(p["R"])))
     np.testing.assert_allclose(Ea.mean(axis=0), _hybrid_mean(p, a), rtol=0, atol=1e-11)
 
 
@@ -83,7 +90,7 @@ def test_recentred_ensemble_keeps_the_base_analysis_anomalies(linear):
         return jnp.asarray(p["H"]) @ x + 0.1 * x[:M_OBS] ** 2
 
     scheme = enkit.e3dvar(enkit.enkf, 2.0, equilibrium=0.4, cost_tolerance=None)
-    Ea = scheme(p["E"], p["y"], h, p["R"], key=key)
+    Ea = _analyse(scheme, p["E"], p["y"], h, p["R"], key=key)
     Eb = enkit.enkf(p["E"], p["y"], h, p["R"], key=key)
     np.testing.assert_allclose(Ea - Ea.mean(axis=0), Eb - Eb.mean(axis=0), rtol=0, atol=1e-12)
     # the mean is the hybrid 3D-Var minimiser: compare with var3d's with B_h
@@ -130,9 +137,9 @@ def test_cost_tolerance_changes_the_scheme(linear):
     B = Dense(p["B"])
     # cost_tolerance 10 stops at a relative decrease of 0.22
     loose = enkit.e3dvar(enkit.etkf, B, equilibrium=0.5, cost_tolerance=10.0)
-    Ea = loose(p["E"], p["y"], p["H"], p["R"])
+    Ea = _analyse(loose, p["E"], p["y"], p["H"], p["R"])
     err_loose = np.abs(Ea.mean(axis=0) - _hybrid_mean(p, 0.5)).max()
-    Ed = enkit.e3dvar(enkit.etkf, B, equilibrium=0.5)(p["E"], p["y"], p["H"], p["R"])
+    Ed = _analyse(enkit.e3dvar(enkit.etkf, B, equilibrium=0.5), p["E"], p["y"], p["H"], p["R"])
     assert np.abs(Ed.mean(axis=0) - _hybrid_mean(p, 0.5)).max() < 1e-6 < err_loose
 
 
@@ -166,8 +173,9 @@ def test_runs_in_assimilate(linear):
     res = enkit.assimilate(model, p["E"], ys, scheme, h=p["H"], R=p["R"],
                            store=("analysis_mean", "analysis_ensemble"))
     E = p["E"]
+    step = jax.jit(lambda E, y: scheme(E @ M.T, y, p["H"], p["R"]))  # compiled once
     for k, y in enumerate(ys):
-        E = scheme(E @ M.T, y, p["H"], p["R"])
+        E = step(E, y)
         np.testing.assert_allclose(res.analysis_ensemble[k], E, atol=1e-10)
 
 
@@ -180,8 +188,9 @@ def test_no_observations_returns_the_base_analysis(linear):
 def test_float32(linear):
     p = linear
     E = p["E"].astype(np.float32)
-    Ea = enkit.e3dvar(enkit.etkf, Dense(p["B"].astype(np.float32)), equilibrium=0.5)(
-        E, p["y"].astype(np.float32), p["H"].astype(np.float32), p["R"].astype(np.float32))
+    Ea = _analyse(enkit.e3dvar(enkit.etkf, Dense(p["B"].astype(np.float32)), equilibrium=0.5),
+                  E, p["y"].astype(np.float32), p["H"].astype(np.float32),
+                  p["R"].astype(np.float32))
     assert Ea.dtype == jnp.float32
     np.testing.assert_allclose(Ea.mean(axis=0), _hybrid_mean(p, 0.5), atol=1e-4)
 
