@@ -17,17 +17,13 @@ Filters:
 
 Each runs with two observation records (seeds 0 and 1); the table shows
 both RMSEs and their median, and the time of the second call (compiled).
-float64. Thread settings: one thread for XLA and the BLAS (set below).
+float64. Thread settings: one thread for XLA and the BLAS (set by one_thread.py).
 
 Run:  python benchmarks/ekf_ukf_lorenz63.py          # writes results/ekf_ukf_lorenz63.txt
       python benchmarks/ekf_ukf_lorenz63.py --quick  # 1,000 cycles, nothing written
 """
 
-import os
-
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402

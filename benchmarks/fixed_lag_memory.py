@@ -22,7 +22,7 @@ interpreter (so its VmHWM is its own), made twice; the table gives medians.
 The smoothed RMSE of the plain 20,000-cycle run over times 1..20,000−L
 must equal the stream's over the same times (same cycles, same numbers).
 
-Thread settings: one thread (OpenBLAS/MKL/OpenMP and XLA set below, before
+Thread settings: one thread (OpenBLAS/MKL/OpenMP and XLA set by one_thread.py, before
 NumPy and JAX load, inherited by the workers). Writes
 benchmarks/results/fixed_lag_memory.txt (not with ``--quick``).
 
@@ -32,9 +32,7 @@ Run:  ./dev python benchmarks/fixed_lag_memory.py [--cycles 100000] [--chunk 100
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import collections  # noqa: E402

@@ -18,7 +18,7 @@ Schemes (``enkit.assimilate``):
 Each case runs twice (keys 3 and 4; the second call reuses the compiled
 program): the RMSE is the median of the two runs (and both are shown), the
 time per cycle that of the second run (compilation excluded). float32 (JAX's
-default). Thread settings: one thread for XLA and the BLAS (set below before
+default). Thread settings: one thread for XLA and the BLAS (set by one_thread.py before
 JAX loads). Penny & Miyoshi's own figures (their L96 experiments with
 longer forecast windows and other observation networks) were not at hand to
 compare with; the comparison here is with the LETKF and the global PF.
@@ -27,11 +27,7 @@ Run:  python benchmarks/local_pf.py            # writes benchmarks/results/local
       python benchmarks/local_pf.py --quick    # 200 cycles, nothing written
 """
 
-import os
-
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402

@@ -17,7 +17,7 @@ the control is NaN for the model step into cycle 6,000.
 - blow-up: the error's cycle, stage and message, and that its partial
   result holds the 5,999 earlier cycles, equal to the clean run's.
 
-Thread settings: one thread (OpenBLAS/MKL/OpenMP and XLA set below, before
+Thread settings: one thread (OpenBLAS/MKL/OpenMP and XLA set by one_thread.py, before
 NumPy and JAX load). Writes benchmarks/results/nonfinite_check.txt (not with
 ``--quick``).
 
@@ -27,9 +27,7 @@ Run:  ./dev python benchmarks/nonfinite_check.py [--cycles 10000] [--blow-at 600
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import time  # noqa: E402

@@ -20,7 +20,7 @@ Reported per setting:
 - the gradient, which must equal the plain run's to round-off (and, for the
   truncated one, only approximately).
 
-Thread settings: one thread (OpenBLAS/MKL/OpenMP and XLA set below, before
+Thread settings: one thread (OpenBLAS/MKL/OpenMP and XLA set by one_thread.py, before
 NumPy and JAX load, inherited by the subprocesses). Writes
 benchmarks/results/remat_memory.txt (not with ``--quick``).
 
@@ -29,9 +29,7 @@ Run:  ./dev python benchmarks/remat_memory.py [--quick]
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import json  # noqa: E402

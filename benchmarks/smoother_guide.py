@@ -30,7 +30,7 @@ Every case is run for seeds 0 and 1 (different truth, observations and
 initial ensemble); RMSEs are the mean over the two seeds of the time-mean
 RMSE after burn-in; times are the median of the timed runs (each seed five
 times in A, twice elsewhere, after a first call that compiles). Thread settings: one thread
-(OpenBLAS/MKL/OpenMP and XLA set below, before NumPy and JAX load). Writes
+(OpenBLAS/MKL/OpenMP and XLA set by one_thread.py, before NumPy and JAX load). Writes
 benchmarks/results/smoother_guide.txt and smoother_guide.png.
 
 Run:  ./dev python benchmarks/smoother_guide.py [--cycles 3000] [--burn-in 500]
@@ -38,9 +38,7 @@ Run:  ./dev python benchmarks/smoother_guide.py [--cycles 3000] [--burn-in 500]
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402

@@ -24,7 +24,7 @@
 Every time is a median of --repeats runs; the 1-minute load average is read
 after every run and its range printed on the row. --load L starts L
 busy-loop processes for the whole table (``machine_load.busy_loops``).
-Thread settings: one thread for every library (set below, before NumPy and
+Thread settings: one thread for every library (set by one_thread.py, before NumPy and
 JAX load, and inherited by the workers). No GPU run here: this machine has
 none (the enkit rows run unchanged on a GPU build of JAX).
 

@@ -38,10 +38,7 @@ Four parts, written to benchmarks/results/vs_adao.txt:
 
 import os
 
-for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_v] = "1"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import contextlib  # noqa: E402
 import io  # noqa: E402

@@ -22,7 +22,7 @@ interleaved in one process, the 1-minute load average beside every timing:
   analyses at N = 20, 40, 100 (inflation 1.02, 1.02, 1.06; the forecast
   ensemble of each N is the forecast after 500 ETKF cycles with N members).
 
-Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set below,
+Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set by one_thread.py,
 before NumPy and JAX load). Writes benchmarks/results/vs_dapper.txt.
 
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):

@@ -44,7 +44,7 @@ enkf now draws its standard normals in float32 by default
 the row "float64 draws" is ``draw_dtype=None``, the former default, and the
 last RMSE column its RMSE (the same truths; its own numbers).
 
-Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set below,
+Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set by one_thread.py,
 before NumPy and JAX load). The 1-minute load average is printed beside the
 timings. Writes benchmarks/results/vs_dapper_enkf.txt.
 

@@ -26,7 +26,7 @@ Measured, each case at least twice, medians:
   10,000 cycles after 1,000 of burn-in) for lags 1–4 (SDA, shift 1) and
   inflations 1.00–1.04, two seeds, and MDA for lags 2–4 at 1.02.
 
-Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set below,
+Thread settings: one thread for both (OpenBLAS/MKL/OpenMP and XLA set by one_thread.py,
 before NumPy and JAX load). Writes benchmarks/results/vs_dapper_ienks.txt.
 
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):
@@ -36,9 +36,7 @@ Run (DAPPER lives in its own environment, as its pins differ from enkit's):
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402

@@ -27,7 +27,7 @@ resident memory, VmHWM, is its own), at least twice, medians:
 - peak resident memory of the process (VmHWM), and its peak after the imports.
 
 Thread settings: one thread for every library (OpenBLAS/MKL/OpenMP and XLA
-set below, before NumPy and JAX load, and inherited by the subprocesses).
+set by one_thread.py, before NumPy and JAX load, and inherited by the subprocesses).
 Writes benchmarks/results/vs_dapper_letkf.txt (not in ``--quick`` mode).
 
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):
@@ -40,11 +40,7 @@ inflation 1.04, 3,000 cycles): RMSE ≈ 0.22 for DAPPER's
 listed in DAPPER's ``mods/Lorenz96/sakov2008.py``).
 """
 
-import os
-
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse
 import json

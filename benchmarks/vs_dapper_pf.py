@@ -38,9 +38,7 @@ Run (DAPPER lives in its own environment, as its pins differ from enkit's):
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import functools  # noqa: E402

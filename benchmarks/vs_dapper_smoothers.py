@@ -49,7 +49,7 @@ Measured, each case at least twice, medians reported:
   cycles: the cost per cycle does not grow with the run.
 
 Thread settings: one thread for both libraries (OpenBLAS/MKL/OpenMP and XLA
-set below, before NumPy and JAX load). Writes
+set by one_thread.py, before NumPy and JAX load). Writes
 benchmarks/results/vs_dapper_smoothers.txt (not with ``--quick``).
 
 Run (DAPPER lives in its own environment, as its pins differ from enkit's):
@@ -59,9 +59,7 @@ Run (DAPPER lives in its own environment, as its pins differ from enkit's):
 
 import os
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
-os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+import one_thread  # noqa: F401  (first: one thread for NumPy and XLA)
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402

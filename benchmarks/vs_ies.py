@@ -49,7 +49,7 @@ average recorded beside the timings includes them and anything else that
 runs on the machine.
 
 Thread settings: one thread for every library (OpenBLAS/MKL/OpenMP and XLA
-set below, before NumPy and JAX load, and inherited by the subprocesses).
+set by one_thread.py, before NumPy and JAX load, and inherited by the subprocesses).
 Writes benchmarks/results/vs_ies.txt, or vs_ies_load<L>.txt with --load L
 (--quick: vs_ies_quick*.txt, its header marked QUICK).
 
