@@ -357,7 +357,7 @@ def _eigh_isqrt(A, A2, bound):
     return (V * _rsqrt1p(lam)[..., None, :]) @ _mT(V)
 
 
-def _series_isqrt(A, A2, bound, degree=_SERIES_DEGREE, block=6):
+def _series_isqrt(A, A2, bound, degree=_SERIES_PLANS[-1][0], block=_SERIES_PLANS[-1][1]):
     """The binomial series of degree ``degree`` by Paterson–Stockmeyer with
     blocks of ``block`` powers; A2 = A @ A gives B² without a product."""
     eye = _eye_like(A)
