@@ -136,56 +136,152 @@ def test_inverse_sqrt_identity_plus_is_exact_on_every_path(lam_max):
     np.testing.assert_allclose(t, t_ref, atol=1e-12)
 
 
-@pytest.mark.parametrize("path", ["series17", "series23", "series29", "series35",
-                                  "newton_schulz"])
-def test_each_matrix_product_path_alone_is_exact(path):
-    from functools import partial
-
-    from enkit import linalg
-
-    rng = np.random.default_rng(5)
-    B = rng.normal(size=(10, 10))
+def _psd_with_bound(k, bound, seed):
+    """A k×k symmetric positive semi-definite matrix (rank k − 2, so zero
+    eigenvalues repeat) scaled so that ‖A⁴‖_F^{1/4} equals ``bound``."""
+    rng = np.random.default_rng(seed)
+    B = rng.normal(size=(k, k - 2))
     A = B @ B.T
-    # inside the domain of each series: r^(d+1) <= eps/2 (1 - r) for the bound below
-    lam_max = {"series17": 0.09, "series23": 0.2, "series29": 0.3, "series35": 0.4,
-               "newton_schulz": 0.4}[path]
-    A = A * (lam_max / np.linalg.eigvalsh(A)[-1])
+    return A * (bound / np.sum(np.linalg.eigvalsh(A) ** 8) ** 0.125)
+
+
+def _reference(A, f):
     lam, V = np.linalg.eigh(A)
-    ref = (V / np.sqrt(1 + lam)) @ V.T
-    A2 = A @ A
-    bound = 0.5 * np.sqrt(np.sqrt(np.sum(A2 * A2)))
-    assert lam_max <= 2 * bound  # the bound of inverse_sqrt_identity_plus holds
-    plans = dict(linalg._SERIES_PLANS)
-    if path == "newton_schulz":
-        fn = linalg._newton_schulz_isqrt
-    else:
-        degree = int(path[len("series"):])
-        r = bound / (1 + bound)
-        assert r ** (degree + 1) <= 0.5 * np.finfo(float).eps * (1 - r)
-        fn = partial(linalg._series_isqrt, degree=degree, block=plans[degree])
-    np.testing.assert_allclose(fn(jnp.asarray(A), jnp.asarray(A2), bound), ref, atol=2e-15)
+    return (V * f(lam)) @ V.T
 
 
-def test_inverse_sqrt_identity_plus_takes_the_lowest_exact_series_degree():
-    # the path chosen from r = b/(1+b), b = ||A^2||_F^(1/2)/2: each spectrum
-    # below lands on another series branch (17, 23, 29, 35), then Newton-Schulz,
-    # then eigh; the result is exact on each
+_FUNCTIONS = {"isqrt": lambda lam: 1 / np.sqrt(1 + lam),
+              "isqrt_factor": lambda lam: -1 / (np.sqrt(1 + lam) * (1 + np.sqrt(1 + lam)))}
+
+
+def _plans():
+    from enkit import linalg
+    return [(name, k) for (name, precision), plans in linalg._SERIES_PLANS.items()
+            if precision == "float64" for k in range(len(plans))]
+
+
+@pytest.mark.parametrize("name,k", _plans())
+def test_each_series_plan_alone_is_exact_on_its_whole_interval(name, k):
     from enkit import linalg
 
-    rng = np.random.default_rng(6)
-    B = rng.normal(size=(9, 9))
-    A0 = B @ B.T
-    eps = np.finfo(float).eps
+    degree, L = linalg._SERIES_PLANS[name, "float64"][k]
+    a = linalg._SERIES_COEFFICIENTS[name, "float64"][k]
+    assert a.shape == (degree + 1,)
+    for fraction in (1.0, 0.5, 0.01):  # the spectrum fills the interval, or part of it
+        A = _psd_with_bound(10, fraction * L, seed=k)
+        powers, bound = linalg._powers_and_bound(jnp.asarray(A))
+        assert float(bound) <= L * (1 + 1e-12)
+        got = linalg._chebyshev_series(jnp.asarray(A), powers, bound, coefficients=a, L=L)
+        np.testing.assert_allclose(got, _reference(A, _FUNCTIONS[name]), atol=2e-15)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
+def test_series_coefficients_are_within_their_tolerance_in_high_precision(name, precision):
+    """Each plan's polynomial, with its coefficients rounded to the working
+    precision, is within one unit round-off of the function on all of
+    [0, L] (error measured with 40-digit decimals, not in floating point)."""
+    from decimal import Decimal, getcontext
+
+    from enkit import linalg
+
+    getcontext().prec = 40
+    dtype = np.float64 if precision == "float64" else np.float32
+    eps = Decimal(float(np.finfo(dtype).eps))
+    one = Decimal(1)
+
+    def exact(x):
+        s = (one + x).sqrt()
+        return one / s if name == "isqrt" else -one / (s * (one + s))
+
+    plans = linalg._SERIES_PLANS[name, precision]
+    for (degree, L), a in zip(plans, linalg._SERIES_COEFFICIENTS[name, precision]):
+        coefficients = [Decimal(float(c)) for c in a.astype(dtype)]
+        worst = Decimal(0)
+        for i in range(201):
+            t = Decimal(-1) + Decimal(i) / 100
+            x = Decimal(float(L)) * (one + t) / 2
+            p = Decimal(0)
+            for c in reversed(coefficients):
+                p = p * t + c
+            worst = max(worst, abs(p - exact(x)) / abs(exact(x)))
+        assert worst <= eps, (degree, L, float(worst))
+
+
+@pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
+def test_newton_schulz_path_alone_is_exact(name):
+    from enkit import linalg
+
+    fn = {"isqrt": linalg._newton_schulz_isqrt,
+          "isqrt_factor": linalg._newton_schulz_isqrt_factor}[name]
+    A = _psd_with_bound(10, 30.0, seed=5)
+    _, bound = linalg._powers_and_bound(jnp.asarray(A))
+    np.testing.assert_allclose(fn(jnp.asarray(A), bound), _reference(A, _FUNCTIONS[name]),
+                               atol=2e-15)
+
+
+@pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
+def test_the_path_is_the_lowest_series_degree_whose_interval_holds_the_bound(name):
+    # one spectrum inside each interval (above the previous one), then
+    # Newton-Schulz, then eigh; the result is exact on each
+    from enkit import linalg
+
+    fn = {"isqrt": linalg.inverse_sqrt_identity_plus,
+          "isqrt_factor": linalg.inverse_sqrt_identity_plus_factor}[name]
+    plans = linalg._SERIES_PLANS[name, "float64"]
+    edges = [0.0] + [L for _, L in plans]
+    bounds = [0.5 * (lo + hi) for lo, hi in zip(edges[:-1], edges[1:])] + [50.0, 5000.0]
     seen = []
-    for lam_max in (0.2, 0.4, 0.6, 0.8, 3.0, 500.0):
-        A = A0 * (lam_max / np.linalg.eigvalsh(A0)[-1])
-        A2 = A @ A
-        b = 0.5 * np.sqrt(np.sqrt(np.sum(A2 * A2)))
-        r = b / (1 + b)
-        exact = [d for d, _ in linalg._SERIES_PLANS if r ** (d + 1) <= 0.5 * eps * (1 - r)]
-        seen.append(min(exact) if exact else ("newton_schulz" if b <= 64 else "eigh"))
-        lam, V = np.linalg.eigh(A)
-        ref = (V / np.sqrt(1 + lam)) @ V.T
-        got = linalg.inverse_sqrt_identity_plus(jnp.asarray(A))
-        np.testing.assert_allclose(got, ref, atol=1e-13)
-    assert seen == [17, 23, 29, 35, "newton_schulz", "eigh"], seen
+    for i, b in enumerate(bounds):
+        A = _psd_with_bound(9, b, seed=6)
+        seen.append(int(linalg._choose_path(linalg._powers_and_bound(jnp.asarray(A))[1],
+                                            plans)))
+        ref = _reference(A, _FUNCTIONS[name])
+        np.testing.assert_allclose(fn(jnp.asarray(A)), ref, atol=1e-13 * max(1.0, abs(ref).max()))
+    assert seen == list(range(len(plans) + 2)), seen
+
+
+def test_a_batch_shares_the_path_of_its_largest_bound():
+    from enkit import linalg
+
+    A = np.stack([_psd_with_bound(8, 0.01, seed=1), _psd_with_bound(8, 2.0, seed=2)])
+    got = linalg.inverse_sqrt_identity_plus(jnp.asarray(A))
+    for i in range(2):
+        np.testing.assert_allclose(got[i], _reference(A[i], _FUNCTIONS["isqrt"]), atol=2e-15)
+
+
+@pytest.mark.parametrize("bound", [0.05, 0.5, 3.0, 20.0])
+def test_float32_inputs_take_the_float32_plans_and_are_exact_in_float32(bound):
+    from enkit import linalg
+
+    A = _psd_with_bound(12, bound, seed=3)
+    ref = _reference(A, _FUNCTIONS["isqrt"])
+    got = linalg.inverse_sqrt_identity_plus(jnp.asarray(A, jnp.float32))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got, np.float64), ref, atol=2e-6)
+    G = linalg.inverse_sqrt_identity_plus_factor(jnp.asarray(A, jnp.float32))
+    np.testing.assert_allclose(np.asarray(G, np.float64), _reference(A, _FUNCTIONS["isqrt_factor"]),
+                               atol=2e-6)
+
+
+@pytest.mark.parametrize("lam_max", [0.0, 0.3, 2.5, 20.0, 5000.0])  # series, NS, eigh
+def test_inverse_sqrt_identity_plus_factor_gives_the_n_by_n_root(lam_max):
+    """(I + S Sᵀ)^{-1/2} = I + S g(Sᵀ S) Sᵀ, and the derivative is the
+    Daleckiĭ–Kreĭn one of g."""
+    from enkit.linalg import _rsqrt1p_factor, inverse_sqrt_identity_plus_factor
+
+    rng = np.random.default_rng(7)
+    S = rng.normal(size=(11, 4))
+    M = S.T @ S
+    scale = np.sqrt(lam_max / np.linalg.eigvalsh(M)[-1])
+    S, M = S * scale, M * scale**2
+    G = inverse_sqrt_identity_plus_factor(jnp.asarray(M))
+    root = np.eye(11) + S @ np.asarray(G) @ S.T
+    np.testing.assert_allclose(root, _reference(S @ S.T, _FUNCTIONS["isqrt"]), atol=1e-13)
+    np.testing.assert_allclose(G, np.asarray(G).T, atol=0)
+    dM = rng.normal(size=(4, 4))
+    dM = jnp.asarray(dM + dM.T)
+    _, t = jax.jvp(inverse_sqrt_identity_plus_factor, (jnp.asarray(M),), (dM,))
+    _, t_ref = jax.jvp(lambda M: sym_matrix_functions(M, (_rsqrt1p_factor,))[0],
+                       (jnp.asarray(M),), (dM,))
+    np.testing.assert_allclose(t, t_ref, atol=1e-12)

@@ -39,3 +39,18 @@ def test_zero_columns_change_nothing_across_the_paths():
     w0, Z0 = symmetric_transform(jnp.asarray(S0), jnp.asarray(d0))
     np.testing.assert_allclose(Z, Z0, atol=1e-15)
     np.testing.assert_allclose(w, w0, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (8, 8), (3, 10, 4), (3, 4, 10)])
+def test_apply_equals_the_transform_times_the_anomalies(shape):
+    """symmetric_transform_apply gives (w, Z X) without forming Z when m < N."""
+    from enkit.filters._transform import symmetric_transform_apply
+
+    rng = np.random.default_rng(2)
+    S = rng.normal(size=shape) * 0.4
+    d = rng.normal(size=shape[:-2] + shape[-1:])
+    X = rng.normal(size=shape[:-1] + (7,))
+    w, ZX = symmetric_transform_apply(jnp.asarray(S), jnp.asarray(d), jnp.asarray(X))
+    w_ref, Z_ref = _reference(S, d)
+    np.testing.assert_allclose(ZX, Z_ref @ X, atol=1e-14)
+    np.testing.assert_allclose(w, w_ref, atol=2e-15)

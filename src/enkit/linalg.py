@@ -18,9 +18,10 @@ never selects it: the Cholesky and Woodbury forms assume C (and, for
 Woodbury, R) positive definite, and fail loudly (NaN) when it is not.
 
 ``inverse_sqrt_identity_plus`` gives ``(I + A)^{-1/2}`` for a positive
-semi-definite A (the ETKF transform) without an eigendecomposition when A is
-moderately conditioned (a power series or a Newton–Schulz iteration: matrix
-products only).
+semi-definite A (the ETKF transform), and ``inverse_sqrt_identity_plus_factor``
+the g(M) with ``(I + S Sᵀ)^{-1/2} = I + S g(Sᵀ S) Sᵀ``, without an
+eigendecomposition when A is moderately conditioned (a Chebyshev series or a
+Newton–Schulz iteration: matrix products only).
 
 ``sym_matrix_functions`` evaluates f(A) for a symmetric A through one
 eigendecomposition, with a derivative rule (Daleckiĭ–Kreĭn) that stays finite
@@ -51,6 +52,7 @@ __all__ = [
     "sym_matrix_functions",
     "spd_solve",
     "inverse_sqrt_identity_plus",
+    "inverse_sqrt_identity_plus_factor",
 ]
 
 
@@ -277,49 +279,138 @@ def _rsqrt1p(lam):
     return 1.0 / jnp.sqrt(1.0 + lam)
 
 
-# The paths of inverse_sqrt_identity_plus, from the bound b ≥ λmax(A)/2: the
-# power series truncated at the lowest of these degrees that is below
-# round-off (cheapest; each with its Paterson–Stockmeyer block size), else
-# Newton–Schulz, else, for large spectra where the iteration count grows,
-# the eigendecomposition.
-_SERIES_PLANS = ((17, 4), (23, 5), (29, 5), (35, 6))  # (degree, block)
-_SERIES_DEGREE = _SERIES_PLANS[-1][0]
-_NEWTON_SCHULZ_MAX_BOUND = 64.0
+def _rsqrt1p_factor(lam):
+    """``((1 + λ)^{-1/2} − 1)/λ``, written without the cancellation at λ → 0."""
+    s = jnp.sqrt(1.0 + lam)
+    return -1.0 / (s * (1.0 + s))
 
 
-def _binomial_rsqrt_coefficients(p: int) -> np.ndarray:
-    """Taylor coefficients of (1 + b)^{-1/2}: a₀ = 1, aₖ = −aₖ₋₁ (2k − 1)/(2k)."""
-    a = np.ones(p + 1)
-    for k in range(1, p + 1):
-        a[k] = -a[k - 1] * (2 * k - 1) / (2 * k)
-    return a
+# The series paths of the matrix functions below: (degree d, interval L) with
+# the Chebyshev interpolant of degree d on [0, L] of the function within
+# eps/2 of it (relative, measured in extended precision; L rounded down), per
+# function ("isqrt": (1 + λ)^{-1/2}; "isqrt_factor": ((1 + λ)^{-1/2} − 1)/λ)
+# and precision. Every degree is 4j − 1: Paterson–Stockmeyer with blocks of
+# four powers (B, B², B³, B⁴ from A, A², A³, A⁴ without further products)
+# then j − 1 products. Beyond the last interval: Newton–Schulz while the
+# bound is at most _NEWTON_SCHULZ_MAX_BOUND, else the eigendecomposition.
+_SERIES_PLANS = {
+    ("isqrt", "float64"): ((7, 0.046), (11, 0.22), (15, 0.54), (19, 0.98), (23, 1.5),
+                           (27, 2.1), (35, 3.8)),
+    ("isqrt_factor", "float64"): ((7, 0.042), (11, 0.21), (15, 0.51), (19, 0.93), (23, 1.4),
+                                  (27, 2.0), (35, 3.6)),
+    ("isqrt", "float32"): ((3, 0.075), (7, 0.74), (11, 2.0), (15, 3.8), (19, 6.1)),
+    ("isqrt_factor", "float32"): ((3, 0.064), (7, 0.67), (11, 1.8), (15, 3.5), (19, 5.6)),
+}
+_NEWTON_SCHULZ_MAX_BOUND = 128.0  # on ‖A⁴‖_F^{1/4} ≥ λmax(A)
 
 
-_SERIES_COEFFICIENTS = _binomial_rsqrt_coefficients(_SERIES_DEGREE)
+def _series_precision(dtype) -> str:
+    return "float64" if jnp.finfo(dtype).eps < 1e-10 else "float32"
+
+
+def _chebyshev_interpolant(f, L: float, degree: int) -> np.ndarray:
+    """Monomial coefficients, in ``t = 2λ/L − 1``, of the degree-``degree``
+    Chebyshev interpolant of f on [0, L] (f acts on numpy arrays), computed
+    in numpy's extended precision where the platform has one."""
+    ld = np.longdouble
+    k = np.arange(degree + 1, dtype=ld)
+    theta = np.arccos(ld(-1)) * (k + ld(0.5)) / (degree + 1)
+    values = f(ld(L) * (1 + np.cos(theta)) / 2)
+    c = np.cos(np.outer(k, theta)) @ values * (ld(2) / (degree + 1))
+    c[0] /= 2
+    return np.polynomial.chebyshev.cheb2poly(c).astype(np.float64)
+
+
+def _np_rsqrt1p(x):
+    return 1 / np.sqrt(1 + x)
+
+
+def _np_rsqrt1p_factor(x):
+    s = np.sqrt(1 + x)
+    return -1 / (s * (1 + s))
+
+
+_SCALAR_FUNCTIONS = {"isqrt": _np_rsqrt1p, "isqrt_factor": _np_rsqrt1p_factor}
+_SERIES_COEFFICIENTS = {
+    key: tuple(_chebyshev_interpolant(_SCALAR_FUNCTIONS[key[0]], L, d) for d, L in plans)
+    for key, plans in _SERIES_PLANS.items()
+}
+
+
+def _powers_and_bound(A):
+    """``(A², A³, A⁴)`` and ``‖A⁴‖_F^{1/4}`` (≥ λmax(A) for symmetric A:
+    ‖A⁴‖_F² = Σ λᵢ⁸), the bound taken over the batch."""
+    A2 = A @ A
+    A3 = A @ A2
+    A4 = A2 @ A2
+    bound = jnp.sqrt(jnp.sqrt(jnp.sqrt(jnp.sum(A4 * A4, axis=(-2, -1)))))
+    return (A2, A3, A4), jnp.max(bound)
+
+
+def _psd_function(A: Array, name: str, newton_schulz, eigh) -> Array:
+    """f(A) for symmetric positive semi-definite A (a batch sharing one
+    path): the lowest-degree series of ``_SERIES_PLANS`` whose interval holds
+    the spectrum, else ``newton_schulz(A, bound)``, else ``eigh(A)``."""
+    powers, bound = _powers_and_bound(A)
+    precision = _series_precision(A.dtype)
+    plans = _SERIES_PLANS[name, precision]
+    path = _choose_path(bound, plans)
+    series = [partial(_chebyshev_series, coefficients=a, L=L)
+              for a, (_, L) in zip(_SERIES_COEFFICIENTS[name, precision], plans)]
+    branches = [*series, lambda A, p, b: newton_schulz(A, b), lambda A, p, b: eigh(A)]
+    return jax.lax.switch(path, branches, A, powers, bound)
+
+
+def _choose_path(bound, plans):
+    """Index of the lowest-degree plan whose interval holds [0, bound], else
+    len(plans) (Newton–Schulz) while bound ≤ _NEWTON_SCHULZ_MAX_BOUND, else
+    len(plans) + 1 (eigendecomposition)."""
+    n = len(plans)
+    path = jnp.where(bound <= _NEWTON_SCHULZ_MAX_BOUND, n, n + 1)
+    for k in reversed(range(n)):
+        path = jnp.where(bound <= plans[k][1], k, path)
+    return path
+
+
+def _chebyshev_series(A, powers, bound, coefficients, L):
+    """Σₖ aₖ Bᵏ with ``B = 2A/L − I`` by Paterson–Stockmeyer: B..B⁴ are
+    combinations of A..A⁴, then one product per further block of four."""
+    del bound
+    A2, A3, A4 = powers
+    eye = _eye_like(A)
+    u = 2.0 / L
+    B = [eye, u * A - eye, u**2 * A2 - 2 * u * A + eye,
+         u**3 * A3 - 3 * u**2 * A2 + 3 * u * A - eye,
+         u**4 * A4 - 4 * u**3 * A3 + 6 * u**2 * A2 - 4 * u * A + eye]
+    a = coefficients.astype(A.dtype)
+    blocks = [sum(a[i + j] * B[j] for j in range(4)) for i in range(0, a.shape[0], 4)]
+    Z = blocks[-1]
+    for C in reversed(blocks[:-1]):
+        Z = Z @ B[4] + C
+    return 0.5 * (Z + _mT(Z))
 
 
 @jax.custom_jvp
 def inverse_sqrt_identity_plus(A: Array) -> Array:
     """``(I + A)^{-1/2}`` for symmetric positive semi-definite A, exactly.
 
-    Write ``b = ‖A²‖_F^{1/2} / 2``, so λmax(A) ≤ 2b (‖A²‖_F² = Σ λᵢ⁴ ≥
-    λmax⁴; tighter than ‖A‖_F when several eigenvalues are of the size of
-    the largest), and ``c = 1 + b``; then ``(I + A)^{-1/2} = c^{-1/2}
-    (I + B)^{-1/2}`` with ``B = (A − b I)/c``, whose eigenvalues lie in
-    [−r, r], ``r = b / (1 + b) < 1``. Three exact paths, chosen at run time
-    from r:
+    With the bound ``β = ‖A⁴‖_F^{1/4} ≥ λmax(A)`` (‖A⁴‖_F² = Σ λᵢ⁸; close
+    to λmax unless many eigenvalues are of its size), three exact paths,
+    chosen at run time:
 
-    - r small enough that the binomial series of ``(1 + B)^{-1/2}``
-      truncated at degree d ∈ {17, 23, 29, 35} is below round-off (|aₖ| ≤ 1,
-      error ≤ r^{d+1}/(1 − r) ≤ eps/2): the lowest such d, evaluated by
-      Paterson–Stockmeyer, 7 to 10 matrix products with the one that makes
-      A² (B² follows from A² without a product); in cycled Lorenz-96 ETKF
-      analyses (N = 20, 40, 100) the bound gives d = 23–29 where ‖A‖_F
-      gave 28–37;
-    - otherwise, ``b ≤ 64``: the coupled Newton–Schulz iteration (Higham
+    - β within the interval [0, L] of one of the series plans
+      (``_SERIES_PLANS``; in float64 degree 7, 11, ..., 35 for L up to
+      0.046, 0.22, 0.54, 0.98, 1.5, 2.1, 3.8, in float32 degree 3 to 19 for
+      L up to 6.1): the Chebyshev interpolant of ``(1 + λ)^{-1/2}`` on
+      [0, L] of the lowest such degree, within eps/2 of the function on
+      the whole interval, evaluated by Paterson–Stockmeyer: A², A³, A⁴ (which
+      also give the bound) and one product per further block of four
+      coefficients, 4 to 11 products in all; in cycled Lorenz-96 ETKF
+      analyses (N = 20, 40, 100, β ≈ 0.5) degree 15 or 19, 6 or 7 products;
+    - otherwise, ``β ≤ 128``: the coupled Newton–Schulz iteration (Higham
       1997; Higham 2008, *Functions of Matrices*, §6.7),
       ``M = (3I − Z Y)/2, Y ← Y M, Z ← M Z`` from ``Y₀ = (I + A)/c, Z₀ = I``,
-      until ‖M − I‖ < sqrt(eps), plus one step;
+      ``c = 1 + β/2``, until ‖M − I‖ < sqrt(eps), plus one step;
     - otherwise the eigendecomposition.
 
     Matrix products are several times cheaper than ``eigh`` for the N×N
@@ -327,21 +418,29 @@ def inverse_sqrt_identity_plus(A: Array) -> Array:
     rule of ``sym_matrix_functions`` (finite for repeated eigenvalues).
 
     A: (..., k, k) symmetric positive semi-definite; leading axes are a
-    batch that shares one path (chosen from the largest r), so pass a batch
-    rather than ``vmap`` over this function: under ``vmap`` the path choice
-    becomes a select and every path is evaluated. Returns (..., k, k).
+    batch that shares one path (chosen from the largest bound), so pass a
+    batch rather than ``vmap`` over this function: under ``vmap`` the path
+    choice becomes a select and every path is evaluated. Returns (..., k, k).
     """
-    A2 = A @ A
-    bound = 0.5 * jnp.sqrt(jnp.sqrt(jnp.sum(A2 * A2, axis=(-2, -1))))
-    r = jnp.max(bound / (1.0 + bound))
-    eps = jnp.finfo(A.dtype).eps
-    n_series = len(_SERIES_PLANS)
-    path = jnp.where(jnp.max(bound) <= _NEWTON_SCHULZ_MAX_BOUND, n_series, n_series + 1)
-    for k in reversed(range(n_series)):  # the lowest degree that is exact
-        degree = _SERIES_PLANS[k][0]
-        path = jnp.where(r ** (degree + 1) <= 0.5 * eps * (1.0 - r), k, path)
-    series = [partial(_series_isqrt, degree=d, block=b) for d, b in _SERIES_PLANS]
-    return jax.lax.switch(path, [*series, _newton_schulz_isqrt, _eigh_isqrt], A, A2, bound)
+    return _psd_function(A, "isqrt", _newton_schulz_isqrt, _eigh_isqrt)
+
+
+@jax.custom_jvp
+def inverse_sqrt_identity_plus_factor(M: Array) -> Array:
+    """``g(M) = ((I + M)^{-1/2} − I) M⁻¹`` for symmetric positive
+    semi-definite M, exactly (no M⁻¹ is formed: g is analytic at 0, g(0) = −½).
+
+    For any S, ``(I + S Sᵀ)^{-1/2} = I + S g(Sᵀ S) Sᵀ``: the symmetric
+    square root of an N×N matrix from a function of the m×m ``Sᵀ S``, for
+    transforms with fewer observations than members. The same paths as
+    ``inverse_sqrt_identity_plus`` (the series of g on the same intervals;
+    Newton–Schulz gives ``W = (I + M)^{-1/2}`` and then
+    ``g = −(I + W)⁻¹ W²``, a Cholesky solve with eigenvalues of I + W in
+    (1, 2]), the same batching and derivatives (Daleckiĭ–Kreĭn).
+
+    M: (..., k, k) symmetric positive semi-definite. Returns (..., k, k).
+    """
+    return _psd_function(M, "isqrt_factor", _newton_schulz_isqrt_factor, _eigh_isqrt_factor)
 
 
 def _eye_like(A):
@@ -352,39 +451,25 @@ def _mT(A):
     return jnp.swapaxes(A, -1, -2)
 
 
-def _eigh_isqrt(A, A2, bound):
+def _eigh_apply(A, f):
     lam, V = jnp.linalg.eigh(A)
-    return (V * _rsqrt1p(lam)[..., None, :]) @ _mT(V)
+    return (V * f(lam)[..., None, :]) @ _mT(V)
 
 
-def _series_isqrt(A, A2, bound, degree=_SERIES_PLANS[-1][0], block=_SERIES_PLANS[-1][1]):
-    """The binomial series of degree ``degree`` by Paterson–Stockmeyer with
-    blocks of ``block`` powers; A2 = A @ A gives B² without a product."""
+def _eigh_isqrt(A):
+    return _eigh_apply(A, _rsqrt1p)
+
+
+def _eigh_isqrt_factor(A):
+    return _eigh_apply(A, _rsqrt1p_factor)
+
+
+def _newton_schulz_isqrt(A, bound):
+    """``(I + A)^{-1/2}`` by the coupled Newton–Schulz iteration from
+    ``Y₀ = (I + A)/c``, ``c = 1 + bound/2`` (bound ≥ λmax(A), so the
+    spectrum of Y₀ lies in (0, 2))."""
     eye = _eye_like(A)
-    b = bound[..., None, None]
-    c = 1.0 + b
-    B = (A - b * eye) / c
-    B2 = (A2 - 2.0 * b * A + b * b * eye) / (c * c)
-    a = _SERIES_COEFFICIENTS.astype(A.dtype)
-    s = block
-    powers = [eye, B, B2]
-    for _ in range(3, s + 1):
-        powers.append(powers[-1] @ B)
-    Bs = powers[s]
-    blocks = [
-        sum(a[i + j] * powers[j] for j in range(s) if i + j <= degree)
-        for i in range(0, degree + 1, s)
-    ]
-    Z = blocks[-1]
-    for C in reversed(blocks[:-1]):
-        Z = Z @ Bs + C
-    Z = 0.5 * (Z + _mT(Z))
-    return Z / jnp.sqrt(c)
-
-
-def _newton_schulz_isqrt(A, A2, bound):
-    eye = _eye_like(A)
-    c = (1.0 + bound)[..., None, None]
+    c = 1.0 + 0.5 * bound
     tol = jnp.sqrt(jnp.finfo(A.dtype).eps)
 
     def step(Y, Z):
@@ -405,14 +490,26 @@ def _newton_schulz_isqrt(A, A2, bound):
     return Z / jnp.sqrt(c)
 
 
-@inverse_sqrt_identity_plus.defjvp
-def _inverse_sqrt_identity_plus_jvp(primals, tangents):
-    (A,), (dA,) = primals, tangents
-    k = A.shape[-1]
+def _newton_schulz_isqrt_factor(A, bound):
+    W = _newton_schulz_isqrt(A, bound)
+    eye = _eye_like(A)
+    G = -cho_solve(cho_factor(eye + W, lower=True), W @ W)
+    return 0.5 * (G + _mT(G))
 
-    def one(A, dA):
-        out, dout = _sym_funcs_jvp((_rsqrt1p,), (A,), (dA,))
-        return out[0], dout[0]
 
-    out, dout = jax.vmap(one)(A.reshape(-1, k, k), dA.reshape(-1, k, k))
-    return out.reshape(A.shape), dout.reshape(A.shape)
+def _jvp_by_eigh(f):
+    def rule(primals, tangents):
+        (A,), (dA,) = primals, tangents
+        k = A.shape[-1]
+
+        def one(A, dA):
+            out, dout = _sym_funcs_jvp((f,), (A,), (dA,))
+            return out[0], dout[0]
+
+        out, dout = jax.vmap(one)(A.reshape(-1, k, k), dA.reshape(-1, k, k))
+        return out.reshape(A.shape), dout.reshape(A.shape)
+    return rule
+
+
+inverse_sqrt_identity_plus.defjvp(_jvp_by_eigh(_rsqrt1p))
+inverse_sqrt_identity_plus_factor.defjvp(_jvp_by_eigh(_rsqrt1p_factor))

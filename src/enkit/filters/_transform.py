@@ -12,27 +12,37 @@ Zero columns of S and zero entries of d contribute exactly nothing.
 With fewer observations than members (m < N) the matrix functions are taken
 of the m×m ``M = Sᵀ S`` instead of the N×N ``S Sᵀ`` (the same non-zero
 eigenvalues). For every analytic f, ``f(S Sᵀ) = f(0) I + S g(Sᵀ S) Sᵀ`` with
-``g(λ) = (f(λ) − f(0))/λ``; for ``f(λ) = (1 + λ)^{-1/2}``,
+``g(λ) = (f(λ) − f(0))/λ``; for ``f(λ) = (1 + λ)^{-1/2}`` that g is
+``enkit.linalg.inverse_sqrt_identity_plus_factor``, and
 
-    g(M) = −W² (I_m + W)⁻¹,   W = (I_m + M)^{-1/2},
+    T^{-1/2} = I + S G Sᵀ,    T⁻¹ S d = S (I_m + M)⁻¹ d = S P² d,
 
-(from ``(1 + λ)^{-1/2} − 1 = −λ / (sqrt(1 + λ) (1 + sqrt(1 + λ)))``), where
-``I_m + W`` has eigenvalues in (1, 2]: a Cholesky solve, no M⁻¹. And
-``T⁻¹ S d = S (I_m + M)⁻¹ d = S W² d``. Cost O(m³ + N m² + N² m) instead of
-O(N³): at N = 100, m = 40 about ten times fewer operations.
+with ``G = g(M)`` and ``P = I_m + M G = (I_m + M)^{-1/2}``.
+``symmetric_transform_apply`` applies ``T^{-1/2}`` to the anomalies without
+forming it, ``Z X = X + S (G (Sᵀ X))``: O(m³ + N m n) instead of the
+O(N² (m + n)) of the N×N ``Z`` and ``Z X``.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import Array
-from jax.scipy.linalg import cho_factor, cho_solve
 
-from enkit.linalg import inverse_sqrt_identity_plus
+from enkit.linalg import inverse_sqrt_identity_plus, inverse_sqrt_identity_plus_factor
 
 
 def _mT(A):
     return jnp.swapaxes(A, -1, -2)
+
+
+def _factor_and_mean_weights(S: Array, d: Array) -> tuple[Array, Array]:
+    """m < N: ``G = g(Sᵀ S)`` and ``w̄ = S P² d`` (module docstring)."""
+    M = _mT(S) @ S
+    G = inverse_sqrt_identity_plus_factor(M)
+    v = d[..., None]
+    for _ in range(2):  # v ← P v = v + M (G v), twice
+        v = v + M @ (G @ v)
+    return G, (S @ v)[..., 0]
 
 
 def symmetric_transform(S: Array, d: Array) -> tuple[Array, Array]:
@@ -46,15 +56,25 @@ def symmetric_transform(S: Array, d: Array) -> tuple[Array, Array]:
     """
     N, m = S.shape[-2:]
     if m < N:
-        W = inverse_sqrt_identity_plus(_mT(S) @ S)  # (I_m + M)^{-1/2}
-        W2 = W @ W  # (I_m + M)⁻¹
-        eye = jnp.eye(m, dtype=S.dtype)
-        G = -cho_solve(cho_factor(eye + W, lower=True), W2)  # g(M), symmetric
-        G = 0.5 * (G + _mT(G))
+        G, w = _factor_and_mean_weights(S, d)
         Z = S @ G @ _mT(S)
         Z = jnp.eye(N, dtype=S.dtype) + 0.5 * (Z + _mT(Z))
-        w = S @ (W2 @ d[..., None])
-        return w[..., 0], Z
+        return w, Z
     Z = inverse_sqrt_identity_plus(S @ _mT(S))
     w = Z @ (Z @ (S @ d[..., None]))
     return w[..., 0], Z
+
+
+def symmetric_transform_apply(S: Array, d: Array, X: Array) -> tuple[Array, Array]:
+    """``(T⁻¹ S d, T^{-1/2} X)`` with ``T = I + S Sᵀ``, without the N×N
+    ``T^{-1/2}`` when m < N (``X + S (G (Sᵀ X))``, module docstring).
+
+    S: (..., N, m); d: (..., m); X: (..., N, n). Returns ((..., N), (..., N, n)),
+    equal to round-off to ``w, Z = symmetric_transform(S, d); w, Z @ X``.
+    """
+    N, m = S.shape[-2:]
+    if m < N:
+        G, w = _factor_and_mean_weights(S, d)
+        return w, X + S @ (G @ (_mT(S) @ X))
+    w, Z = symmetric_transform(S, d)
+    return w, Z @ X

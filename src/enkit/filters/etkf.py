@@ -8,7 +8,7 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.filters._transform import symmetric_transform
+from enkit.filters._transform import symmetric_transform_apply
 
 __all__ = ["etkf"]
 
@@ -51,5 +51,5 @@ def etkf(
     ybar, Y = scaled_anomalies(HE)
     S = R.whiten(Y)  # (N, m)
     d = R.whiten(y - ybar)  # (m,)
-    w, Z = symmetric_transform(S, d)  # T⁻¹ S d and T^{-1/2}
-    return xbar + w @ X + c * (Z @ X)
+    w, ZX = symmetric_transform_apply(S, d, X)  # T⁻¹ S d and T^{-1/2} X
+    return xbar + w @ X + c * ZX
