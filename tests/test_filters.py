@@ -270,7 +270,9 @@ def test_perturbed_observations():
 def test_centring_removes_the_mean_of_the_same_draws():
     R = enkit.Diagonal(np.array([1.0, 4.0, 9.0]))
     y = np.array([1.0, 2.0, 3.0])
-    for N in (5, 64, 65, 200):
+    from enkit.filters.enkf import _CENTRE_BY_PRODUCT_MAX_N as n_product
+
+    for N in (5, 64, 65, 200, n_product, n_product + 1):  # centred by a product, then not
         D = np.asarray(enkit.perturbed_observations(jax.random.key(1), y, R, N))
         Dc = np.asarray(enkit.perturbed_observations(jax.random.key(1), y, R, N, center=True))
         np.testing.assert_allclose(Dc, D - D.mean(0) + y, atol=1e-12)

@@ -20,6 +20,9 @@ __all__ = ["DEFAULT_DRAW_DTYPE", "enkf", "perturbed_observations"]
 # (enkf's docstring says why single precision).
 DEFAULT_DRAW_DTYPE = jnp.float32
 
+# Up to this ensemble size the centring of the perturbations is a product (below).
+_CENTRE_BY_PRODUCT_MAX_N = 256
+
 
 def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = False,
                            draw_dtype=DEFAULT_DRAW_DTYPE) -> Array:
@@ -38,7 +41,14 @@ def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = Fa
         z = normal(key, (N, R.dim), draw_dtype)
         eps = R.colorize(z.astype(R.dtype))
     if center:
-        eps = eps - jnp.mean(eps, axis=0, keepdims=True)
+        if N <= _CENTRE_BY_PRODUCT_MAX_N:
+            # (I − 11ᵀ/N) ε as one product: XLA fuses the draws into every
+            # consumer and would hash them once for the mean and again for
+            # the subtraction; a product's operand is computed once (Lorenz-96,
+            # N = m = 40: 56 -> 46 µs per analysis). O(N² m): small N only.
+            eps = (jnp.eye(N, dtype=eps.dtype) - 1.0 / N) @ eps
+        else:
+            eps = eps - jnp.mean(eps, axis=0, keepdims=True)
     return y + eps
 
 
