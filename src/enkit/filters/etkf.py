@@ -31,10 +31,13 @@ def etkf(
 
     so the analysis sample mean and covariance equal the Kalman update of
     the forecast sample mean and covariance. ``T^{-1/2}`` comes from
-    ``enkit.linalg.inverse_sqrt_identity_plus`` (power series or Newton–Schulz matrix
-    products, exact to round-off, several times cheaper than an N×N
-    eigendecomposition; derivatives finite for repeated eigenvalues, N > m),
-    and ``T⁻¹ = (T^{-1/2})²``.
+    ``enkit.linalg.inverse_sqrt_identity_plus`` (a Chebyshev series or
+    Newton–Schulz: matrix products, exact to round-off, several times
+    cheaper than an N×N eigendecomposition; derivatives finite for repeated
+    eigenvalues, N > m), and ``T⁻¹ = (T^{-1/2})²``. With fewer observations
+    than members (m < N) the m×m ``Sᵀ S`` stands in for the N×N ``S Sᵀ``
+    and ``T^{-1/2} X = X + S G (Sᵀ X)`` is applied without forming the N×N
+    matrix (``inverse_sqrt_identity_plus_factor``).
 
     E: (N, n); y: (m,); h: callable or (m, n) matrix; R: covariance operator
     or array; key: unused (deterministic scheme). Returns (N, n).
