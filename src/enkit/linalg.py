@@ -399,7 +399,7 @@ def inverse_sqrt_identity_plus(A: Array) -> Array:
     chosen at run time:
 
     - β within the interval [0, L] of one of the series plans
-      (``_SERIES_PLANS``; in float64 degree 7, 11, ..., 35 for L up to
+      (``_SERIES_PLANS``; in float64 degree 7, 11, 15, 19, 23, 27, 35 for L up to
       0.046, 0.22, 0.54, 0.98, 1.5, 2.1, 3.8, in float32 degree 3 to 19 for
       L up to 6.1): the Chebyshev interpolant of ``(1 + λ)^{-1/2}`` on
       [0, L] of the lowest such degree, within eps/2 of the function on
