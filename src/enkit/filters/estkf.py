@@ -7,7 +7,7 @@ from jax import Array
 
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.filters._transform import symmetric_transform
+from enkit.filters._transform import symmetric_transform_apply
 
 __all__ = ["error_subspace_projection", "estkf"]
 
@@ -76,5 +76,5 @@ def estkf(
     L = Omega.T @ X  # (N − 1, n)
     S = R.whiten(Omega.T @ Y)  # (N − 1, m)
     d = R.whiten(y - ybar)  # (m,)
-    w, Asqrt = symmetric_transform(S, d)  # (N − 1,), (I + S Sᵀ)^{-1/2}
-    return xbar + w @ L + c * (Omega @ (Asqrt @ L))
+    w, AL = symmetric_transform_apply(S, d, L)  # (N − 1,), (I + S Sᵀ)^{-1/2} L
+    return xbar + w @ L + c * (Omega @ AL)
