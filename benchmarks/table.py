@@ -28,7 +28,8 @@ Thread settings: one thread for every library (set by one_thread.py, before NumP
 JAX load, and inherited by the workers). No GPU run here: this machine has
 none (the enkit rows run unchanged on a GPU build of JAX).
 
-Writes benchmarks/results/table.txt (--quick: table_quick.txt).
+Writes benchmarks/results/table.txt (--quick: table_quick.txt; with --load L
+> 0: table_loadL.txt, table_quick_loadL.txt).
 
 Run (DAPPER and the peer live in the bench environment):
     .venv-bench/bin/python benchmarks/table.py [--load 2] [--quick]
@@ -279,8 +280,8 @@ def main():
         frows.append(letkf_row(args.cycles, args.burn_in, args.repeats))
     text = render(frows, size, b, diff, f32, args)
     print(text)
-    out = pathlib.Path(__file__).parent / "results" / (
-        "table_quick.txt" if args.quick else "table.txt")
+    name = ("table_quick" if args.quick else "table") + (f"_load{args.load}" if args.load else "")
+    out = pathlib.Path(__file__).parent / "results" / f"{name}.txt"
     out.write_text(text + "\n")
 
 
