@@ -22,7 +22,10 @@
     20,000, d = 200, N = 50), plus enkit's ESMDA in float32.
 
 Every time is a median of --repeats runs; the 1-minute load average is read
-after every run and its range printed on the row. --load L starts L
+after every run and its range printed on the row. In (a) enkit's runs and
+DAPPER's statistics-off loop alternate, round by round, so that the ratio
+compares runs under the same spells of load (run one after the other, a
+change of load between them moved the ratio by half). --load L starts L
 busy-loop processes for the whole table (``machine_load.busy_loops``).
 Thread settings: one thread for every library (set by one_thread.py, before NumPy and
 JAX load, and inherited by the workers). No GPU run here: this machine has
@@ -70,7 +73,8 @@ FILTERS = (
 )
 FLOAT32 = ("ETKF", "EnKF PertObs (centred)")
 # The workers of vs_ies.py this table runs (vs_ies.py itself runs all of them).
-ESMDA_VARIANTS = (("enkit", "jit", False), ("enkit", "jit", True), ("enkit", "eager", False),
+ESMDA_VARIANTS = (("enkit", "jit", False), ("enkit", "jit", True), ("enkit", "jit-thp", False),
+                  ("enkit", "eager", False),
                   ("eki", "jit", False), ("peer", "-", False), ("peer", "-", True))
 
 
@@ -105,24 +109,39 @@ def float32_twin(twin, E0):
 
 
 def filter_rows(cycles, burn_in, repeats, seed=0):
+    """Per filter: enkit's whole runs (float64, and float32 for the FLOAT32
+    rows) and DAPPER's loop with statistics off, interleaved round by round
+    (``vs_dapper_enkf.interleaved``), so that both libraries see the same
+    spells of load; then DAPPER's ``xp.assimilate`` (statistics on)."""
     model, twin, E0 = vs_dapper.make_twin(cycles, seed)
     twin32, E032 = float32_twin(twin, E0)
     rows = []
     for name, scheme, infl, upd_a in FILTERS:
-        rmse, sec, compile_s, loads = vs_dapper_enkf.run_enkit(
-            model, twin, E0, scheme, infl, seed, repeats, burn_in)
-        d_rmse, d_on, l_on = dapper_xp(twin, burn_in, upd_a, infl, repeats, seed)
-        d_off, l_off = vs_dapper_enkf.dapper_loop(twin, E0, burn_in, repeats, seed,
-                                                   upd_a=upd_a, infl=infl)
-        rows.append(dict(name=f"{name}, infl {infl}", enkit=sec, rmse=rmse, d_on=d_on,
-                         d_off=d_off, d_rmse=d_rmse, loads=loads + l_on + l_off,
-                         compile=compile_s))
+        cases = {"float64": (twin, E0)}
         if name in FLOAT32:
-            rmse, sec, compile_s, loads = vs_dapper_enkf.run_enkit(
-                model, twin32, E032, scheme, infl, seed, repeats, burn_in)
-            rows.append(dict(name="  the same, enkit float32", enkit=sec, rmse=rmse,
-                             d_on=d_on, d_off=d_off, d_rmse=d_rmse, loads=loads,
-                             compile=compile_s))
+            cases["float32"] = (twin32, E032)
+        runs, rmse, compile_s = {}, {}, {}
+        for dtype, (tw, e0) in cases.items():
+            run = vs_dapper_enkf.enkit_run(model, tw, e0, scheme, infl, seed)
+            t0 = time.perf_counter()
+            res = run()
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run()
+            compile_s[dtype] = max(first - (time.perf_counter() - t0), 0.0)
+            rmse[dtype] = vs_dapper_enkf.analysis_rmse(res, tw, burn_in)
+            runs[dtype] = run
+        runs["dapper"] = functools.partial(vs_dapper_enkf.dapper_loop, twin, E0, burn_in, 1,
+                                           seed, upd_a=upd_a, infl=infl)
+        t = vs_dapper_enkf.interleaved(runs, repeats)
+        d_rmse, d_on, l_on = dapper_xp(twin, burn_in, upd_a, infl, repeats, seed)
+        d_off, l_off = t["dapper"]
+        for dtype in cases:
+            rows.append(dict(name=f"{name}, infl {infl}" if dtype == "float64"
+                             else "  the same, enkit float32",
+                             enkit=t[dtype][0], rmse=rmse[dtype], d_on=d_on, d_off=d_off,
+                             d_rmse=d_rmse, loads=t[dtype][1] + l_off + l_on,
+                             compile=compile_s[dtype]))
     return rows
 
 

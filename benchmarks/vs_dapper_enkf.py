@@ -104,9 +104,13 @@ def run_enkit(model, twin, E0, scheme, infl, seed, repeats, burn_in):
             inflation=infl, store=("analysis_mean",)))
 
     res, whole, compile_s, loads = timed(run, repeats)
+    return analysis_rmse(res, twin, burn_in), whole, compile_s, loads
+
+
+def analysis_rmse(res, twin, burn_in):
+    """The time-averaged RMSE of an enkit run's analysis means after burn_in."""
     err = res.analysis_mean - twin.truth
-    rmse = float(jnp.mean(jnp.sqrt(jnp.mean(err**2, axis=1))[burn_in:]))
-    return rmse, whole, compile_s, loads
+    return float(jnp.mean(jnp.sqrt(jnp.mean(err**2, axis=1))[burn_in:]))
 
 
 def enkit_run(model, twin, E0, scheme, infl, seed):

@@ -39,9 +39,19 @@ result fresh, on 4 kB pages (39,063 first-touch page faults per analysis,
 about 0.1 s of kernel time each at load 5-9, nearly half of enkit's CPU
 time), while NumPy asks for transparent huge pages (about 2,000 faults).
 ``overwrite=True`` writes the update into the told ensemble's buffer: no
-fresh pages, the kernel time gone. An earlier figure of 0.92× "under
+fresh pages, the kernel time gone. Without it, XLA's buffers come from
+glibc's malloc (mmap for large blocks), which asks for transparent huge
+pages when the process starts with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+(glibc >= 2.35; Linux with THP "always" or "madvise"): the "glibc
+hugetlb=1" variant is the default jitted tell in a worker started so
+(about 500 faults per analysis instead of 39,063). An earlier figure of 0.92× "under
 load" came from running the libraries one after the other while the
-machine's load changed; the workers here run interleaved.
+machine's load changed; the workers here run interleaved. And the loaded
+figure of 1.81x (benchmarks/results/table_load2.txt before 2026-12-07) came
+from one_thread.py leaving JAX's threads, where the compiled update runs,
+pinned to the first CPU: under load the update could not move to the idler
+core while the peer's single thread could (2.97x once every thread gets
+all CPUs back).
 
 --load L starts L busy-loop processes (``while True: pass``) for the whole
 of (b), killed at the end, so a loaded machine is reproducible; the load
@@ -189,6 +199,7 @@ def case_accuracy(p=100, d=50, N=500, seed=0):
 VARIANTS = (  # (library, mode, overwrite); "eki": enkit's EKI with Δt = 1/K
     ("enkit", "jit", False),
     ("enkit", "jit", True),
+    ("enkit", "jit-thp", False),
     ("enkit", "eager", False),
     ("enkit", "eager", True),
     ("eki", "jit", False),
@@ -235,7 +246,7 @@ def enkit_runner(lib, p, d, N, xi_file, mode, overwrite):
         def tell(s, G):
             return proc.tell(s, G, y, noise)
 
-    if mode == "jit":
+    if mode in ("jit", "jit-thp"):
         step = jax.jit(tell, donate_argnums=0 if overwrite else ())
         forward = jax.jit(lambda U: 2.0 * U[:, jidx])
     else:
@@ -335,8 +346,12 @@ def start_worker(lib, mode, overwrite, p, d, N, xi_file, out_file):
            "--size", f"{p},{d},{N}", "--xi-file", xi_file, "--out-file", out_file]
     if overwrite:
         cmd.append("--overwrite")
+    env = dict(os.environ)
+    if mode.endswith("-thp"):  # glibc's malloc asks for huge pages (read at process start)
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"),
+                                                       "glibc.malloc.hugetlb=1")))
     return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def ask(proc, line=None):
@@ -431,6 +446,7 @@ def main():
 # The row label of each worker variant (library, tell, overwrite).
 VARIANT_NAMES = {("enkit", "jit", False): "enkit ESMDA, jitted tell",
                  ("enkit", "jit", True): "enkit ESMDA, jitted, overwrite=True",
+                 ("enkit", "jit-thp", False): "enkit ESMDA, jitted, glibc hugetlb=1",
                  ("enkit", "eager", False): "enkit ESMDA, eager tell (NumPy G)",
                  ("enkit", "eager", True): "enkit ESMDA, eager, overwrite=True",
                  ("eki", "jit", False): "enkit EKI dt=1/4, jitted tell",
