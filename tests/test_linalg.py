@@ -166,21 +166,50 @@ def test_each_series_plan_alone_is_exact_on_its_whole_interval(name, k):
 
     degree, L = linalg._SERIES_PLANS[name, "float64"][k]
     a = linalg._SERIES_COEFFICIENTS[name, "float64"][k]
+    basis = linalg._SERIES_BASIS[name, "float64"][k]
     assert a.shape == (degree + 1,)
     for fraction in (1.0, 0.5, 0.01):  # the spectrum fills the interval, or part of it
         A = _psd_with_bound(10, fraction * L, seed=k)
         powers, bound = linalg._powers_and_bound(jnp.asarray(A))
         assert float(bound) <= L * (1 + 1e-12)
-        got = linalg._chebyshev_series(jnp.asarray(A), powers, bound, coefficients=a, L=L)
+        got = linalg._chebyshev_series(jnp.asarray(A), powers, bound, coefficients=a, L=L,
+                                       basis=basis)
         np.testing.assert_allclose(got, _reference(A, _FUNCTIONS[name]), atol=2e-15)
+
+
+@pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
+def test_series_in_powers_of_lambda_where_well_conditioned_equals_the_shifted_form(name):
+    """Plans up to L ≈ 1 (cycled ensembles' spectra) evaluate in powers of
+    λ, the rest in powers of t = 2λ/L − 1; where λ is used, the shifted form
+    of the same interpolant gives the same matrix to round-off."""
+    from enkit import linalg
+
+    plans = linalg._SERIES_PLANS[name, "float64"]
+    bases = linalg._SERIES_BASIS[name, "float64"]
+    assert bases[:4] == ("lambda",) * 4 and bases[-1] == "shifted"
+    for k, ((degree, L), basis) in enumerate(zip(plans, bases)):
+        if basis != "lambda":
+            continue
+        fn = linalg._SCALAR_FUNCTIONS[name]
+        c = linalg._SERIES_COEFFICIENTS[name, "float64"][k]
+        condition = np.sum(np.abs(c) * L ** np.arange(degree + 1)) / abs(fn(L))
+        assert condition <= linalg._MONOMIAL_MAX_CONDITION
+        shifted = linalg._chebyshev_interpolant(fn, L, degree).astype(np.float64)
+        A = jnp.asarray(_psd_with_bound(12, L, seed=k))
+        powers, bound = linalg._powers_and_bound(A)
+        np.testing.assert_allclose(
+            linalg._chebyshev_series(A, powers, bound, coefficients=c, L=L, basis="lambda"),
+            linalg._chebyshev_series(A, powers, bound, coefficients=shifted, L=L),
+            rtol=0, atol=2e-15)
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
 def test_series_coefficients_are_within_their_tolerance_in_high_precision(name, precision):
     """Each plan's polynomial, with its coefficients rounded to the working
-    precision, is within one unit round-off of the function on all of
-    [0, L] (error measured with 40-digit decimals, not in floating point)."""
+    precision in the plan's basis (powers of λ or of t = 2λ/L − 1), is within
+    one unit round-off of the function on all of [0, L] (error measured with
+    40-digit decimals, not in floating point)."""
     from decimal import Decimal, getcontext
 
     from enkit import linalg
@@ -195,7 +224,8 @@ def test_series_coefficients_are_within_their_tolerance_in_high_precision(name, 
         return one / s if name == "isqrt" else -one / (s * (one + s))
 
     plans = linalg._SERIES_PLANS[name, precision]
-    for (degree, L), a in zip(plans, linalg._SERIES_COEFFICIENTS[name, precision]):
+    for (degree, L), a, basis in zip(plans, linalg._SERIES_COEFFICIENTS[name, precision],
+                                     linalg._SERIES_BASIS[name, precision]):
         coefficients = [Decimal(float(c)) for c in a.astype(dtype)]
         worst = Decimal(0)
         for i in range(201):
@@ -203,7 +233,7 @@ def test_series_coefficients_are_within_their_tolerance_in_high_precision(name, 
             x = Decimal(float(L)) * (one + t) / 2
             p = Decimal(0)
             for c in reversed(coefficients):
-                p = p * t + c
+                p = p * (x if basis == "lambda" else t) + c
             worst = max(worst, abs(p - exact(x)) / abs(exact(x)))
         assert worst <= eps, (degree, L, float(worst))
 

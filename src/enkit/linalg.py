@@ -290,8 +290,8 @@ def _rsqrt1p_factor(lam):
 # eps/2 of it (relative, measured in extended precision; L rounded down), per
 # function ("isqrt": (1 + λ)^{-1/2}; "isqrt_factor": ((1 + λ)^{-1/2} − 1)/λ)
 # and precision. Every degree is 4j − 1: Paterson–Stockmeyer with blocks of
-# four powers (B, B², B³, B⁴ from A, A², A³, A⁴ without further products)
-# then j − 1 products. Beyond the last interval: Newton–Schulz while the
+# four powers (B, B², B³, B⁴ from A, A², A³, A⁴ without further products;
+# B = A itself or 2A/L − I, see _series_basis) then j − 1 products. Beyond the last interval: Newton–Schulz while the
 # bound is at most _NEWTON_SCHULZ_MAX_BOUND, else the eigendecomposition.
 _SERIES_PLANS = {
     ("isqrt", "float64"): ((7, 0.046), (11, 0.22), (15, 0.54), (19, 0.98), (23, 1.5),
@@ -311,14 +311,39 @@ def _series_precision(dtype) -> str:
 def _chebyshev_interpolant(f, L: float, degree: int) -> np.ndarray:
     """Monomial coefficients, in ``t = 2λ/L − 1``, of the degree-``degree``
     Chebyshev interpolant of f on [0, L] (f acts on numpy arrays), computed
-    in numpy's extended precision where the platform has one."""
+    in numpy's extended precision where the platform has one (returned in
+    it: ``_series_basis`` rounds them)."""
     ld = np.longdouble
     k = np.arange(degree + 1, dtype=ld)
     theta = np.arccos(ld(-1)) * (k + ld(0.5)) / (degree + 1)
     values = f(ld(L) * (1 + np.cos(theta)) / 2)
     c = np.cos(np.outer(k, theta)) @ values * (ld(2) / (degree + 1))
     c[0] /= 2
-    return np.polynomial.chebyshev.cheb2poly(c).astype(np.float64)
+    return np.polynomial.chebyshev.cheb2poly(c)
+
+
+# A plan's polynomial is evaluated in powers of λ itself (A, A², A³, A⁴ are
+# then the blocks' powers as they are, no combinations) when that is well
+# conditioned: Σₖ |cₖ| Lᵏ ≤ _MONOMIAL_MAX_CONDITION · min |f| on [0, L]
+# (rounding cₖ then moves the polynomial by at most that many units of
+# round-off; true for L up to about 1, the spectra of cycled ensembles), else
+# in powers of the shifted t = 2λ/L − 1, bounded by 1 on the interval.
+_MONOMIAL_MAX_CONDITION = 10.0
+
+
+def _series_basis(f, L: float, degree: int) -> tuple[str, np.ndarray]:
+    """("lambda", coefficients in λ) or ("shifted", coefficients in t) of the
+    plan's interpolant (see _MONOMIAL_MAX_CONDITION), rounded to float64."""
+    ld = np.longdouble
+    a = _chebyshev_interpolant(f, L, degree)
+    # p(λ) = Σ aₖ (uλ − 1)ᵏ, u = 2/L, expanded in extended precision
+    c = np.polynomial.polynomial.polyval(
+        np.polynomial.Polynomial([ld(-1), ld(2) / ld(L)]), a).coef
+    c = np.concatenate([c, np.zeros(degree + 1 - c.shape[0], ld)])
+    condition = np.sum(np.abs(c) * ld(L) ** np.arange(degree + 1)) / np.abs(f(ld(L)))
+    if condition <= _MONOMIAL_MAX_CONDITION:
+        return "lambda", c.astype(np.float64)
+    return "shifted", a.astype(np.float64)
 
 
 def _np_rsqrt1p(x):
@@ -331,10 +356,13 @@ def _np_rsqrt1p_factor(x):
 
 
 _SCALAR_FUNCTIONS = {"isqrt": _np_rsqrt1p, "isqrt_factor": _np_rsqrt1p_factor}
-_SERIES_COEFFICIENTS = {
-    key: tuple(_chebyshev_interpolant(_SCALAR_FUNCTIONS[key[0]], L, d) for d, L in plans)
+_SERIES_BASES = {
+    key: tuple(_series_basis(_SCALAR_FUNCTIONS[key[0]], L, d) for d, L in plans)
     for key, plans in _SERIES_PLANS.items()
 }
+# Per plan: the basis ("lambda" or "shifted") and the coefficients in it.
+_SERIES_BASIS = {key: tuple(b for b, _ in v) for key, v in _SERIES_BASES.items()}
+_SERIES_COEFFICIENTS = {key: tuple(a for _, a in v) for key, v in _SERIES_BASES.items()}
 
 
 def _powers_and_bound(A):
@@ -355,8 +383,9 @@ def _psd_function(A: Array, name: str, newton_schulz, eigh) -> Array:
     precision = _series_precision(A.dtype)
     plans = _SERIES_PLANS[name, precision]
     path = _choose_path(bound, plans)
-    series = [partial(_chebyshev_series, coefficients=a, L=L)
-              for a, (_, L) in zip(_SERIES_COEFFICIENTS[name, precision], plans)]
+    series = [partial(_chebyshev_series, coefficients=a, L=L, basis=basis)
+              for a, basis, (_, L) in zip(_SERIES_COEFFICIENTS[name, precision],
+                                         _SERIES_BASIS[name, precision], plans)]
     branches = [*series, lambda A, p, b: newton_schulz(A, b), lambda A, p, b: eigh(A)]
     return jax.lax.switch(path, branches, A, powers, bound)
 
@@ -372,18 +401,24 @@ def _choose_path(bound, plans):
     return path
 
 
-def _chebyshev_series(A, powers, bound, coefficients, L):
-    """Σₖ aₖ Bᵏ with ``B = 2A/L − I`` by Paterson–Stockmeyer: B..B⁴ are
-    combinations of A..A⁴, then one product per further block of four."""
+def _chebyshev_series(A, powers, bound, coefficients, L, basis="shifted"):
+    """Σₖ aₖ Bᵏ, the plan's polynomial, by Paterson–Stockmeyer in blocks of
+    four: basis "lambda", B = A (the blocks combine I, A, A², A³ and each
+    further block costs one product by A⁴); basis "shifted", ``B = 2A/L − I``
+    (B..B⁴ are combinations of A..A⁴)."""
     del bound
     A2, A3, A4 = powers
     eye = _eye_like(A)
-    u = 2.0 / L
-    B = [eye, u * A - eye, u**2 * A2 - 2 * u * A + eye,
-         u**3 * A3 - 3 * u**2 * A2 + 3 * u * A - eye,
-         u**4 * A4 - 4 * u**3 * A3 + 6 * u**2 * A2 - 4 * u * A + eye]
+    if basis == "lambda":
+        B = [eye, A, A2, A3, A4]
+    else:
+        u = 2.0 / L
+        B = [eye, u * A - eye, u**2 * A2 - 2 * u * A + eye,
+             u**3 * A3 - 3 * u**2 * A2 + 3 * u * A - eye,
+             u**4 * A4 - 4 * u**3 * A3 + 6 * u**2 * A2 - 4 * u * A + eye]
     a = coefficients.astype(A.dtype)
-    blocks = [sum(a[i + j] * B[j] for j in range(4)) for i in range(0, a.shape[0], 4)]
+    blocks = [sum(a[i + j] * B[j] for j in range(4) if i + j < a.shape[0])
+              for i in range(0, a.shape[0], 4)]
     Z = blocks[-1]
     for C in reversed(blocks[:-1]):
         Z = Z @ B[4] + C
@@ -405,7 +440,9 @@ def inverse_sqrt_identity_plus(A: Array) -> Array:
       [0, L] of the lowest such degree, within eps/2 of the function on
       the whole interval, evaluated by Paterson–Stockmeyer: A², A³, A⁴ (which
       also give the bound) and one product per further block of four
-      coefficients, 4 to 11 products in all; in cycled Lorenz-96 ETKF
+      coefficients, 4 to 11 products in all; in powers of A itself for L up
+      to about 1 (where that is well conditioned, ``_MONOMIAL_MAX_CONDITION``;
+      no combinations of the powers to form), else of ``2A/L − I``; in cycled Lorenz-96 ETKF
       analyses (N = 20, 40, 100, β ≈ 0.5) degree 15 or 19, 6 or 7 products;
     - otherwise, ``β ≤ 128``: the coupled Newton–Schulz iteration (Higham
       1997; Higham 2008, *Functions of Matrices*, §6.7),
