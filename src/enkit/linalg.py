@@ -291,8 +291,9 @@ def _rsqrt1p_factor(lam):
 # function ("isqrt": (1 + λ)^{-1/2}; "isqrt_factor": ((1 + λ)^{-1/2} − 1)/λ)
 # and precision. Every degree is 4j − 1: Paterson–Stockmeyer with blocks of
 # four powers (B, B², B³, B⁴ from A, A², A³, A⁴ without further products;
-# B = A itself or 2A/L − I, see _series_basis) then j − 1 products. Beyond the last interval: Newton–Schulz while the
-# bound is at most _NEWTON_SCHULZ_MAX_BOUND, else the eigendecomposition.
+# B = A itself or 2A/L − I, see _series_basis) then j − 1 products. Beyond
+# the last interval: Newton–Schulz while the bound is at most
+# _NEWTON_SCHULZ_MAX_BOUND, else the eigendecomposition.
 _SERIES_PLANS = {
     ("isqrt", "float64"): ((7, 0.046), (11, 0.22), (15, 0.54), (19, 0.98), (23, 1.5),
                            (27, 2.1), (35, 3.8)),
@@ -442,8 +443,9 @@ def inverse_sqrt_identity_plus(A: Array) -> Array:
       also give the bound) and one product per further block of four
       coefficients, 4 to 11 products in all; in powers of A itself for L up
       to about 1 (where that is well conditioned, ``_MONOMIAL_MAX_CONDITION``;
-      no combinations of the powers to form), else of ``2A/L − I``; in cycled Lorenz-96 ETKF
-      analyses (N = 20, 40, 100, β ≈ 0.5) degree 15 or 19, 6 or 7 products;
+      no combinations of the powers to form), else of ``2A/L − I``; in
+      cycled Lorenz-96 ETKF analyses (N = 20, 40, 100, β ≈ 0.5) degree 15
+      or 19, 6 or 7 products;
     - otherwise, ``β ≤ 128``: the coupled Newton–Schulz iteration (Higham
       1997; Higham 2008, *Functions of Matrices*, §6.7),
       ``M = (3I − Z Y)/2, Y ← Y M, Z ← M Z`` from ``Y₀ = (I + A)/c, Z₀ = I``,
