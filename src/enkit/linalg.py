@@ -418,8 +418,7 @@ def _chebyshev_series(A, powers, bound, coefficients, L, basis="shifted"):
              u**3 * A3 - 3 * u**2 * A2 + 3 * u * A - eye,
              u**4 * A4 - 4 * u**3 * A3 + 6 * u**2 * A2 - 4 * u * A + eye]
     a = coefficients.astype(A.dtype)
-    blocks = [sum(a[i + j] * B[j] for j in range(4) if i + j < a.shape[0])
-              for i in range(0, a.shape[0], 4)]
+    blocks = [sum(a[i + j] * B[j] for j in range(4)) for i in range(0, a.shape[0], 4)]
     Z = blocks[-1]
     for C in reversed(blocks[:-1]):
         Z = Z @ B[4] + C
