@@ -44,7 +44,10 @@ glibc's malloc (mmap for large blocks), which asks for transparent huge
 pages when the process starts with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (glibc >= 2.35; Linux with THP "always" or "madvise"): the "glibc
 hugetlb=1" variant is the default jitted tell in a worker started so
-(about 500 faults per analysis instead of 39,063). An earlier figure of 0.92× "under
+(about 500 faults per analysis instead of 39,063). Measured on 2026-12-07 it
+was no reliable gain: 0.78 -> 0.70 s in the quiet vs_ies.txt run, 0.79 ->
+1.04 s in table.py's quiet run and 1.13 -> 1.47 s at load 2.6
+(vs_ies_load2.txt); the row stays as that measured answer. An earlier figure of 0.92× "under
 load" came from running the libraries one after the other while the
 machine's load changed; the workers here run interleaved. And the loaded
 figure of 1.81x (benchmarks/results/table_load2.txt before 2026-12-07) came
