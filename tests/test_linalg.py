@@ -128,7 +128,7 @@ def test_inverse_sqrt_identity_plus_is_exact_on_every_path(lam_max):
     ref = (V / np.sqrt(1 + lam)) @ V.T
     Z = inverse_sqrt_identity_plus(jnp.asarray(A))
     np.testing.assert_allclose(Z, ref, atol=1e-13)
-    np.testing.assert_allclose(Z, Z.T, atol=0)
+    np.testing.assert_allclose(Z, Z.T, rtol=0, atol=4e-16)  # symmetric to round-off
     dA = rng.normal(size=(12, 12))
     dA = jnp.asarray(dA + dA.T)
     _, t = jax.jvp(inverse_sqrt_identity_plus, (jnp.asarray(A),), (dA,))
@@ -165,16 +165,69 @@ def test_each_series_plan_alone_is_exact_on_its_whole_interval(name, k):
     from enkit import linalg
 
     degree, L = linalg._SERIES_PLANS[name, "float64"][k]
-    a = linalg._SERIES_COEFFICIENTS[name, "float64"][k]
-    basis = linalg._SERIES_BASIS[name, "float64"][k]
-    assert a.shape == (degree + 1,)
+    form = linalg._SERIES_FORMS[name, "float64"][k]
+    # the product form takes the top 17 coefficients, the blocks the rest
+    n_low = degree + 1 if form.top is None else degree - 16
+    assert form.low.shape == (n_low,) and n_low % 4 == 0
     for fraction in (1.0, 0.5, 0.01):  # the spectrum fills the interval, or part of it
         A = _psd_with_bound(10, fraction * L, seed=k)
         powers, bound = linalg._powers_and_bound(jnp.asarray(A))
         assert float(bound) <= L * (1 + 1e-12)
-        got = linalg._chebyshev_series(jnp.asarray(A), powers, bound, coefficients=a, L=L,
-                                       basis=basis)
+        got = linalg._series(jnp.asarray(A), powers, bound, form)
         np.testing.assert_allclose(got, _reference(A, _FUNCTIONS[name]), atol=2e-15)
+
+
+def _count_products(fn, *args):
+    return str(jax.make_jaxpr(fn)(*args)).count("dot_general")
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
+def test_plans_from_degree_16_take_one_product_fewer_than_paterson_stockmeyer(name, precision):
+    """Degree 16 + 4r in 5 + r products (A², A³, A⁴, the two of the product
+    form, r Horner steps); Paterson–Stockmeyer in blocks of four reaches
+    degree 15 + 4r with 6 + r. Below degree 16, 3 + (d + 1)/4 − 1."""
+    from enkit import linalg
+
+    A = jnp.asarray(_psd_with_bound(6, 0.1, seed=0), dtype=precision)
+    for (degree, _), form in zip(linalg._SERIES_PLANS[name, precision],
+                                 linalg._SERIES_FORMS[name, precision]):
+        def f(A, form=form):
+            powers, bound = linalg._powers_and_bound(A)
+            return linalg._series(A, powers, bound, form)
+
+        want = 5 + (degree - 16) // 4 if degree >= 16 else 3 + (degree + 1) // 4 - 1
+        assert (form.top is not None) == (degree >= 16)
+        assert _count_products(f, A) == want, (degree, want)
+
+
+@pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
+def test_product_form_reproduces_the_top_coefficients_in_extended_precision(name):
+    """σ (y₀ + Σ bᵢ uⁱ)(y₀ + Σ eᵢ uⁱ) + f y₀ + Σ gᵢ uⁱ, y₀ = u⁴ Σ aᵢ uⁱ,
+    expanded with its unrounded parameters, is the polynomial it was solved
+    for, whatever the free parameter f (where real)."""
+    from numpy.polynomial import polynomial as P
+
+    from enkit import linalg
+
+    ld = np.longdouble
+    fn = linalg._SCALAR_FUNCTIONS[name]
+    for L, basis in ((0.6, "lambda"), (2.0, "shifted")):
+        p = linalg._chebyshev_interpolant(fn, L, 16)
+        if basis == "lambda":
+            p = P.polyval(np.polynomial.Polynomial([ld(-1), ld(2) / ld(L)]), p).coef
+        f = np.asarray([-3.0, -0.5, 0.5, 3.0], ld)
+        sigma, a, b, e, f, g = linalg._product_form(p, f)
+        real = np.all(np.isfinite(b), axis=0)
+        assert real.any() and not real.all()  # f on one side of a threshold only
+        for j in np.flatnonzero(real):
+            y0 = P.polymul([0, 0, 0, 0, 1], a[:, j])
+            got = P.polyadd(P.polyadd(sigma * P.polymul(P.polyadd(y0, b[:, j]),
+                                                        P.polyadd(y0, e[:, j])),
+                                      f[j] * y0), g[:, j])
+            np.testing.assert_allclose(np.asarray(got[:17], np.float64),
+                                       np.asarray(p, np.float64), rtol=0,
+                                       atol=1e-17 * float(np.max(np.abs(p))))
 
 
 @pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
@@ -185,31 +238,27 @@ def test_series_in_powers_of_lambda_where_well_conditioned_equals_the_shifted_fo
     from enkit import linalg
 
     plans = linalg._SERIES_PLANS[name, "float64"]
-    bases = linalg._SERIES_BASIS[name, "float64"]
-    assert bases[:4] == ("lambda",) * 4 and bases[-1] == "shifted"
-    for k, ((degree, L), basis) in enumerate(zip(plans, bases)):
-        if basis != "lambda":
+    forms = linalg._SERIES_FORMS[name, "float64"]
+    assert [f.basis for f in forms[:2]] == ["lambda"] * 2 and forms[-1].basis == "shifted"
+    for k, ((degree, L), form) in enumerate(zip(plans, forms)):
+        if form.basis != "lambda":
             continue
         fn = linalg._SCALAR_FUNCTIONS[name]
-        c = linalg._SERIES_COEFFICIENTS[name, "float64"][k]
-        condition = np.sum(np.abs(c) * L ** np.arange(degree + 1)) / abs(fn(L))
-        assert condition <= linalg._MONOMIAL_MAX_CONDITION
-        shifted = linalg._chebyshev_interpolant(fn, L, degree).astype(np.float64)
+        shifted = linalg._series_form(fn, L, degree, np.float64, basis="shifted")
         A = jnp.asarray(_psd_with_bound(12, L, seed=k))
         powers, bound = linalg._powers_and_bound(A)
-        np.testing.assert_allclose(
-            linalg._chebyshev_series(A, powers, bound, coefficients=c, L=L, basis="lambda"),
-            linalg._chebyshev_series(A, powers, bound, coefficients=shifted, L=L),
-            rtol=0, atol=2e-15)
+        np.testing.assert_allclose(linalg._series(A, powers, bound, form),
+                                   linalg._series(A, powers, bound, shifted), rtol=0, atol=2e-15)
 
 
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 @pytest.mark.parametrize("name", ["isqrt", "isqrt_factor"])
 def test_series_coefficients_are_within_their_tolerance_in_high_precision(name, precision):
-    """Each plan's polynomial, with its coefficients rounded to the working
-    precision in the plan's basis (powers of λ or of t = 2λ/L − 1), is within
-    one unit round-off of the function on all of [0, L] (error measured with
-    40-digit decimals, not in floating point)."""
+    """Each plan's polynomial, with its parameters rounded to the working
+    precision and evaluated in the plan's own form (blocks, product form) in
+    its basis (powers of λ or of t = 2λ/L − 1), is within one unit round-off
+    of the function on all of [0, L] (error measured with 40-digit
+    decimals, not in floating point)."""
     from decimal import Decimal, getcontext
 
     from enkit import linalg
@@ -224,16 +273,15 @@ def test_series_coefficients_are_within_their_tolerance_in_high_precision(name, 
         return one / s if name == "isqrt" else -one / (s * (one + s))
 
     plans = linalg._SERIES_PLANS[name, precision]
-    for (degree, L), a, basis in zip(plans, linalg._SERIES_COEFFICIENTS[name, precision],
-                                     linalg._SERIES_BASIS[name, precision]):
-        coefficients = [Decimal(float(c)) for c in a.astype(dtype)]
+    for (degree, L), form in zip(plans, linalg._SERIES_FORMS[name, precision]):
         worst = Decimal(0)
         for i in range(201):
             t = Decimal(-1) + Decimal(i) / 100
             x = Decimal(float(L)) * (one + t) / 2
-            p = Decimal(0)
-            for c in reversed(coefficients):
-                p = p * (x if basis == "lambda" else t) + c
+            u = x if form.basis == "lambda" else t
+            p = linalg._evaluate_form(form, [one, u, u * u, u * u * u, u * u * u * u],
+                                      lambda a, b: a * b,
+                                      cast=lambda c: Decimal(float(dtype(c))))
             worst = max(worst, abs(p - exact(x)) / abs(exact(x)))
         assert worst <= eps, (degree, L, float(worst))
 
@@ -308,7 +356,7 @@ def test_inverse_sqrt_identity_plus_factor_gives_the_n_by_n_root(lam_max):
     G = inverse_sqrt_identity_plus_factor(jnp.asarray(M))
     root = np.eye(11) + S @ np.asarray(G) @ S.T
     np.testing.assert_allclose(root, _reference(S @ S.T, _FUNCTIONS["isqrt"]), atol=1e-13)
-    np.testing.assert_allclose(G, np.asarray(G).T, atol=0)
+    np.testing.assert_allclose(G, np.asarray(G).T, rtol=0, atol=4e-16)
     dM = rng.normal(size=(4, 4))
     dM = jnp.asarray(dM + dM.T)
     _, t = jax.jvp(inverse_sqrt_identity_plus_factor, (jnp.asarray(M),), (dM,))

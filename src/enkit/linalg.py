@@ -31,7 +31,7 @@ when eigenvalues repeat, where differentiating ``eigh`` directly gives NaN.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -289,20 +289,24 @@ def _rsqrt1p_factor(lam):
 # the Chebyshev interpolant of degree d on [0, L] of the function within
 # eps/2 of it (relative, measured in extended precision; L rounded down), per
 # function ("isqrt": (1 + λ)^{-1/2}; "isqrt_factor": ((1 + λ)^{-1/2} − 1)/λ)
-# and precision. Every degree is 4j − 1: Paterson–Stockmeyer with blocks of
-# four powers (B, B², B³, B⁴ from A, A², A³, A⁴ without further products;
-# B = A itself or 2A/L − I, see _series_basis) then j − 1 products. Beyond
-# the last interval: Newton–Schulz while the bound is at most
-# _NEWTON_SCHULZ_MAX_BOUND, else the eigendecomposition.
+# and precision. All start from A², A³, A⁴ (three products, which also give
+# the bound). Degrees 3 and 7: Paterson–Stockmeyer, blocks of four
+# coefficients combining I, B, B², B³ and one product by B⁴ per further
+# block (B = A itself or 2A/L − I, see _series_form). Degrees 16 + 4r: the
+# top 17 coefficients in the product form of _product_form (two products),
+# then r Horner steps by B⁴; 5 + r products for a degree Paterson–Stockmeyer
+# would reach with 6 + r. Beyond the last interval: Newton–Schulz while the
+# bound is at most _NEWTON_SCHULZ_MAX_BOUND, else the eigendecomposition.
 _SERIES_PLANS = {
-    ("isqrt", "float64"): ((7, 0.046), (11, 0.22), (15, 0.54), (19, 0.98), (23, 1.5),
-                           (27, 2.1), (35, 3.8)),
-    ("isqrt_factor", "float64"): ((7, 0.042), (11, 0.21), (15, 0.51), (19, 0.93), (23, 1.4),
-                                  (27, 2.0), (35, 3.6)),
-    ("isqrt", "float32"): ((3, 0.075), (7, 0.74), (11, 2.0), (15, 3.8), (19, 6.1)),
-    ("isqrt_factor", "float32"): ((3, 0.064), (7, 0.67), (11, 1.8), (15, 3.5), (19, 5.6)),
+    ("isqrt", "float64"): ((7, 0.046), (16, 0.64), (20, 1.1), (24, 1.6), (28, 2.3),
+                           (36, 4.0)),
+    ("isqrt_factor", "float64"): ((7, 0.042), (16, 0.61), (20, 1.05), (24, 1.6), (28, 2.2),
+                                  (36, 3.8)),
+    ("isqrt", "float32"): ((3, 0.075), (7, 0.74), (16, 4.3), (20, 6.1)),
+    ("isqrt_factor", "float32"): ((3, 0.064), (7, 0.67), (16, 4.0), (20, 5.6)),
 }
 _NEWTON_SCHULZ_MAX_BOUND = 128.0  # on ‖A⁴‖_F^{1/4} ≥ λmax(A)
+_PRODUCT_FORM_DEGREE = 16
 
 
 def _series_precision(dtype) -> str:
@@ -313,7 +317,7 @@ def _chebyshev_interpolant(f, L: float, degree: int) -> np.ndarray:
     """Monomial coefficients, in ``t = 2λ/L − 1``, of the degree-``degree``
     Chebyshev interpolant of f on [0, L] (f acts on numpy arrays), computed
     in numpy's extended precision where the platform has one (returned in
-    it: ``_series_basis`` rounds them)."""
+    it: ``_series_form`` rounds them)."""
     ld = np.longdouble
     k = np.arange(degree + 1, dtype=ld)
     theta = np.arccos(ld(-1)) * (k + ld(0.5)) / (degree + 1)
@@ -332,19 +336,137 @@ def _chebyshev_interpolant(f, L: float, degree: int) -> np.ndarray:
 _MONOMIAL_MAX_CONDITION = 10.0
 
 
-def _series_basis(f, L: float, degree: int) -> tuple[str, np.ndarray]:
-    """("lambda", coefficients in λ) or ("shifted", coefficients in t) of the
-    plan's interpolant (see _MONOMIAL_MAX_CONDITION), rounded to float64."""
+class _SeriesForm(NamedTuple):
+    """How one plan's polynomial p is evaluated, in the variable u (λ for
+    basis "lambda", t = 2λ/L − 1 for "shifted"): ``low`` its coefficients
+    of u⁰ … u^{d−16}⁻¹ (all of them, in blocks of four, when ``top`` is
+    None), ``top`` the parameters ``(σ, a, b, e, f, g)`` of
+    ``_product_form`` for the coefficients of u^{d−16} … u^d; all rounded
+    to float64."""
+
+    basis: str
+    L: float
+    low: np.ndarray
+    top: tuple | None
+
+
+def _evaluate_form(form: _SeriesForm, B, mul, cast=lambda c: c):
+    """The plan's polynomial from the powers ``B = [1, u, u², u³, u⁴]`` of
+    its variable, with ``mul`` the product (matrix or scalar: the same
+    arithmetic, so the scalar form checks the matrix one) and ``cast``
+    applied to every coefficient."""
+    low = [cast(c) for c in form.low]
+    blocks = [sum(low[i + j] * B[j] for j in range(4)) for i in range(0, len(low), 4)]
+    if form.top is None:
+        Z = blocks.pop()
+    else:
+        sigma, a, b, e, f, g = form.top
+        y0 = mul(B[4], sum(cast(a[i]) * B[i] for i in range(1, 5)))
+        F1 = y0 + sum(cast(b[i]) * B[i] for i in range(1, 5))
+        F2 = y0 + sum(cast(e[i]) * B[i] for i in range(1, 5))
+        Z = mul(cast(sigma) * F1, F2) + cast(f) * y0 + sum(cast(g[i]) * B[i] for i in range(5))
+    for C in reversed(blocks):
+        Z = mul(Z, B[4]) + C
+    return Z
+
+
+def _product_form(p, f):
+    """The parameters of ``p(u) = σ (y₀ + Σ bᵢ uⁱ)(y₀ + Σ eᵢ uⁱ) + f y₀ +
+    Σ_{i=0}^{4} gᵢ uⁱ`` with ``y₀ = u⁴ Σ aᵢ uⁱ`` (unmarked sums over
+    i = 1 … 4), a degree-16 polynomial in two products once u², u³, u⁴ are
+    known (Sastre 2018, Linear Algebra Appl. 539, the y₁ₛ formula with
+    s = 4; Paterson–Stockmeyer needs three more).
+
+    p: the 17 coefficients (extended precision); f: the free parameter, an
+    array of candidates. Matching coefficients from the top: degrees 16–13
+    give a (a₄ = sqrt(|p₁₆|), σ = sign p₁₆), 12–9 the sums tᵢ = bᵢ + eᵢ
+    (triangular in a₄), 8 a quadratic for b₄ (real where f makes its
+    discriminant ≥ 0, else NaN), 7–5 b₃, b₂, b₁ (linear, pivot e₄ − b₄),
+    4–0 g. Returns (σ, a, b, e, f, g) with a, b, e of shape (5, F) (index 0
+    unused, zero) and g (5, F)."""
+    ld = np.longdouble
+    p = np.asarray(p, ld)
+    f = np.asarray(f, ld)
+    sigma = ld(1) if p[16] > 0 else ld(-1)
+    q = p / sigma
+    fs = f / sigma
+    a = np.zeros((5,) + f.shape, ld)
+    a[4] = np.sqrt(q[16])
+    a[3] = q[15] / (2 * a[4])
+    a[2] = (q[14] - a[3] ** 2) / (2 * a[4])
+    a[1] = (q[13] - 2 * a[2] * a[3]) / (2 * a[4])
+    t = np.zeros_like(a)
+    t[4] = (q[12] - 2 * a[1] * a[3] - a[2] ** 2) / a[4]
+    t[3] = (q[11] - 2 * a[1] * a[2] - a[3] * t[4]) / a[4]
+    t[2] = (q[10] - a[1] ** 2 - a[2] * t[4] - a[3] * t[3]) / a[4]
+    t[1] = (q[9] - a[1] * t[4] - a[2] * t[3] - a[3] * t[2]) / a[4]
+    b = np.zeros_like(a)
+    c8 = q[8] - (a[1] * t[3] + a[2] * t[2] + a[3] * t[1]) - fs * a[4]
+    with np.errstate(invalid="ignore"):
+        b[4] = (t[4] + np.sqrt(t[4] ** 2 - 4 * c8)) / 2
+    e4 = t[4] - b[4]
+    b[3] = (q[7] - (a[1] * t[2] + a[2] * t[1]) - fs * a[3] - b[4] * t[3]) / (e4 - b[4])
+    b[2] = (q[6] - a[1] * t[1] - fs * a[2] - b[4] * t[2] - b[3] * (t[3] - b[3])) / (e4 - b[4])
+    b[1] = (q[5] - fs * a[1] - b[4] * t[1] - b[2] * (t[3] - b[3])
+            - b[3] * (t[2] - b[2])) / (e4 - b[4])
+    e = t - b
+    g = np.zeros_like(a)
+    g[0], g[1] = p[0] + 0 * f, p[1] + 0 * f
+    for k in (2, 3, 4):
+        g[k] = p[k] - sigma * sum(b[i] * e[k - i] for i in range(1, k))
+    return sigma, a, b, e, f, g
+
+
+def _product_form_size(top, U):
+    """Σ of the magnitudes of the terms the product form adds up, for
+    |u| ≤ U (each polynomial bounded by Σ |coefficient| Uⁱ)."""
+    sigma, a, b, e, f, g = top
+    powers = np.asarray(U, np.longdouble) ** np.arange(5)[:, None]
+    y0 = U ** 4 * np.sum(np.abs(a) * powers, axis=0)
+    F1 = y0 + np.sum(np.abs(b) * powers, axis=0)
+    F2 = y0 + np.sum(np.abs(e) * powers, axis=0)
+    return F1 * F2 + np.abs(f) * y0 + np.sum(np.abs(g) * powers, axis=0)
+
+
+def _series_form(f, L: float, degree: int, dtype, basis: str | None = None) -> _SeriesForm:
+    """The plan's evaluation in precision ``dtype``: its basis (by
+    _MONOMIAL_MAX_CONDITION unless given) and, for degree ≥ 16, the product
+    form of its top coefficients. The free parameter f is taken from a grid:
+    of the candidates whose terms are at most twice the smallest in size
+    (``_product_form_size``, which bounds the rounding errors of the
+    evaluation), the one whose parameters, rounded to ``dtype``, are
+    closest to the function on [0, L] (extended precision, 401 points)."""
     ld = np.longdouble
     a = _chebyshev_interpolant(f, L, degree)
     # p(λ) = Σ aₖ (uλ − 1)ᵏ, u = 2/L, expanded in extended precision
     c = np.polynomial.polynomial.polyval(
         np.polynomial.Polynomial([ld(-1), ld(2) / ld(L)]), a).coef
     c = np.concatenate([c, np.zeros(degree + 1 - c.shape[0], ld)])
-    condition = np.sum(np.abs(c) * ld(L) ** np.arange(degree + 1)) / np.abs(f(ld(L)))
-    if condition <= _MONOMIAL_MAX_CONDITION:
-        return "lambda", c.astype(np.float64)
-    return "shifted", a.astype(np.float64)
+    if basis is None:
+        condition = np.sum(np.abs(c) * ld(L) ** np.arange(degree + 1)) / np.abs(f(ld(L)))
+        basis = "lambda" if condition <= _MONOMIAL_MAX_CONDITION else "shifted"
+    p, U = (c, ld(L)) if basis == "lambda" else (a, ld(1))
+    if degree < _PRODUCT_FORM_DEGREE:
+        return _SeriesForm(basis, L, p.astype(np.float64), None)
+    split = degree - _PRODUCT_FORM_DEGREE
+    grid = np.logspace(-6, 3, 181, dtype=ld)
+    candidates = np.concatenate([-grid[::-1], [ld(0)], grid])
+    top = _product_form(p[split:], candidates)
+    size = _product_form_size(top, U) * U ** split
+    size = np.where(np.all(np.isfinite(top[2]), axis=0), size, np.inf)
+    if not np.isfinite(np.min(size)):
+        raise ValueError(f"no real product form for the degree-{degree} plan on [0, {L}]")
+    x = ld(L) * (1 + np.cos(np.linspace(0, np.pi, 401).astype(ld))) / 2
+    u = (x if basis == "lambda" else 2 * x / ld(L) - 1)[:, None]
+    form = _SeriesForm(basis, L, p[:split], top)
+    rounded = _evaluate_form(form, [u**0, u, u**2, u**3, u**4], np.multiply,
+                             cast=lambda v: np.asarray(v).astype(dtype).astype(ld))
+    error = np.max(np.abs(rounded / f(x)[:, None] - 1), axis=0)
+    best = int(np.argmin(np.where(size <= 2 * np.min(size), error, np.inf)))
+    sigma, a, b, e, fs, g = top
+    top = (float(sigma), a[:, best].astype(np.float64), b[:, best].astype(np.float64),
+           e[:, best].astype(np.float64), float(fs[best]), g[:, best].astype(np.float64))
+    return _SeriesForm(basis, L, p[:split].astype(np.float64), top)
 
 
 def _np_rsqrt1p(x):
@@ -357,13 +479,10 @@ def _np_rsqrt1p_factor(x):
 
 
 _SCALAR_FUNCTIONS = {"isqrt": _np_rsqrt1p, "isqrt_factor": _np_rsqrt1p_factor}
-_SERIES_BASES = {
-    key: tuple(_series_basis(_SCALAR_FUNCTIONS[key[0]], L, d) for d, L in plans)
+_SERIES_FORMS = {
+    key: tuple(_series_form(_SCALAR_FUNCTIONS[key[0]], L, d, np.dtype(key[1])) for d, L in plans)
     for key, plans in _SERIES_PLANS.items()
 }
-# Per plan: the basis ("lambda" or "shifted") and the coefficients in it.
-_SERIES_BASIS = {key: tuple(b for b, _ in v) for key, v in _SERIES_BASES.items()}
-_SERIES_COEFFICIENTS = {key: tuple(a for _, a in v) for key, v in _SERIES_BASES.items()}
 
 
 def _powers_and_bound(A):
@@ -384,9 +503,7 @@ def _psd_function(A: Array, name: str, newton_schulz, eigh) -> Array:
     precision = _series_precision(A.dtype)
     plans = _SERIES_PLANS[name, precision]
     path = _choose_path(bound, plans)
-    series = [partial(_chebyshev_series, coefficients=a, L=L, basis=basis)
-              for a, basis, (_, L) in zip(_SERIES_COEFFICIENTS[name, precision],
-                                         _SERIES_BASIS[name, precision], plans)]
+    series = [partial(_series, form=form) for form in _SERIES_FORMS[name, precision]]
     branches = [*series, lambda A, p, b: newton_schulz(A, b), lambda A, p, b: eigh(A)]
     return jax.lax.switch(path, branches, A, powers, bound)
 
@@ -402,27 +519,24 @@ def _choose_path(bound, plans):
     return path
 
 
-def _chebyshev_series(A, powers, bound, coefficients, L, basis="shifted"):
-    """Σₖ aₖ Bᵏ, the plan's polynomial, by Paterson–Stockmeyer in blocks of
-    four: basis "lambda", B = A (the blocks combine I, A, A², A³ and each
-    further block costs one product by A⁴); basis "shifted", ``B = 2A/L − I``
-    (B..B⁴ are combinations of A..A⁴)."""
+def _series(A, powers, bound, form: _SeriesForm):
+    """The plan's polynomial of A (``_evaluate_form``): basis "lambda",
+    u = A (the powers as they are); basis "shifted", ``u = 2A/L − I``
+    (u..u⁴ combinations of A..A⁴). Not symmetrised: the result is symmetric
+    to round-off, and any read of its transpose (0.5 (Z + Zᵀ)) costs about
+    2 µs at k = 40, as much as most of a matrix product."""
     del bound
     A2, A3, A4 = powers
     eye = _eye_like(A)
-    if basis == "lambda":
+    if form.basis == "lambda":
         B = [eye, A, A2, A3, A4]
     else:
-        u = 2.0 / L
+        u = 2.0 / form.L
         B = [eye, u * A - eye, u**2 * A2 - 2 * u * A + eye,
              u**3 * A3 - 3 * u**2 * A2 + 3 * u * A - eye,
              u**4 * A4 - 4 * u**3 * A3 + 6 * u**2 * A2 - 4 * u * A + eye]
-    a = coefficients.astype(A.dtype)
-    blocks = [sum(a[i + j] * B[j] for j in range(4)) for i in range(0, a.shape[0], 4)]
-    Z = blocks[-1]
-    for C in reversed(blocks[:-1]):
-        Z = Z @ B[4] + C
-    return 0.5 * (Z + _mT(Z))
+    dtype = A.dtype
+    return _evaluate_form(form, B, jnp.matmul, cast=lambda c: np.asarray(c, dtype))
 
 
 @jax.custom_jvp
@@ -434,17 +548,19 @@ def inverse_sqrt_identity_plus(A: Array) -> Array:
     chosen at run time:
 
     - β within the interval [0, L] of one of the series plans
-      (``_SERIES_PLANS``; in float64 degree 7, 11, 15, 19, 23, 27, 35 for L up to
-      0.046, 0.22, 0.54, 0.98, 1.5, 2.1, 3.8, in float32 degree 3 to 19 for
-      L up to 6.1): the Chebyshev interpolant of ``(1 + λ)^{-1/2}`` on
-      [0, L] of the lowest such degree, within eps/2 of the function on
-      the whole interval, evaluated by Paterson–Stockmeyer: A², A³, A⁴ (which
-      also give the bound) and one product per further block of four
-      coefficients, 4 to 11 products in all; in powers of A itself for L up
-      to about 1 (where that is well conditioned, ``_MONOMIAL_MAX_CONDITION``;
-      no combinations of the powers to form), else of ``2A/L − I``; in
-      cycled Lorenz-96 ETKF analyses (N = 20, 40, 100, β ≈ 0.5) degree 15
-      or 19, 6 or 7 products;
+      (``_SERIES_PLANS``; in float64 degree 7, 16, 20, 24, 28, 36 for L up
+      to 0.046, 0.64, 1.1, 1.6, 2.3, 4.0, in float32 degree 3 to 20 for L up
+      to 6.1): the Chebyshev interpolant of ``(1 + λ)^{-1/2}`` on [0, L] of
+      the lowest such degree, within eps/2 of the function on the whole
+      interval, from A², A³, A⁴ (which also give the bound): degree 7 by
+      Paterson–Stockmeyer (one more product), degree 16 + 4r by a product
+      form of its top 17 coefficients (two products; Sastre 2018) then r
+      Horner steps by A⁴, 5 to 10 products in all, one fewer than
+      Paterson–Stockmeyer for one degree less; in powers of A itself for L
+      up to about 1 (where that is well conditioned,
+      ``_MONOMIAL_MAX_CONDITION``), else of ``2A/L − I``; in cycled
+      Lorenz-96 ETKF analyses (N = 20, 40, 100, β ≈ 0.5–0.7) degree 16 or
+      20, 5 or 6 products. Symmetric to round-off (not symmetrised);
     - otherwise, ``β ≤ 128``: the coupled Newton–Schulz iteration (Higham
       1997; Higham 2008, *Functions of Matrices*, §6.7),
       ``M = (3I − Z Y)/2, Y ← Y M, Z ← M Z`` from ``Y₀ = (I + A)/c, Z₀ = I``,

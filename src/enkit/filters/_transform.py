@@ -45,8 +45,16 @@ def _factor_and_mean_weights(S: Array, d: Array) -> tuple[Array, Array]:
     return G, (S @ v)[..., 0]
 
 
+def _root_and_mean_weights(S: Array, d: Array) -> tuple[Array, Array]:
+    """m ≥ N: ``Z = T^{-1/2}`` (symmetric to round-off) and ``w̄ = Z² S d``."""
+    Z = inverse_sqrt_identity_plus(S @ _mT(S))
+    w = Z @ (Z @ (S @ d[..., None]))
+    return w[..., 0], Z
+
+
 def symmetric_transform(S: Array, d: Array) -> tuple[Array, Array]:
-    """``(T⁻¹ S d, T^{-1/2})`` with ``T = I + S Sᵀ``.
+    """``(T⁻¹ S d, T^{-1/2})`` with ``T = I + S Sᵀ``, the root exactly
+    symmetric (symmetrised).
 
     S: (..., N, m); d: (..., m), leading axes a batch of local problems
     solved together (one path choice for the batch, see
@@ -58,11 +66,9 @@ def symmetric_transform(S: Array, d: Array) -> tuple[Array, Array]:
     if m < N:
         G, w = _factor_and_mean_weights(S, d)
         Z = S @ G @ _mT(S)
-        Z = jnp.eye(N, dtype=S.dtype) + 0.5 * (Z + _mT(Z))
-        return w, Z
-    Z = inverse_sqrt_identity_plus(S @ _mT(S))
-    w = Z @ (Z @ (S @ d[..., None]))
-    return w[..., 0], Z
+        return w, jnp.eye(N, dtype=S.dtype) + 0.5 * (Z + _mT(Z))
+    w, Z = _root_and_mean_weights(S, d)
+    return w, 0.5 * (Z + _mT(Z))
 
 
 def symmetric_transform_apply(S: Array, d: Array, X: Array) -> tuple[Array, Array]:
@@ -70,11 +76,13 @@ def symmetric_transform_apply(S: Array, d: Array, X: Array) -> tuple[Array, Arra
     ``T^{-1/2}`` when m < N (``X + S (G (Sᵀ X))``, module docstring).
 
     S: (..., N, m); d: (..., m); X: (..., N, n). Returns ((..., N), (..., N, n)),
-    equal to round-off to ``w, Z = symmetric_transform(S, d); w, Z @ X``.
+    equal to round-off to ``w, Z = symmetric_transform(S, d); w, Z @ X``
+    (Z is not symmetrised here: reading its transpose costs about as much
+    as most of a matrix product at N = 40).
     """
     N, m = S.shape[-2:]
     if m < N:
         G, w = _factor_and_mean_weights(S, d)
         return w, X + S @ (G @ (_mT(S) @ X))
-    w, Z = symmetric_transform(S, d)
+    w, Z = _root_and_mean_weights(S, d)
     return w, Z @ X
