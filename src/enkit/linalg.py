@@ -339,7 +339,7 @@ _MONOMIAL_MAX_CONDITION = 10.0
 class _SeriesForm(NamedTuple):
     """How one plan's polynomial p is evaluated, in the variable u (λ for
     basis "lambda", t = 2λ/L − 1 for "shifted"): ``low`` its coefficients
-    of u⁰ … u^{d−16}⁻¹ (all of them, in blocks of four, when ``top`` is
+    of u⁰ … u^{d−17} (all d + 1 of them, in blocks of four, when ``top`` is
     None), ``top`` the parameters ``(σ, a, b, e, f, g)`` of
     ``_product_form`` for the coefficients of u^{d−16} … u^d; all rounded
     to float64."""
