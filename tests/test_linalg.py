@@ -11,6 +11,8 @@ from enkit.linalg import (
     kalman_solve,
     kalman_solve_ensemble_space,
     kalman_solve_observation_space,
+    spd_solve,
+    spd_solve_rows,
     sym_matrix_functions,
 )
 
@@ -37,6 +39,39 @@ def test_woodbury_and_observation_space_agree(N, m, kind):
     np.testing.assert_allclose(a, exact, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(kalman_solve(Y, R, D), a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,r", [(1, 3), (7, 7), (12, 5)])
+def test_spd_solve_rows_gives_the_rows_of_b_times_the_inverse(k, r):
+    rng = np.random.default_rng(k + 10 * r)
+    M = rng.normal(size=(k, k))
+    A = M @ M.T + 0.3 * np.eye(k)
+    B = rng.normal(size=(r, k))
+    exact = np.linalg.solve(A, B.T).T
+    np.testing.assert_allclose(spd_solve_rows(A, B), exact, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(spd_solve_rows(A, B), spd_solve(A, B.T).T, rtol=1e-12, atol=1e-13)
+    # Only the lower triangle is read, like spd_solve.
+    junk = np.tril(A) + np.triu(rng.normal(size=(k, k)), 1)
+    np.testing.assert_allclose(spd_solve_rows(junk, B), exact, rtol=1e-12, atol=1e-13)
+
+
+def test_spd_solve_rows_is_nan_for_an_indefinite_matrix_and_differentiable():
+    A = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1
+    assert np.all(np.isnan(spd_solve_rows(A, np.ones((2, 2)))))
+    rng = np.random.default_rng(4)
+    M = rng.normal(size=(4, 4))
+    A = jnp.asarray(M @ M.T + np.eye(4))
+    B = jnp.asarray(rng.normal(size=(3, 4)))
+    W = jnp.asarray(rng.normal(size=(3, 4)))
+
+    def loss(A, B, solve):
+        return jnp.sum(W * solve(0.5 * (A + A.T), B))
+
+    dense = lambda A, B: jnp.linalg.solve(A, B.T).T  # noqa: E731
+    for argnum in (0, 1):
+        got = jax.grad(loss, argnum)(A, B, spd_solve_rows)
+        want = jax.grad(loss, argnum)(A, B, dense)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
 def test_kalman_solve_rejects_unknown_method():

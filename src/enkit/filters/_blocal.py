@@ -18,7 +18,7 @@ from __future__ import annotations
 from jax import Array
 
 from enkit.covariance import Covariance
-from enkit.linalg import SOLVE_METHODS, check_solve_method, spd_solve, symmetric_pinv_solve
+from enkit.linalg import SOLVE_METHODS, check_solve_method, spd_solve_rows, symmetric_pinv_solve
 from enkit.localization.adaptive import AdaptiveLocalization, GainLocalization
 
 # What the schemes' ``localization=`` takes: any object with
@@ -58,5 +58,5 @@ def localized_gain_solve(
     if method == "pinv":
         Z = symmetric_pinv_solve(C, D, rcond)
     else:
-        Z = spd_solve(C, D.T).T
+        Z = spd_solve_rows(C, D)
     return Z, rho_xy * (X.T @ Y)
