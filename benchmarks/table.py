@@ -20,12 +20,21 @@
     iterative_ensemble_smoother's ESMDA: the interleaved workers of
     ``vs_ies.py`` (at least 5 rounds; p = 200,000, d = 1,000, N = 100, K = 4; --quick: p =
     20,000, d = 200, N = 50), plus enkit's ESMDA in float32.
+(c) The stochastic EnKF's analysis RMSE over --truths truths (default 8,
+    --quick 2; one twin per seed): enkit centred and default against
+    DAPPER's ``EnKF('PertObs')``. One truth alone scatters by a few per cent
+    between the libraries (each draws its own perturbations); the mean is
+    the comparison the RMSE column of (a) cannot make.
 
-Every time is a median of --repeats runs; the 1-minute load average is read
-after every run and its range printed on the row. In (a) enkit's runs and
-DAPPER's statistics-off loop alternate, round by round, so that the ratio
-compares runs under the same spells of load (run one after the other, a
-change of load between them moved the ratio by half). --load L starts L
+Every time is a median of --repeats runs (at least 5 rounds in (a) and (b));
+the 1-minute load average is read after every run and its range printed on
+the row. In (a) enkit's runs and DAPPER's statistics-off loop alternate,
+round by round, so that the ratio compares runs under the same spells of load
+(run one after the other, a change of load between them moved the ratio by
+half), and each timing is a window of back-to-back runs of at least one
+second (``vs_dapper_enkf.interleaved``): under load a single short enkit run
+got half a core or a whole one by chance, while DAPPER's longer runs got the
+average share. DAPPER with statistics on: --repeats runs. --load L starts L
 busy-loop processes for the whole table (``machine_load.busy_loops``).
 Thread settings: one thread for every library (set by one_thread.py, before NumPy and
 JAX load, and inherited by the workers). No GPU run here: this machine has
@@ -133,7 +142,7 @@ def filter_rows(cycles, burn_in, repeats, seed=0):
             runs[dtype] = run
         runs["dapper"] = functools.partial(vs_dapper_enkf.dapper_loop, twin, E0, burn_in, 1,
                                            seed, upd_a=upd_a, infl=infl)
-        t = vs_dapper_enkf.interleaved(runs, repeats)
+        t = vs_dapper_enkf.interleaved(runs, max(repeats, 5))
         d_rmse, d_on, l_on = dapper_xp(twin, burn_in, upd_a, infl, repeats, seed)
         d_off, l_off = t["dapper"]
         for dtype in cases:
@@ -142,6 +151,26 @@ def filter_rows(cycles, burn_in, repeats, seed=0):
                              enkit=t[dtype][0], rmse=rmse[dtype], d_on=d_on, d_off=d_off,
                              d_rmse=d_rmse, loads=t[dtype][1] + l_off + l_on,
                              compile=compile_s[dtype]))
+    return rows
+
+
+def enkf_rmse_rows(cycles, burn_in, seeds):
+    """The stochastic EnKF's analysis RMSE over several truths (one twin per
+    seed, as ``vs_dapper.make_twin`` makes it): enkit with centred
+    perturbations (DAPPER's convention), enkit's default (independent
+    draws) and DAPPER's ``EnKF('PertObs')``, inflation
+    ``vs_dapper_enkf.INFL``. Each library draws its own perturbations, so
+    one truth alone differs by a few per cent between them; the mean over
+    the truths is the comparison. Rows (seed, centred, default, DAPPER)."""
+    centred = FILTERS[1][1]
+    rows = []
+    for seed in range(seeds):
+        model, twin, E0 = vs_dapper.make_twin(cycles, seed)
+        r = [vs_dapper_enkf.analysis_rmse(
+            vs_dapper_enkf.enkit_run(model, twin, E0, scheme, vs_dapper_enkf.INFL, seed)(),
+            twin, burn_in) for scheme in (centred, enkit.enkf)]
+        d_rmse = dapper_xp(twin, burn_in, "PertObs", vs_dapper_enkf.INFL, 1, seed)[0]
+        rows.append((seed, *r, d_rmse))
     return rows
 
 
@@ -204,7 +233,30 @@ def ld(loads):
     return f"{min(loads):.1f}-{max(loads):.1f}"
 
 
-def render(frows, size, b, diff, f32, args):
+def render_enkf_rmse(rows, args):
+    """Section (c): the per-truth RMSEs, their means and the mean ratios."""
+    lines = [
+        "",
+        f"(c) stochastic EnKF analysis RMSE over {len(rows)} truths (Lorenz-96 as in (a), "
+        f"{args.cycles} cycles, burn-in {args.burn_in}, N=40, infl {vs_dapper_enkf.INFL})",
+        f"{'truth (seed)':<16}{'enkit':>9}{'enkit':>10}{'DAPPER':>9}{'centred /':>11}"
+        f"{'default /':>11}",
+        f"{'':<16}{'centred':>9}{'default':>10}{'PertObs':>9}{'DAPPER':>11}{'DAPPER':>11}",
+    ]
+    for seed, c, u, d in rows:
+        lines.append(f"{seed:<16}{c:>9.4f}{u:>10.4f}{d:>9.4f}{c / d:>11.3f}{u / d:>11.3f}")
+    mc, mu, md = (statistics.mean(r[i] for r in rows) for i in (1, 2, 3))
+    lines += [
+        f"{'mean':<16}{mc:>9.4f}{mu:>10.4f}{md:>9.4f}{mc / md:>11.3f}{mu / md:>11.3f}",
+        "    centred: center_perturbations=True, DAPPER's PertObs convention (the row in (a));",
+        "    default: enkit.enkf's independent draws; each library draws its own",
+        "    perturbations, so single truths scatter by a few per cent; the ratio of the",
+        "    means is the comparison",
+    ]
+    return lines
+
+
+def render(frows, size, b, diff, f32, rmse_rows, args):
     import dapper
     import iterative_ensemble_smoother as ies_pkg
 
@@ -224,8 +276,9 @@ def render(frows, size, b, diff, f32, args):
         f"enkit {enkit.__version__} (jax {jax.__version__}), DAPPER {dapper.__version__}, "
         f"iterative_ensemble_smoother {ies_pkg.__version__}, numpy {np.__version__}",
         f"{one_thread.DESCRIPTION}, {os.cpu_count()} CPUs, CPU only (no GPU on this machine); "
-        f"medians of {args.repeats} runs; {args.load} busy-loop processes started by the "
-        "benchmark;",
+        f"medians of {args.repeats} runs ((a), (b): of {max(args.repeats, 5)} rounds; (a): each "
+        f"timing a window of >= 1 s of back-to-back runs); {args.load} busy-loop processes "
+        "started by the benchmark;",
         "load = range of the 1-minute load average read after the row's runs",
         "",
         f"(a) filters, Lorenz-96 n=40 (Sakov & Oke 2008), {K} cycles, burn-in "
@@ -273,6 +326,7 @@ def render(frows, size, b, diff, f32, args):
         "    rows run interleaved with each other in this process (not in workers), their",
         "    ratio = the float64 time / this time",
         f"    largest |difference| of the posterior means vs the peer: {diff:.2e}",
+        *render_enkf_rmse(rmse_rows, args),
     ]
     return "\n".join(lines)
 
@@ -286,7 +340,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--load", type=int, default=0,
                         help="busy-loop processes to run during the table (default 0)")
+    parser.add_argument("--truths", type=int, default=None,
+                        help="truths of the EnKF RMSE comparison (c) (default 8; --quick: 2)")
     args = parser.parse_args()
+    if args.truths is None:
+        args.truths = 2 if args.quick else 8
+    if args.truths < 1:
+        parser.error("--truths must be >= 1")
     if args.repeats < 2:
         parser.error("--repeats must be >= 2 (medians of at least two runs)")
     if args.quick:
@@ -297,7 +357,8 @@ def main():
         f32 = esmda_float32(*size, args.repeats)
         frows = filter_rows(args.cycles, args.burn_in, args.repeats)
         frows.append(letkf_row(args.cycles, args.burn_in, args.repeats))
-    text = render(frows, size, b, diff, f32, args)
+        rmse_rows = enkf_rmse_rows(args.cycles, args.burn_in, args.truths)
+    text = render(frows, size, b, diff, f32, rmse_rows, args)
     print(text)
     name = ("table_quick" if args.quick else "table") + (f"_load{args.load}" if args.load else "")
     out = pathlib.Path(__file__).parent / "results" / f"{name}.txt"

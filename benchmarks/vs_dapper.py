@@ -17,7 +17,8 @@ interleaved in one process, the 1-minute load average beside every timing:
 - analysis alone: the analysis step (observe, update, inflation) applied
   many times in a row to a forecast ensemble (enkit: inside one compiled
   loop; DAPPER: ``Obs``, ``EnKF_analysis`` and ``post_process``, as in its
-  EnKF loop), for enkit's ``etkf``, ``ensrf_serial`` and ``enkf`` against
+  EnKF loop), for enkit's ``etkf``, ``ensrf_serial`` and ``enkf`` (with
+  ``center_perturbations=True``, DAPPER's convention) against
   DAPPER's ``EnKF('Sqrt')``, ``EnKF('Serial')`` and ``EnKF('PertObs')``
   analyses at N = 20, 40, 100 (inflation 1.02, 1.02, 1.06; the forecast
   ensemble of each N is the forecast after 500 ETKF cycles with N members).
@@ -36,6 +37,7 @@ import os
 import one_thread  # first: one thread for NumPy and XLA
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import pathlib  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -204,7 +206,8 @@ def dapper_no_stats(twin, E0, repeats):
 
 ANALYSES = (("ETKF", enkit.etkf, "Sqrt", 1.02, False),
             ("serial EnSRF", enkit.ensrf_serial, "Serial", 1.02, False),
-            ("EnKF", enkit.enkf, "PertObs", 1.06, True))
+            ("EnKF", functools.partial(enkit.enkf, center_perturbations=True), "PertObs", 1.06,
+             True))
 
 
 def forecast_ensemble(model, twin, N, seed):

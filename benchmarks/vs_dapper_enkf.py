@@ -121,19 +121,33 @@ def enkit_run(model, twin, E0, scheme, infl, seed):
         inflation=infl, store=("analysis_mean",)))
 
 
-def interleaved(runs, rounds):
-    """Each run of ``runs`` (name -> callable) once per round, in turn, after
-    one warm-up call each: {name: (median seconds, load averages)}, so every
-    library and variant sees the same spells of load."""
+def interleaved(runs, rounds, min_seconds=1.0):
+    """Each run of ``runs`` (name -> callable) timed once per round, in turn,
+    after one warm-up call each: {name: (median seconds per call, load
+    averages)}, so every library and variant sees the same spells of load.
+
+    One timing is a window of back-to-back calls lasting at least
+    ``min_seconds`` (its seconds per call), so that a fast run and a slow one
+    sample the scheduler alike. On a loaded 2-core machine (2 busy loops)
+    a single 80 ms enkit run got either half a core or a whole one, depending
+    on whether it shared its core with a busy loop at the time (CPU/wall time
+    0.50-0.55 in 9 of 12 runs, 0.95-1.00 in 3), while a 1.3 s DAPPER run
+    averaged the fair share (0.63-0.74); in windows of at least 1 s both
+    measured 0.57-0.78."""
     for run in runs.values():
         run()
     times = {name: [] for name in runs}
     loads = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - t0)
+            calls, t0 = 0, time.perf_counter()
+            while True:
+                run()
+                calls += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= min_seconds:
+                    break
+            times[name].append(elapsed / calls)
             loads[name].append(load())
     return {name: (statistics.median(times[name]), loads[name]) for name in runs}
 
