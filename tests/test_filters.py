@@ -153,6 +153,30 @@ def test_enkf_centered_perturbations_give_the_exact_mean():
         assert np.max(np.abs(dmean)) < 1e-10
 
 
+@pytest.mark.parametrize("N,m,method", [(12, 5, "auto"), (12, 5, "pinv"), (12, 5, "ensemble"),
+                                          (4, 9, "auto"), (6, 6, "observation")])
+def test_enkf_centred_analysis_is_the_kalman_update_of_the_centred_perturbations(N, m, method):
+    # m <= N centres after the m x m solve, the ensemble-space solve before it:
+    # either way the update of perturbed_observations(center=True), to round-off.
+    rng = np.random.default_rng(N + m)
+    n = 7
+    E = rng.normal(size=(N, n))
+    H = rng.normal(size=(m, n))
+    R = enkit.Diagonal(rng.uniform(0.5, 2.0, size=m))
+    y = rng.normal(size=m)
+    key = jax.random.key(5)
+    Dc = np.asarray(enkit.perturbed_observations(key, y, R, N, center=True))
+    X = (E - E.mean(0)) / np.sqrt(N - 1)
+    Y = X @ H.T
+    K = X.T @ Y @ np.linalg.inv(Y.T @ Y + np.asarray(R.dense()))
+    want = E + (Dc - E @ H.T) @ K.T
+    got = enkit.enkf(E, y, H, R, key=key, center_perturbations=True, method=method)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-11)
+    local = enkit.enkf(E, y, H, R, key=key, center_perturbations=True,
+                       localization=enkit.GainLocalization(np.ones((n, m)), np.ones((m, m))))
+    np.testing.assert_allclose(local, want, rtol=1e-10, atol=1e-11)
+
+
 def test_enkf_same_key_identical_different_key_different():
     p = LinearGaussian(12)
     a = enkit.enkf(p.E, p.y, p.H, p.R, key=jax.random.key(7))

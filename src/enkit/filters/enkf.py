@@ -27,7 +27,9 @@ _CENTRE_BY_PRODUCT_MAX_N = 256
 def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = False,
                            draw_dtype=DEFAULT_DRAW_DTYPE) -> Array:
     """N draws ``y + εᵢ``, ``εᵢ = L zᵢ ~ N(0, R)``: shape (N, m), the
-    perturbations ``enkf`` makes with the same key and options.
+    perturbations ``enkf`` makes with the same key and options (centred:
+    ``enkf`` removes the mean of the same draws after its solve, the same
+    analysis to round-off).
 
     R: a covariance operator (a diagonal R costs O(N m), never m²).
     With ``center=True`` the perturbations are re-centred to zero mean.
@@ -159,14 +161,40 @@ def enkf(
     if y.shape[0] == 0:  # no observations: nothing to assimilate
         return E
     _, X = scaled_anomalies(E)
-    _, Y = scaled_anomalies(HE)
-    D = perturbed_observations(key, y, R, E.shape[0], center=center_perturbations,
+    ybar, Y = scaled_anomalies(HE)
+    N, m = HE.shape
+    # With an m×m solve, centring is applied after it (_centred_rows).
+    after = center_perturbations and (localization is not None or method == "pinv"
+                                      or method == "observation" or (method == "auto" and m <= N))
+    D = perturbed_observations(key, y, R, N, center=center_perturbations and not after,
                                draw_dtype=draw_dtype)
+    rhs = D - HE
+    if after:
+        rhs = jnp.concatenate([rhs, (y - ybar)[None]])
     if localization is not None:
-        Z, G = localized_gain_solve(localization, X, Y, R, D - HE, method, rcond)
-        return E + Z @ G.T
-    Z = kalman_solve(Y, R, D - HE, method=method, rcond=rcond)  # (N, m): rows C⁻¹ dᵢ
-    return E + _update_product(Z, Y, X)
+        Z, G = localized_gain_solve(localization, X, Y, R, rhs, method, rcond)
+        return E + _centred_rows(Z, after) @ G.T
+    Z = kalman_solve(Y, R, rhs, method=method, rcond=rcond)  # rows C⁻¹ dᵢ
+    return E + _update_product(_centred_rows(Z, after), Y, X)
+
+
+def _centred_rows(Z: Array, after: bool) -> Array:
+    """The solved rows of the centred perturbed innovations (``after``), or Z.
+
+    The solve is linear in its rows, so with ``Z = [(y + εᵢ − h(xᵢ)) C⁻¹; (y − ȳ) C⁻¹]``
+    (N + 1 rows, the last the mean innovation) the rows of the centred
+    perturbations ``εᵢ − ε̄`` are ``Zᵢ − mean(Z₁..Z_N) + Z_{N+1}``: the
+    analysis of the centred perturbed observations of
+    ``perturbed_observations(center=True)``, to round-off, without its
+    O(N² m) centring product before the solve (Lorenz-96, N = m = 40: 38.6
+    -> 36.8 µs per analysis; N = 100: 83 -> 72.5 µs). Only for the m×m
+    solves: in the ensemble-space (Woodbury) solve the draws feed two
+    products, XLA fused them into both and the extra row made the analysis
+    at N = 20, m = 40 twice as slow, so there the draws are centred first.
+    """
+    if not after:
+        return Z
+    return Z[:-1] - jnp.mean(Z[:-1], axis=0) + Z[-1]
 
 
 def _update_product(Z: Array, Y: Array, X: Array) -> Array:
