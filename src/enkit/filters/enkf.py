@@ -188,9 +188,11 @@ def _centred_rows(Z: Array, after: bool) -> Array:
     ``perturbed_observations(center=True)``, to round-off, without its
     O(N² m) centring product before the solve (Lorenz-96, N = m = 40: 38.6
     -> 36.8 µs per analysis; N = 100: 83 -> 72.5 µs). Only for the m×m
-    solves: in the ensemble-space (Woodbury) solve the draws feed two
-    products, XLA fused them into both and the extra row made the analysis
-    at N = 20, m = 40 twice as slow, so there the draws are centred first.
+    solves: with the ensemble-space (Woodbury) solve the extra row made the
+    analysis at N = 20, m = 40 more than twice as slow (16 -> 37-50 µs, not
+    examined further), so there the draws are centred first. Either way the
+    analysis is the same to round-off: the choice (``after`` in ``enkf``,
+    mirroring ``kalman_solve``'s "auto" rule) only moves the cost.
     """
     if not after:
         return Z
