@@ -162,7 +162,7 @@ def enkf_rmse_rows(cycles, burn_in, seeds):
     ``vs_dapper_enkf.INFL``. Each library draws its own perturbations, so
     one truth alone differs by a few per cent between them; the mean over
     the truths is the comparison. Rows (seed, centred, default, DAPPER)."""
-    centred = FILTERS[1][1]
+    centred = {name: scheme for name, scheme, _, _ in FILTERS}["EnKF PertObs (centred)"]
     rows = []
     for seed in range(seeds):
         model, twin, E0 = vs_dapper.make_twin(cycles, seed)
