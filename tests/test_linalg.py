@@ -279,6 +279,13 @@ def test_series_in_powers_of_lambda_where_well_conditioned_equals_the_shifted_fo
         if form.basis != "lambda":
             continue
         fn = linalg._SCALAR_FUNCTIONS[name]
+        # the rule that chose λ: the interpolant's λ-coefficients are well conditioned on [0, L]
+        ld = np.longdouble
+        c = np.polynomial.polynomial.polyval(
+            np.polynomial.Polynomial([ld(-1), ld(2) / ld(L)]),
+            linalg._chebyshev_interpolant(fn, L, degree)).coef
+        condition = np.sum(np.abs(c) * ld(L) ** np.arange(c.shape[0])) / abs(fn(ld(L)))
+        assert condition <= linalg._MONOMIAL_MAX_CONDITION
         shifted = linalg._series_form(fn, L, degree, np.float64, basis="shifted")
         A = jnp.asarray(_psd_with_bound(12, L, seed=k))
         powers, bound = linalg._powers_and_bound(A)

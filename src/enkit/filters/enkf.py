@@ -28,8 +28,8 @@ def perturbed_observations(key: Array, y: Array, R, N: int, *, center: bool = Fa
                            draw_dtype=DEFAULT_DRAW_DTYPE) -> Array:
     """N draws ``y + εᵢ``, ``εᵢ = L zᵢ ~ N(0, R)``: shape (N, m), the
     perturbations ``enkf`` makes with the same key and options (centred:
-    ``enkf`` removes the mean of the same draws after its solve, the same
-    analysis to round-off).
+    with an m×m solve ``enkf`` removes the mean of the same draws after the
+    solve instead, the same analysis to round-off).
 
     R: a covariance operator (a diagonal R costs O(N m), never m²).
     With ``center=True`` the perturbations are re-centred to zero mean.
