@@ -43,6 +43,67 @@ def test_lorenz96_ensemble_step_equals_the_roll_formula_bit_for_bit():
     assert jnp.array_equal(jax.jit(jax.vmap(model.tendency))(E), jax.jit(jax.vmap(rolled))(E))
 
 
+@pytest.mark.parametrize("n", [4, 5, 7, 8, 9, 12, 40, 41])
+def test_lorenz96_step_equals_rk4_of_the_tendency_bit_for_bit(n):
+    # __call__ runs RK4 on one halo copy of the ring (ring_rk4_step): the
+    # numbers of rk4_step(tendency), in float64 and float32, one state or an
+    # ensemble under vmap and jit, with the halo concatenated (n >= 8) or
+    # gathered (shorter rings)
+    from enkit.models._integrate import rk4_step
+
+    model = Lorenz96(n=n, F=8.0, dt=0.05)
+    E = 8.0 + 3.0 * jnp.asarray(np.random.default_rng(n).normal(size=(6, n)))
+
+    def reference(x):
+        return rk4_step(model.tendency, x, model.dt)
+
+    for A in (E, E.astype(jnp.float32)):
+        assert jnp.array_equal(jax.jit(jax.vmap(model))(A), jax.jit(jax.vmap(reference))(A))
+        assert jnp.array_equal(model(A[0]), reference(A[0]))
+
+
+def test_lorenz96_step_derivatives_and_per_variable_forcing():
+    from enkit.models._integrate import rk4_step
+
+    x = 8.0 + jnp.asarray(np.random.default_rng(3).normal(size=10))
+
+    def loss(F, dt, x, step):
+        m = Lorenz96(n=10, F=F, dt=dt)
+        return jnp.sum(jnp.sin(step(m, x)))
+
+    new = jax.grad(loss, argnums=(0, 1, 2))(8.0, 0.05, x, lambda m, x: m(x))
+    ref = jax.grad(loss, argnums=(0, 1, 2))(8.0, 0.05, x,
+                                            lambda m, x: rk4_step(m.tendency, x, m.dt))
+    for a, b in zip(new, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-14)
+    F = 8.0 + jnp.linspace(-1.0, 1.0, 10)  # a forcing per variable: the rk4_step path
+    m = Lorenz96(n=10, F=F)
+    np.testing.assert_array_equal(m(x), rk4_step(m.tendency, x, m.dt))
+
+
+def test_ring_rk4_step_of_a_general_stencil_and_its_reach():
+    # a stencil reading two entries left and three right (reach (2, 3)),
+    # against rk4_step on the same tendency written with ring_shifts
+    from enkit.models._integrate import rk4_step
+    from enkit.models._ring import ring_rk4_step, ring_shifts
+
+    def tendency(x):
+        a, b, c, d = ring_shifts(x, (-2, 1, 2, 3))
+        return 0.3 * a - x + 0.5 * b * c - 0.1 * d
+
+    def window(z):
+        w = z.shape[-1]
+        return 0.3 * z[..., :w - 5] - z[..., 2:w - 3] + 0.5 * z[..., 3:w - 2] * z[..., 4:w - 1] \
+            - 0.1 * z[..., 5:]
+
+    for n in (6, 11, 30):  # halo 8 left, 12 right: gathered for n < 12
+        x = jnp.asarray(np.random.default_rng(n).normal(size=(3, n)))
+        np.testing.assert_allclose(ring_rk4_step(window, x, 0.1, (2, 3)),
+                                   rk4_step(tendency, x, 0.1), rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="reach must be two integers >= 0"):
+        ring_rk4_step(window, x, 0.1, (-1, 2))
+
+
 def test_fixed_points_stay_fixed():
     m96 = Lorenz96(n=40, F=8.0)
     x = jnp.full(40, 8.0)

@@ -61,3 +61,44 @@ def test_covariance_sample_draws_jax_normals():
     k = jax.random.key(9)
     np.testing.assert_array_equal(R.sample(k, (5,)),
                                   R.colorize(jax.random.normal(k, (5, 3), jnp.float64)))
+
+
+def _key_words(k):
+    return jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k
+
+
+@pytest.mark.parametrize("key", list(KEYS))
+def test_fold_in_equals_jax(key):
+    from enkit._random import fold_in
+
+    k = KEYS[key]()
+    for data in (0, 1, 7, 2**31 - 1, 2**32 - 1, np.int64(12), jnp.int32(5), jnp.uint8(200),
+                 jnp.int64(2**40 + 3)):
+        got, want = fold_in(k, data), jax.random.fold_in(k, data)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(_key_words(got), _key_words(want))
+    jitted = jax.jit(fold_in)(k, jnp.int64(2**40 + 3))
+    np.testing.assert_array_equal(_key_words(jitted),
+                                  _key_words(jax.random.fold_in(k, jnp.int64(2**40 + 3))))
+    # the key it makes draws what JAX's key draws
+    _same(normal(fold_in(k, 3), (4, 5)), jax.random.normal(jax.random.fold_in(k, 3), (4, 5)))
+
+
+def test_fold_in_falls_back_and_raises_like_jax():
+    from enkit._random import fold_in
+
+    for k in (jax.random.key(5, impl="rbg"), jax.random.split(jax.random.key(1), 3)):
+        if k.shape:  # an array of keys: JAX refuses it, so does fold_in
+            with pytest.raises(Exception):
+                jax.random.fold_in(k, 2)
+            with pytest.raises(Exception):
+                fold_in(k, 2)
+            continue
+        np.testing.assert_array_equal(_key_words(fold_in(k, 2)),
+                                      _key_words(jax.random.fold_in(k, 2)))
+    k = jax.random.key(0)
+    for bad in (-1, 2**33):  # out of uint32: JAX's OverflowError
+        with pytest.raises(OverflowError):
+            fold_in(k, bad)
+    with pytest.raises(TypeError, match="scalar"):
+        fold_in(k, jnp.arange(2))

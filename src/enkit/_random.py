@@ -35,7 +35,7 @@ import numpy as np
 from jax import Array
 from jax.extend.random import define_prng_impl, threefry_prng_impl
 
-__all__ = ["normal"]
+__all__ = ["fold_in", "normal"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -120,3 +120,40 @@ def normal(key: Array, shape: tuple[int, ...] = (), dtype=None) -> Array:
     """
     fast = _unrolled_key(key)
     return jax.random.normal(key if fast is None else fast, tuple(shape), dtype)
+
+
+def fold_in(key: Array, data) -> Array:
+    """``jax.random.fold_in(key, data)``, bit for bit, the hash written out.
+
+    JAX's threefry fold_in hashes the counter pair ``(0, uint32(data))``
+    under the key's two words (the key of ``threefry_seed(data)``), through
+    the same rolled loop as its draws; a loop that derives per-cycle keys
+    pays that loop's per-iteration overhead every cycle (about 0.5 µs per
+    fold_in on CPU against 0.25 µs written out). Here the hash is the
+    unrolled ``threefry2x32``. One key of the default ``threefry2x32``
+    implementation (typed, or a raw ``uint32`` (2,) array while that is
+    JAX's default) gives a key of the same kind; any other key, or an
+    array of keys, goes to ``jax.random.fold_in`` itself. data: a scalar
+    integer (converted to uint32 as JAX converts it).
+    """
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
+            return jax.random.fold_in(key, data)
+        impl = jax.random.key_impl(key)
+        words = jax.random.key_data(key)
+
+        def wrap(w):
+            return jax.random.wrap_key_data(w, impl=impl)
+    elif key.dtype == jnp.uint32 and key.shape == (2,) and \
+            jax.config.jax_default_prng_impl == "threefry2x32":
+        words = key
+
+        def wrap(w):
+            return w
+    else:
+        return jax.random.fold_in(key, data)
+    if np.ndim(data):
+        return jax.random.fold_in(key, data)  # raises JAX's error for an array
+    x = jnp.asarray(data, jnp.uint32)[None]
+    b1, b2 = threefry2x32(words[0], words[1], jnp.zeros((1,), jnp.uint32), x)
+    return wrap(jnp.concatenate([b1, b2]))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from enkit._random import fold_in
 from enkit.assimilation.types import is_stochastic
 from enkit.covariance import Covariance, Dense, Diagonal, Scalar
 from enkit.ensemble import ensemble_mean, ensemble_spread, scaled_anomalies
@@ -166,7 +167,7 @@ def _model_step(j, E, args):
     k_noise. A deterministic model leaves ``fold_in(key, j)`` to the noise,
     as it always did."""
     model, controls, noise, key, t0 = args
-    k_noise = None if key is None else jax.random.fold_in(key, j)
+    k_noise = None if key is None else fold_in(key, j)
     u = None if controls is None else jax.tree_util.tree_map(lambda a: a[t0 + j], controls)
     if is_stochastic(model):
         k_model, k_noise = jax.random.split(k_noise)
@@ -468,8 +469,10 @@ def _diagnostics(outputs, Eb, h, y, R, mask):
 
 
 def cycle_keys(key, k):
-    """Per-cycle keys: (scheme, before-analysis, after-analysis), model noise."""
+    """Per-cycle keys: (scheme, before-analysis, after-analysis), model noise:
+    ``fold_in(fold_in(key, k), i)`` for i = 0..3, JAX's keys bit for bit
+    (``enkit._random.fold_in``: the hash written out, not JAX's loop)."""
     if key is None:
         return (None, None, None), None
-    kk = jax.random.fold_in(key, k)
-    return tuple(jax.random.fold_in(kk, i) for i in range(3)), jax.random.fold_in(kk, 3)
+    kk = fold_in(key, k)
+    return tuple(fold_in(kk, i) for i in range(3)), fold_in(kk, 3)

@@ -466,10 +466,9 @@ def prepare(model, E0, observations, scheme, *, h, R, key=None, inflation=None, 
     elif checkpoint_every is not None:
         raise ValueError("checkpoint_every needs checkpoint= (a file path to save to)")
     n_steps = np.diff(np.concatenate([[0], steps]))
-    uniform = int(n_steps[0]) if np.all(n_steps == n_steps[0]) else None
     settings = CycleSettings(model=model, scheme=inner, inflation=inflation,
                              model_noise=model_noise, smoother=smoother, window=window,
-                             uniform_steps=uniform, max_steps=int(np.max(n_steps)),
+                             max_steps=int(np.max(n_steps)),
                              remat=remat)
     if python_path:
         record = ObservationRecord(values=observations, mask=mask, h=h, R=R, n_steps=n_steps,

@@ -399,13 +399,10 @@ class CycleSettings:
     None; smoother: a smoother step (``enkit.smoothers``: carries past
     ensembles and updates them with each analysis's ensemble transform), or
     None for a filter; window (static): True for ``over_window`` cycles;
-    uniform_steps (static): the number of model steps of every forecast
-    when it is the same for all cycles (the forecast loop then has static
-    bounds), else None (read per cycle from the record's ``n_steps``);
     max_steps (static): the largest number of model steps of a forecast
-    (the bound that makes a varying forecast loop differentiable in reverse
-    mode, ``cycle.bounded_loop``); remat (static): what reverse mode keeps
-    of the scan (``assimilate``'s ``remat``): None (everything), "cycle"
+    (each cycle reads its own from the record's ``n_steps``; the bound makes
+    that loop differentiable in reverse mode, ``cycle.bounded_loop``);
+    remat (static): what reverse mode keeps of the scan (``assimilate``'s ``remat``): None (everything), "cycle"
     (the carry of every cycle) or an int L (the carry at every L-th cycle
     and, inside the segment being differentiated, of its cycles).
     """
@@ -416,7 +413,6 @@ class CycleSettings:
     model_noise: Any = None
     smoother: Any = None
     window: bool = False
-    uniform_steps: int | None = None
     max_steps: int | None = None
     remat: str | int | None = None
 
@@ -424,7 +420,7 @@ class CycleSettings:
 register_dataclass(
     CycleSettings,
     data_fields=["model", "scheme", "inflation", "model_noise", "smoother"],
-    meta_fields=["window", "uniform_steps", "max_steps", "remat"],
+    meta_fields=["window", "max_steps", "remat"],
 )
 
 

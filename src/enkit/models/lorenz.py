@@ -15,7 +15,7 @@ from jax import Array
 
 from enkit._pytree import register_dataclass
 from enkit.models._integrate import rk4_step
-from enkit.models._ring import ring_shifts
+from enkit.models._ring import ring_rk4_step, ring_shifts
 
 __all__ = ["Lorenz63", "Lorenz96"]
 
@@ -81,9 +81,24 @@ class Lorenz96:
         right, left2, left = ring_shifts(x, (1, -2, -1))
         return (right - left2) * left - x + self.F
 
+    def _window_tendency(self, z: Array) -> Array:
+        """The tendency at entries 2 .. w − 2 of a window z (..., w) of
+        consecutive ring entries (``ring_rk4_step``'s stencil, reach (2, 1)),
+        the arithmetic of ``tendency`` in its order."""
+        w = z.shape[-1]
+        return (z[..., 3:] - z[..., :w - 3]) * z[..., 1:w - 2] - z[..., 2:w - 1] + self.F
+
     def __call__(self, x: Array) -> Array:
-        """Advance x: (n,) by one RK4 step of length dt."""
-        return rk4_step(self.tendency, x, self.dt)
+        """Advance x: (n,) by one RK4 step of length dt.
+
+        The same numbers as ``rk4_step(self.tendency, x, dt)``, bit for
+        bit, computed on one halo copy of the ring (``ring_rk4_step``;
+        about 1.6 times cheaper for an ensemble under ``vmap``). A forcing
+        F given per variable (shape (n,)) takes the ``rk4_step`` path.
+        """
+        if jnp.ndim(self.F) != 0:
+            return rk4_step(self.tendency, x, self.dt)
+        return ring_rk4_step(self._window_tendency, x, self.dt, (2, 1))
 
 
 register_dataclass(
