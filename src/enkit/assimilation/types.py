@@ -402,9 +402,10 @@ class CycleSettings:
     max_steps (static): the largest number of model steps of a forecast
     (each cycle reads its own from the record's ``n_steps``; the bound makes
     that loop differentiable in reverse mode, ``cycle.bounded_loop``);
-    remat (static): what reverse mode keeps of the scan (``assimilate``'s ``remat``): None (everything), "cycle"
-    (the carry of every cycle) or an int L (the carry at every L-th cycle
-    and, inside the segment being differentiated, of its cycles).
+    remat (static): what reverse mode keeps of the scan (``assimilate``'s
+    ``remat``): None (everything), "cycle" (the carry of every cycle) or an
+    int L (the carry at every L-th cycle and, inside the segment being
+    differentiated, of its cycles).
     """
 
     model: Any
