@@ -11,6 +11,7 @@ from enkit.linalg import (
     kalman_solve,
     kalman_solve_ensemble_space,
     kalman_solve_observation_space,
+    kalman_solve_weights,
     spd_solve,
     spd_solve_rows,
     sym_matrix_functions,
@@ -39,6 +40,32 @@ def test_woodbury_and_observation_space_agree(N, m, kind):
     np.testing.assert_allclose(a, exact, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(kalman_solve(Y, R, D), a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("N,m", [(8, 30), (30, 8), (10, 10)])
+@pytest.mark.parametrize("kind", ["scalar", "diagonal", "dense"])
+def test_kalman_solve_weights_are_the_solve_times_y_transposed(N, m, kind):
+    # D C⁻¹ Yᵀ for every method; the ensemble-space weights come from the
+    # N×N system alone (push-through), the others from kalman_solve
+    rng = np.random.default_rng(3 * N + m)
+    R = _operators(m, rng)[kind]
+    Y = jnp.asarray(rng.normal(size=(N, m)) / np.sqrt(N - 1))
+    D = jnp.asarray(rng.normal(size=(5, m)))
+    exact = np.linalg.solve(Y.T @ Y + np.asarray(R.dense()), D.T).T @ Y.T
+    for method in ("auto", "observation", "ensemble", "pinv"):
+        got = kalman_solve_weights(Y, R, D, method=method)
+        assert got.shape == (5, N)
+        np.testing.assert_allclose(got, exact, rtol=1e-9, atol=1e-11, err_msg=method)
+    with pytest.raises(ValueError, match="rcond"):
+        kalman_solve_weights(Y, R, D, method="ensemble", rcond=1e-3)
+
+    def loss(Y, D, method):
+        return jnp.sum(jnp.sin(kalman_solve_weights(Y, R, D, method=method)))
+
+    for argnum in (0, 1):
+        got = jax.grad(loss, argnum)(Y, D, "ensemble")
+        want = jax.grad(loss, argnum)(Y, D, "observation")
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
 
 
 @pytest.mark.parametrize("k,r", [(1, 3), (7, 7), (12, 5)])

@@ -212,6 +212,7 @@ from enkit.linalg import (
     kalman_solve_ensemble_space,
     kalman_solve_observation_space,
     kalman_solve_pinv,
+    kalman_solve_weights,
     sym_matrix_functions,
 )
 from enkit.localization import (
@@ -476,6 +477,7 @@ __all__ = [
     "kalman_solve_ensemble_space",
     "kalman_solve_observation_space",
     "kalman_solve_pinv",
+    "kalman_solve_weights",
     "kalman_update",
     "denkf",
     "ensrf_serial",

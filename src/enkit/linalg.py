@@ -46,6 +46,7 @@ __all__ = [
     "kalman_solve_observation_space",
     "kalman_solve_ensemble_space",
     "kalman_solve_pinv",
+    "kalman_solve_weights",
     "check_solve_method",
     "default_rcond",
     "symmetric_pinv_solve",
@@ -244,6 +245,38 @@ def kalman_solve(
     if method == "observation":
         return kalman_solve_observation_space(Y, R, D)
     return kalman_solve_pinv(Y, R, D, rcond=rcond)
+
+
+def kalman_solve_weights(
+    Y: Array,
+    R: Covariance,
+    D: Array,
+    *,
+    method: SolveMethod = "auto",
+    rcond: float | Array | None = None,
+) -> Array:
+    """Rows of ``D C⁻¹ Yᵀ``, ``C = Yᵀ Y + R``: the ensemble weights of an
+    innovation solve (k, N), so that ``(D C⁻¹ Yᵀ) X`` is the update ``D Kᵀ``
+    with the gain ``K = Xᵀ Y C⁻¹`` of the normalised anomalies X, Y.
+
+    ``method`` and ``rcond`` as in ``kalman_solve``. With the ensemble-space
+    solve the weights come straight from the N×N system, by
+    ``C⁻¹ Yᵀ = R⁻¹ Yᵀ (I_N + Y R⁻¹ Yᵀ)⁻¹`` (push-through):
+    ``D C⁻¹ Yᵀ = (R⁻¹ D Yᵀ) G⁻¹``, ``G = I_N + Y R⁻¹ Yᵀ``, one solve and no
+    m-wide products after it (``kalman_solve_ensemble_space`` followed by
+    ``@ Y.T`` takes two (k, N, m) products more, and a difference that
+    cancels when R is small). Otherwise ``kalman_solve(...) @ Y.T``.
+
+    Y: (N, m); R: covariance operator; D: (k, m). Returns (k, N).
+    """
+    check_solve_method(method, rcond)
+    N, m = Y.shape
+    if method == "auto":
+        method = "ensemble" if m > N else "observation"
+    if method == "ensemble":
+        G = jnp.eye(N, dtype=Y.dtype) + Y @ R.solve(Y).T
+        return spd_solve_rows(G, R.solve(D) @ Y.T)
+    return kalman_solve(Y, R, D, method=method, rcond=rcond) @ Y.T
 
 
 def sym_matrix_functions(

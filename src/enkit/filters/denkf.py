@@ -8,7 +8,7 @@ from jax import Array
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, prepare_analysis
-from enkit.linalg import SolveMethod, check_solve_method, kalman_solve
+from enkit.linalg import SolveMethod, check_solve_method, kalman_solve_weights
 
 __all__ = ["denkf"]
 
@@ -73,10 +73,9 @@ def denkf(
             localization, X, Y, R, jnp.concatenate([(y - ybar)[None], Y]), method, rcond)
         KT = Z @ G.T  # rows: (y − ȳ) Kᵀ, then Y Kᵀ
         return xbar + KT[0] + c * (X - 0.5 * KT[1:])
-    # One solve for the innovation and the anomalies: rows of [d; Y] C⁻¹.
+    # One solve for the innovation and the anomalies: the weights [d; Y] C⁻¹ Yᵀ.
     D = jnp.concatenate([(y - ybar)[None], Y])
-    Z = kalman_solve(Y, R, D, method=method, rcond=rcond)
-    z, YCi = Z[0], Z[1:]  # (m,), (N, m)
-    xa = xbar + (Y @ z) @ X
-    Xa = X - 0.5 * (YCi @ Y.T) @ X
+    W = kalman_solve_weights(Y, R, D, method=method, rcond=rcond)  # (N + 1, N)
+    xa = xbar + W[0] @ X
+    Xa = X - 0.5 * W[1:] @ X
     return xa + c * Xa

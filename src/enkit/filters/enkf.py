@@ -12,7 +12,7 @@ from enkit._random import normal
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
-from enkit.linalg import SolveMethod, check_solve_method, kalman_solve
+from enkit.linalg import SolveMethod, check_solve_method, kalman_solve, kalman_solve_weights
 
 __all__ = ["DEFAULT_DRAW_DTYPE", "enkf", "perturbed_observations"]
 
@@ -174,6 +174,10 @@ def enkf(
     if localization is not None:
         Z, G = localized_gain_solve(localization, X, Y, R, rhs, method, rcond)
         return E + _centred_rows(Z, after) @ G.T
+    if method == "ensemble" or (method == "auto" and m > N):
+        # the weights D C⁻¹ Yᵀ straight from the N×N system (kalman_solve_weights)
+        W = kalman_solve_weights(Y, R, rhs, method="ensemble")
+        return E + _centred_rows(W, after) @ X
     Z = kalman_solve(Y, R, rhs, method=method, rcond=rcond)  # rows C⁻¹ dᵢ
     return E + _update_product(_centred_rows(Z, after), Y, X)
 
@@ -188,11 +192,15 @@ def _centred_rows(Z: Array, after: bool) -> Array:
     ``perturbed_observations(center=True)``, to round-off, without its
     O(N² m) centring product before the solve (Lorenz-96, N = m = 40: 38.6
     -> 36.8 µs per analysis; N = 100: 83 -> 72.5 µs). Only for the m×m
-    solves: with the ensemble-space (Woodbury) solve the extra row made the
-    analysis at N = 20, m = 40 more than twice as slow (16 -> 37-50 µs, not
-    examined further), so there the draws are centred first. Either way the
-    analysis is the same to round-off: the choice (``after`` in ``enkf``,
-    mirroring ``kalman_solve``'s "auto" rule) only moves the cost.
+    solves: with the ensemble-space solve (the weights of
+    ``kalman_solve_weights``; Z here is then those rows, as linear in the
+    right-hand sides) the extra row made the analysis at N = 20, m = 40
+    more than twice as slow (14.6 against 34 µs), so there the draws are
+    centred first. A likely cause, seen in a trace of a similar loop: XLA
+    then fuses the draws into a row-major concatenation, which ran at a
+    fifth of the speed of the column-major one (45 against 9 µs). Either
+    way the analysis is the same to round-off: the choice (``after`` in
+    ``enkf``, mirroring ``kalman_solve``'s "auto" rule) only moves the cost.
     """
     if not after:
         return Z

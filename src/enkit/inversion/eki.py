@@ -23,7 +23,7 @@ from enkit.inversion._common import (
     new_state,
     register,
 )
-from enkit.linalg import kalman_solve, symmetric_pinv_solve
+from enkit.linalg import kalman_solve_weights, symmetric_pinv_solve
 from enkit.localization.sec import Localizer
 
 __all__ = ["EKI", "eki_update"]
@@ -40,9 +40,10 @@ def eki_update(U: Array, G: Array, y: Array, noise: Covariance, dt: Array,
     with sample covariances normalised by N − 1. It is evaluated as
     ``Xᵀ Y' (Y'ᵀ Y' + Γ)⁻¹ (√Δt (y − G(uᵢ)) + ξᵢ)`` with ``Y' = √Δt Y`` (X, Y
     the anomalies divided by √(N − 1)), which is the same update with no
-    division by Δt, so Δt = 0 is a zero step. The innovation solve is
-    ``enkit.linalg.kalman_solve`` (Woodbury when d > N: a diagonal Γ is never
-    densified).
+    division by Δt, so Δt = 0 is a zero step. The innovation solve gives
+    the weights ``D C⁻¹ Y'ᵀ`` directly (``enkit.linalg.kalman_solve_weights``;
+    Woodbury when d > N: a diagonal Γ is never densified, and no (N, N, d)
+    product follows the N×N solve).
 
     U: (N, p); G: (N, d); y: (d,); noise: Γ, dimension d; dt: Δt ≥ 0;
     xi: (N, d) draws from N(0, Γ), or None for the deterministic update;
@@ -95,11 +96,10 @@ def _eki_update(U, G, y, noise, dt, xi=None, *, localizer=None, key=None, method
     D = sdt * (y - G)
     if xi is not None:
         D = D + xi
-    Z = kalman_solve(Ys, noise, D, method=method, rcond=rcond)  # rows (C^{-1} Dᵢ)ᵀ
-    # (Z Ys^T) X = T U with T = (Z Ys^T) Π / sqrt(N - 1), Π the centring
-    # projector: one (N, N) x (N, p) product on U itself, no (N, p)
-    # anomaly array (the product dominates for large p).
-    M = Z @ Ys.T
+    # The weights M = D C⁻¹ Ysᵀ (rows) and M X = T U with T = M Π / sqrt(N - 1),
+    # Π the centring projector: one (N, N) x (N, p) product on U itself, no
+    # (N, p) anomaly array (the product dominates for large p).
+    M = kalman_solve_weights(Ys, noise, D, method=method, rcond=rcond)
     T = (M - jnp.mean(M, axis=1, keepdims=True)) / jnp.sqrt(jnp.asarray(U.shape[0] - 1.0, U.dtype))
     return add_transform(T, U, blocked=overwrite)
 
