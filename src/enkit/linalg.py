@@ -47,6 +47,7 @@ __all__ = [
     "kalman_solve_ensemble_space",
     "kalman_solve_pinv",
     "kalman_solve_weights",
+    "resolve_solve_method",
     "check_solve_method",
     "default_rcond",
     "symmetric_pinv_solve",
@@ -207,6 +208,15 @@ def kalman_solve_pinv(Y: Array, R: Covariance, D: Array, *, rcond=None) -> Array
     return symmetric_pinv_solve(C, D, rcond)
 
 
+def resolve_solve_method(method: str, N: int, m: int) -> str:
+    """The solve that ``method`` means for N members and m observations:
+    ``"auto"`` is ``"ensemble"`` when m > N, else ``"observation"``; every
+    other method is itself (see ``kalman_solve``)."""
+    if method == "auto":
+        return "ensemble" if m > N else "observation"
+    return method
+
+
 def kalman_solve(
     Y: Array,
     R: Covariance,
@@ -237,9 +247,7 @@ def kalman_solve(
     Returns (k, m).
     """
     check_solve_method(method, rcond)
-    N, m = Y.shape
-    if method == "auto":
-        method = "ensemble" if m > N else "observation"
+    method = resolve_solve_method(method, *Y.shape)
     if method == "ensemble":
         return kalman_solve_ensemble_space(Y, R, D)
     if method == "observation":
@@ -270,11 +278,8 @@ def kalman_solve_weights(
     Y: (N, m); R: covariance operator; D: (k, m). Returns (k, N).
     """
     check_solve_method(method, rcond)
-    N, m = Y.shape
-    if method == "auto":
-        method = "ensemble" if m > N else "observation"
-    if method == "ensemble":
-        G = jnp.eye(N, dtype=Y.dtype) + Y @ R.solve(Y).T
+    if resolve_solve_method(method, *Y.shape) == "ensemble":
+        G = jnp.eye(Y.shape[0], dtype=Y.dtype) + Y @ R.solve(Y).T
         return spd_solve_rows(G, R.solve(D) @ Y.T)
     return kalman_solve(Y, R, D, method=method, rcond=rcond) @ Y.T
 

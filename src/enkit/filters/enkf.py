@@ -12,7 +12,13 @@ from enkit._random import normal
 from enkit.ensemble import scaled_anomalies
 from enkit.filters._blocal import Localization, check_localization, localized_gain_solve
 from enkit.filters._common import ObservationOperator, as_key, prepare_analysis
-from enkit.linalg import SolveMethod, check_solve_method, kalman_solve, kalman_solve_weights
+from enkit.linalg import (
+    SolveMethod,
+    check_solve_method,
+    kalman_solve,
+    kalman_solve_weights,
+    resolve_solve_method,
+)
 
 __all__ = ["DEFAULT_DRAW_DTYPE", "enkf", "perturbed_observations"]
 
@@ -163,9 +169,11 @@ def enkf(
     _, X = scaled_anomalies(E)
     ybar, Y = scaled_anomalies(HE)
     N, m = HE.shape
-    # With an m×m solve, centring is applied after it (_centred_rows).
-    after = center_perturbations and (localization is not None or method == "pinv"
-                                      or method == "observation" or (method == "auto" and m <= N))
+    # The ensemble-space solve gives the weights D C⁻¹ Yᵀ straight from the
+    # N×N system (kalman_solve_weights); with an m×m solve, centring is
+    # applied after it (_centred_rows).
+    ensemble = localization is None and resolve_solve_method(method, N, m) == "ensemble"
+    after = center_perturbations and not ensemble
     D = perturbed_observations(key, y, R, N, center=center_perturbations and not after,
                                draw_dtype=draw_dtype)
     rhs = D - HE
@@ -174,8 +182,7 @@ def enkf(
     if localization is not None:
         Z, G = localized_gain_solve(localization, X, Y, R, rhs, method, rcond)
         return E + _centred_rows(Z, after) @ G.T
-    if method == "ensemble" or (method == "auto" and m > N):
-        # the weights D C⁻¹ Yᵀ straight from the N×N system (kalman_solve_weights)
+    if ensemble:
         W = kalman_solve_weights(Y, R, rhs, method="ensemble")
         return E + _centred_rows(W, after) @ X
     Z = kalman_solve(Y, R, rhs, method=method, rcond=rcond)  # rows C⁻¹ dᵢ
@@ -200,7 +207,8 @@ def _centred_rows(Z: Array, after: bool) -> Array:
     then fuses the draws into a row-major concatenation, which ran at a
     fifth of the speed of the column-major one (45 against 9 µs). Either
     way the analysis is the same to round-off: the choice (``after`` in
-    ``enkf``, mirroring ``kalman_solve``'s "auto" rule) only moves the cost.
+    ``enkf``, by ``enkit.linalg.resolve_solve_method``, the rule of
+    ``kalman_solve``) only moves the cost.
     """
     if not after:
         return Z
