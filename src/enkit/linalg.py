@@ -103,10 +103,16 @@ def kalman_solve_ensemble_space(Y: Array, R: Covariance, D: Array) -> Array:
     Same arguments and result as ``kalman_solve_observation_space``.
     """
     RiD = R.solve(D)  # (k, m)
-    RiY = R.solve(Y)  # (N, m)
-    G = jnp.eye(Y.shape[0], dtype=Y.dtype) + Y @ RiY.T
+    G, RiY = _ensemble_space_system(Y, R)
     Z = spd_solve_rows(G, RiD @ Y.T)  # (k, N): rows of (R⁻¹ D) Yᵀ G⁻¹, G symmetric
     return RiD - Z @ RiY
+
+
+def _ensemble_space_system(Y: Array, R: Covariance) -> tuple[Array, Array]:
+    """``G = I_N + Y R⁻¹ Yᵀ`` (N, N) and the rows ``R⁻¹ Y`` (N, m) of the
+    ensemble-space solves."""
+    RiY = R.solve(Y)
+    return jnp.eye(Y.shape[0], dtype=Y.dtype) + Y @ RiY.T, RiY
 
 
 SolveMethod = Literal["auto", "observation", "ensemble", "pinv"]
@@ -279,7 +285,7 @@ def kalman_solve_weights(
     """
     check_solve_method(method, rcond)
     if resolve_solve_method(method, *Y.shape) == "ensemble":
-        G = jnp.eye(Y.shape[0], dtype=Y.dtype) + Y @ R.solve(Y).T
+        G, _ = _ensemble_space_system(Y, R)
         return spd_solve_rows(G, R.solve(D) @ Y.T)
     return kalman_solve(Y, R, D, method=method, rcond=rcond) @ Y.T
 
