@@ -154,9 +154,11 @@ def test_enkf_centered_perturbations_give_the_exact_mean():
 
 
 @pytest.mark.parametrize("N,m,method", [(12, 5, "auto"), (12, 5, "pinv"), (12, 5, "ensemble"),
-                                          (4, 9, "auto"), (6, 6, "observation")])
+                                          (4, 9, "auto"), (6, 6, "observation"), (8, 6, "auto"),
+                                          (30, 4, "observation")])
 def test_enkf_centred_analysis_is_the_kalman_update_of_the_centred_perturbations(N, m, method):
-    # m <= N centres after the m x m solve, the ensemble-space solve before it:
+    # m <= N centres after the m x m triangular solves (N + 1 < 2m: (6, 6), (8, 6)),
+    # before the explicit inverse (N + 1 >= 2m) and the ensemble-space solve:
     # either way the update of perturbed_observations(center=True), to round-off.
     rng = np.random.default_rng(N + m)
     n = 7

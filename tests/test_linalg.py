@@ -68,7 +68,7 @@ def test_kalman_solve_weights_are_the_solve_times_y_transposed(N, m, kind):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("k,r", [(1, 3), (7, 7), (12, 5)])
+@pytest.mark.parametrize("k,r", [(1, 3), (7, 7), (12, 5), (7, 13), (6, 12), (4, 40)])
 def test_spd_solve_rows_gives_the_rows_of_b_times_the_inverse(k, r):
     rng = np.random.default_rng(k + 10 * r)
     M = rng.normal(size=(k, k))
@@ -82,14 +82,15 @@ def test_spd_solve_rows_gives_the_rows_of_b_times_the_inverse(k, r):
     np.testing.assert_allclose(spd_solve_rows(junk, B), exact, rtol=1e-12, atol=1e-13)
 
 
-def test_spd_solve_rows_is_nan_for_an_indefinite_matrix_and_differentiable():
+@pytest.mark.parametrize("r", [3, 9])  # two triangular solves; the explicit inverse (r >= 2k)
+def test_spd_solve_rows_is_nan_for_an_indefinite_matrix_and_differentiable(r):
     A = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1
-    assert np.all(np.isnan(spd_solve_rows(A, np.ones((2, 2)))))
+    assert np.all(np.isnan(spd_solve_rows(A, np.ones((r, 2)))))
     rng = np.random.default_rng(4)
     M = rng.normal(size=(4, 4))
     A = jnp.asarray(M @ M.T + np.eye(4))
-    B = jnp.asarray(rng.normal(size=(3, 4)))
-    W = jnp.asarray(rng.normal(size=(3, 4)))
+    B = jnp.asarray(rng.normal(size=(r, 4)))
+    W = jnp.asarray(rng.normal(size=(r, 4)))
 
     def loss(A, B, solve):
         return jnp.sum(W * solve(0.5 * (A + A.T), B))

@@ -18,6 +18,7 @@ from enkit.linalg import (
     kalman_solve,
     kalman_solve_weights,
     resolve_solve_method,
+    spd_solve_rows_by_inverse,
 )
 
 __all__ = ["DEFAULT_DRAW_DTYPE", "enkf", "perturbed_observations"]
@@ -170,10 +171,10 @@ def enkf(
     ybar, Y = scaled_anomalies(HE)
     N, m = HE.shape
     # The ensemble-space solve gives the weights D C⁻¹ Yᵀ straight from the
-    # N×N system (kalman_solve_weights); with an m×m solve, centring is
-    # applied after it (_centred_rows).
+    # N×N system (kalman_solve_weights); with an m×m solve by triangular
+    # solves, centring is applied after it (_centred_rows).
     ensemble = localization is None and resolve_solve_method(method, N, m) == "ensemble"
-    after = center_perturbations and not ensemble
+    after = center_perturbations and not ensemble and not spd_solve_rows_by_inverse(N + 1, m)
     D = perturbed_observations(key, y, R, N, center=center_perturbations and not after,
                                draw_dtype=draw_dtype)
     rhs = D - HE
@@ -203,9 +204,15 @@ def _centred_rows(Z: Array, after: bool) -> Array:
     ``kalman_solve_weights``; Z here is then those rows, as linear in the
     right-hand sides) the extra row made the analysis at N = 20, m = 40
     more than twice as slow (14.6 against 34 µs), so there the draws are
-    centred first. A likely cause, seen in a trace of a similar loop: XLA
-    then fuses the draws into a row-major concatenation, which ran at a
-    fifth of the speed of the column-major one (45 against 9 µs). Either
+    centred first; likewise where the m×m solve goes through the explicit
+    inverse (N + 1 ≥ 2m, ``enkit.linalg.spd_solve_rows_by_inverse``): the
+    extra row made N = 100, m = 40 twice as slow (150 against 52 µs
+    uncentred), centring first 66 against the 75 µs of triangular solves
+    after (the same process, interleaved runs). The cause, seen in the
+    compiled programs: XLA fuses the draws into the row-major concatenation
+    that feeds a matrix product (the triangular solves take it column-major),
+    and that fusion ran at a fifth of the speed of the column-major one
+    (a similar loop: 45 against 9 µs). Either
     way the analysis is the same to round-off: the choice (``after`` in
     ``enkf``, by ``enkit.linalg.resolve_solve_method``, the rule of
     ``kalman_solve``) only moves the cost.
