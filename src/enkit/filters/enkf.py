@@ -212,10 +212,10 @@ def _centred_rows(Z: Array, after: bool) -> Array:
     compiled programs: XLA fuses the draws into the row-major concatenation
     that feeds a matrix product (the triangular solves take it column-major),
     and that fusion ran at a fifth of the speed of the column-major one
-    (a similar loop: 45 against 9 µs). Either
-    way the analysis is the same to round-off: the choice (``after`` in
-    ``enkf``, by ``enkit.linalg.resolve_solve_method``, the rule of
-    ``kalman_solve``) only moves the cost.
+    (a similar loop: 45 against 9 µs). Either way the analysis is the same
+    to round-off: the choice (``after`` in ``enkf``, by the rules of
+    ``enkit.linalg.resolve_solve_method`` and ``spd_solve_rows_by_inverse``)
+    only moves the cost.
     """
     if not after:
         return Z
