@@ -68,6 +68,14 @@ def test_kalman_solve_weights_are_the_solve_times_y_transposed(N, m, kind):
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
 
 
+def test_spd_solve_rows_forms_the_inverse_from_twice_as_many_rows_as_columns():
+    from enkit.linalg import spd_solve_rows_by_inverse
+
+    assert spd_solve_rows_by_inverse(14, 7) and spd_solve_rows_by_inverse(101, 40)
+    assert not spd_solve_rows_by_inverse(13, 7) and not spd_solve_rows_by_inverse(41, 40)
+
+
+# (7, 13), (12, 5), (7, 7): two triangular solves; (1, 3), (6, 12), (4, 40): the inverse
 @pytest.mark.parametrize("k,r", [(1, 3), (7, 7), (12, 5), (7, 13), (6, 12), (4, 40)])
 def test_spd_solve_rows_gives_the_rows_of_b_times_the_inverse(k, r):
     rng = np.random.default_rng(k + 10 * r)
