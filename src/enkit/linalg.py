@@ -80,9 +80,10 @@ def spd_solve_rows(A: Array, B: Array) -> Array:
     the innovations of 100 members against 40 observations) it is
     ``B (L⁻ᵀ L⁻¹)`` instead: one triangular solve of the
     identity and two matrix products, no triangular solve with r right-hand
-    sides (on CPU the trsm ran at a fraction of a matrix product's speed:
-    k = 40, r = 101: 34 against 24 µs; k = 20, r = 101: 16.3 against
-    9.8 µs; k = 100, r = 201: 228 against 201 µs); the same to round-off.
+    sides (on CPU the trsm ran at a fraction of a matrix product's speed;
+    benchmarks/spd_solve_rows.py: k = 40, r = 101: 34.7 against 25.7 µs;
+    k = 20, r = 101: 11.3 against 6.8 µs; k = 100, r = 201: about even,
+    211 against 206 µs); the same to round-off.
     A: (k, k), only its lower triangle read (like ``spd_solve``); B: (r, k).
     Returns (r, k); NaN where A is not positive definite.
     """
@@ -95,8 +96,9 @@ def spd_solve_rows(A: Array, B: Array) -> Array:
 
 
 # spd_solve_rows forms A⁻¹ = L⁻ᵀ L⁻¹ from this many rows of B per column of A
-# (measured on CPU: at r ≈ k the two triangular solves and the inverse cost
-# the same, beyond 2k the inverse was 10–40% cheaper).
+# (benchmarks/spd_solve_rows.py, CPU: at r ≈ k the triangular solves were up
+# to 30% cheaper, from r = 2k on the inverse was 25–40% cheaper for k ≤ 40
+# and even at k = 100).
 _INVERSE_MIN_ROWS_PER_COLUMN = 2
 
 
