@@ -57,7 +57,12 @@ from vs_dapper_enkf import interleaved  # noqa: E402
 import enkit  # noqa: E402
 from enkit.ensemble import scaled_anomalies  # noqa: E402
 from enkit.filters.enkf import _update_product  # noqa: E402  (enkf's own product order)
-from enkit.linalg import kalman_solve, kalman_solve_weights, resolve_solve_method  # noqa: E402
+from enkit.linalg import (  # noqa: E402
+    _ensemble_space_system,
+    kalman_solve,
+    kalman_solve_weights,
+    resolve_solve_method,
+)
 
 INFL = 1.06
 R = enkit.Scalar(1.0, 40)
@@ -83,6 +88,7 @@ def compiled_loop(step, E, ys):
 def pieces(N):
     """The enkit pieces for N members: name -> step(E, y, key)."""
     P = enkit.perturbed_observations(jax.random.key(1), jnp.zeros(40), R, N, center=True)
+    ensemble = resolve_solve_method("auto", N, 40) == "ensemble"
 
     def draws(E, y, key):
         return enkit.perturbed_observations(key, y, R, N)
@@ -90,16 +96,14 @@ def pieces(N):
     def algebra(E, y, key):
         _, X = scaled_anomalies(E)
         _, Y = scaled_anomalies(E)  # h = identity
-        if resolve_solve_method("auto", N, 40) == "ensemble":
+        if ensemble:
             return E + kalman_solve_weights(Y, R, (y + P) - E) @ X
         return E + _update_product(kalman_solve(Y, R, (y + P) - E), Y, X)
 
     def cholesky(E, y, key):
         _, Y = scaled_anomalies(E)
-        if resolve_solve_method("auto", N, 40) == "ensemble":
-            C = jnp.eye(N) + Y @ Y.T
-        else:
-            C = Y.T @ Y + jnp.eye(40)
+        # the systems of kalman_solve_ensemble_space / kalman_solve_observation_space
+        C = _ensemble_space_system(Y, R)[0] if ensemble else Y.T @ Y + R.dense()
         L = jax.lax.linalg.cholesky(C, symmetrize_input=False)
         return E + L[-1, -1]
 
@@ -132,7 +136,7 @@ def main():
         per = {name: sec / (N_DAPPER if name == "DAPPER" else len(ys))
                for name, (sec, _) in t.items()}
         loads = [x for name, (_, ls) in t.items() if name != "DAPPER" for x in ls]
-        rows.append((N, per["analysis"], per, per["DAPPER"], loads, t["DAPPER"][1]))
+        rows.append((N, per, loads, t["DAPPER"][1]))
     import dapper
 
     us = 1e6
@@ -147,7 +151,8 @@ def main():
         f"{'N':>4}{'analysis':>10}{'draws':>8}{'algebra':>9}{'draws+alg':>11}{'Cholesky':>10}"
         f"{'product':>9}{'DAPPER':>9}{'DAPPER/10':>11}{'ratio':>8}   load enkit / DAPPER",
     ]
-    for N, e, t, d, loads, dloads in rows:
+    for N, t, loads, dloads in rows:
+        e, d = t["analysis"], t["DAPPER"]
         lines.append(
             f"{N:>4}{us * e:>10.1f}{us * t['draws']:>8.1f}{us * t['algebra']:>9.1f}"
             f"{us * (t['draws'] + t['algebra']):>11.1f}{us * t['Cholesky']:>10.1f}"
